@@ -1,0 +1,92 @@
+"""Orbax checkpoints: a CheckpointManager per stage (state + JSON metadata, async
+saves, keep-N) and single frozen checkpoints (the reference policy), plus the
+model-config guard that refuses to mix checkpoints of different models."""
+
+import json
+import os
+
+import jax
+import orbax.checkpoint as ocp
+
+from gvu_jax.errors import InputError
+
+MODEL_CONFIG_FILE = "model_config.json"
+
+
+class CheckpointMismatch(InputError):
+  """A checkpoint directory belongs to a different model configuration."""
+
+
+def check_model_config(directory, model_config: dict):
+  """Record `model_config` in `directory`, or refuse if a different one is there."""
+  path = os.path.join(directory, MODEL_CONFIG_FILE)
+  if os.path.exists(path):
+    with open(path) as f:
+      stored = json.load(f)
+    current = json.loads(json.dumps(model_config))   # same JSON normal form
+    if stored != current:
+      diffs = [f"{k}: checkpoint has {v!r}, config has {w!r}"
+               for k, (v, w) in _diff(stored, current).items()]
+      raise CheckpointMismatch(f"{directory} holds a checkpoint of a different model "
+                               f"({'; '.join(diffs)}); use another --workdir")
+    return
+  os.makedirs(directory, exist_ok=True)
+  with open(path, "w") as f:
+    json.dump(model_config, f, indent=2, sort_keys=True)
+
+
+def _diff(a, b, prefix=""):
+  out = {}
+  for key in sorted(set(a) | set(b)):
+    va, vb = a.get(key), b.get(key)
+    if isinstance(va, dict) and isinstance(vb, dict):
+      out.update(_diff(va, vb, f"{prefix}{key}."))
+    elif va != vb:
+      out[f"{prefix}{key}"] = (va, vb)
+  return out
+
+
+def abstract(tree):
+  return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+
+
+class CheckpointStore:
+  """Numbered checkpoints of a training state (any pytree) and JSON metadata.
+
+  Saves are asynchronous; an interrupted save is never listed (Orbax finalizes
+  a step atomically), so `latest_step()` is always restorable.
+  """
+
+  def __init__(self, directory, keep):
+    self.manager = ocp.CheckpointManager(
+        os.path.abspath(directory),
+        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                             enable_async_checkpointing=True))
+
+  def latest_step(self):
+    return self.manager.latest_step()
+
+  def save(self, step, state, meta):
+    self.manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
+
+  def restore(self, step, like):
+    """Restores into the structure, shapes and dtypes of `like`."""
+    out = self.manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract(like)), meta=ocp.args.JsonRestore()))
+    return out["state"], out["meta"]
+
+  def close(self):
+    self.manager.wait_until_finished()
+    self.manager.close()
+
+
+def save_frozen(path, tree):
+  """A single checkpoint that is written once (e.g. the reference policy)."""
+  checkpointer = ocp.StandardCheckpointer()
+  checkpointer.save(os.path.abspath(path), tree)
+  checkpointer.wait_until_finished()
+
+
+def load_frozen(path, like):
+  return ocp.StandardCheckpointer().restore(os.path.abspath(path), abstract(like))

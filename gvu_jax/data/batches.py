@@ -1,0 +1,48 @@
+"""Deterministic prompt and example streams over the embedded world.
+
+Every batch is a pure function of (seed, stream, step), so the data position of
+a run is its step: resuming at step s gives exactly the batches an uninterrupted
+run would have seen.
+"""
+
+import numpy as np
+
+from gvu_jax.data import world
+
+STREAMS = {"pretrain": 1, "gvu": 2, "eval": 3}
+
+
+def rng_for(seed, stream, step=0):
+  return np.random.default_rng([seed, STREAMS[stream], step])
+
+
+def prompt_batch(specs, n, rng):
+  """n prompts, categories balanced: a category uniformly, then a prompt in it."""
+  by_category = {}
+  for spec in specs:
+    by_category.setdefault(spec.category, []).append(spec)
+  categories = sorted(by_category)
+  picks = rng.integers(len(categories), size=n)
+  return [by_category[categories[c]][rng.integers(len(by_category[categories[c]]))]
+          for c in picks]
+
+
+def supervised_batch(templates, specs, n, rng, cond_dropout):
+  """Ground-truth pairs for pretraining: prompts and the image tokens of scenes
+  rendered for them (text->image targets; decoded to pixels for image->text).
+  `caption_mask` marks the answer tokens the captioning loss trains: the prompt
+  and its <eos>."""
+  batch_specs = prompt_batch(specs, n, rng)
+  scenes = [world.sample_scene(s, rng) for s in batch_specs]
+  texts = [s.text for s in batch_specs]
+  codes = np.stack([world.scene_to_codes(s) for s in scenes]).astype(np.int32)
+  prompt_ids, prompt_valid = templates.generation(texts)
+  drop = rng.random(n) < cond_dropout          # CFG: learn the unconditional rows too
+  uncond_ids, uncond_valid = templates.unconditional(n)
+  prompt_ids = np.where(drop[:, None], uncond_ids, prompt_ids)
+  prompt_valid = np.where(drop[:, None], uncond_valid, prompt_valid)
+  query = templates.understanding(texts)
+  return {"prompt_ids": prompt_ids, "prompt_valid": prompt_valid, "codes": codes,
+          "query_ids": query.ids, "query_valid": query.valid,
+          "image_slots": query.image_slots,
+          "caption_mask": np.arange(query.answer_len) <= query.answer_mask.sum(1)[:, None]}

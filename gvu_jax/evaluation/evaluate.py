@@ -1,0 +1,100 @@
+"""Held-out evaluation of one model (a stage of the run).
+
+generation:    images the model samples for held-out prompts, scored by the
+               exact pixel judge (GenEval rules), per category.
+understanding: for a ground-truth render of each held-out prompt, does the
+               model's likelihood rank the true prompt above K judge-verified
+               distractors (near misses of the same category)?
+intrinsic_reward: the mean GvU reward the model gives its own held-out images.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from gvu_jax import reward as reward_lib
+from gvu_jax.data import batches, world
+from gvu_jax.evaluation import grid, judge
+from gvu_jax.sampling import Sampler, SamplingConfig
+
+
+def padded_chunks(n, size):
+  """Index arrays of exactly `size` covering range(n), the last one padded by
+  repeating its first index; yields (indices, number of real entries)."""
+  for start in range(0, n, size):
+    idx = np.arange(start, min(start + size, n))
+    yield np.concatenate([idx, np.full(size - len(idx), idx[0])]), len(idx)
+
+
+def make_scorer(ctx, graphdef):
+  """Jitted (params, codes, query) -> (summed log-likelihood, reward) per row."""
+  r = ctx.config.reward
+
+  def score(params, codes, query):
+    model = nnx.merge(graphdef, params)
+    pixels = ctx.image_tokenizer.decode(codes)
+    rewards, token_logp = reward_lib.intrinsic_reward(model, pixels, query, r.aggregation,
+                                                      ctx.reward_weights)
+    return token_logp.sum(-1), rewards
+
+  return jax.jit(score)
+
+
+def generation(ctx, graphdef, params, scorer):
+  c, specs = ctx.config.eval, ctx.heldout_specs
+  g = c.samples_per_prompt
+  per_batch = max(c.batch_size // g, 1)
+  sampler = Sampler(graphdef, SamplingConfig(**c.sampling), num_tokens=ctx.config.model.image_tokens,
+                    uncond_row=ctx.templates.unconditional(1), group_size=g)
+  key = jax.random.key(ctx.config.seed)
+  codes, rewards = [], []
+  for i, (idx, real) in enumerate(padded_chunks(len(specs), per_batch)):
+    texts = [specs[j].text for j in idx]
+    ids, valid = ctx.templates.generation(texts)
+    out = sampler(params, ids, valid, jax.random.fold_in(key, i))
+    query = ctx.templates.understanding([t for t in texts for _ in range(g)]).arrays()
+    _, r = scorer(params, out.codes, query)
+    codes.append(np.asarray(out.codes)[:real * g])
+    rewards.append(np.asarray(r)[:real * g])
+  codes = np.concatenate(codes)
+  images = world.codes_to_image(codes)
+  row_specs = [s for s in specs for _ in range(g)]
+  correct = judge.judge_batch(images, row_specs)
+  return images, row_specs, correct, float(np.concatenate(rewards).mean())
+
+
+def understanding(ctx, params, scorer):
+  c, specs = ctx.config.eval, ctx.heldout_specs
+  candidates, owner, codes = [], [], []
+  for i, spec in enumerate(specs):
+    rng = batches.rng_for(ctx.config.seed, "eval", i)
+    scene = world.sample_scene(spec, rng)
+    options = [spec] + world.distractors(spec, world.render(scene), c.num_distractors, rng)
+    candidates += [o.text for o in options]
+    owner += [i] * len(options)
+    codes += [world.scene_to_codes(scene)] * len(options)
+  codes = np.stack(codes).astype(np.int32)
+  scores = np.zeros(len(candidates))
+  for idx, real in padded_chunks(len(candidates), c.batch_size):
+    query = ctx.templates.understanding([candidates[j] for j in idx]).arrays()
+    total, _ = scorer(params, codes[idx], query)
+    scores[idx[:real]] = np.asarray(total)[:real]
+  owner = np.asarray(owner)
+  correct = []
+  for i in range(len(specs)):
+    mine = scores[owner == i]
+    correct.append(bool(mine[0] > mine[1:].max()) if len(mine) > 1 else True)
+  return correct
+
+
+def run(ctx, graphdef, params, stage):
+  scorer = make_scorer(ctx, graphdef)
+  images, row_specs, gen_correct, mean_reward = generation(ctx, graphdef, params, scorer)
+  und_correct = understanding(ctx, params, scorer)
+  n = ctx.config.eval.grid_images
+  grid.save_grid(ctx.path("grids", f"{stage}.png"), images[:n], ncols=8,
+                 captions=[s.text for s in row_specs[:n]], marks=list(gen_correct[:n]))
+  return {"generation": judge.category_accuracy(list(gen_correct), row_specs),
+          "understanding": judge.category_accuracy(und_correct, ctx.heldout_specs),
+          "intrinsic_reward": mean_reward}

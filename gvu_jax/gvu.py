@@ -1,0 +1,179 @@
+"""The GvU stage: self-supervised RL of the generation branch on the model's own
+understanding likelihood (DESIGN §1, §3). One step:
+
+  prompts -> sample (G images each) -> decode -> intrinsic reward -> group
+  advantages -> GRPO update (mu inner iterations over the same rollout)
+
+Nothing here sees the judge, the world's labels or ground-truth renders: the
+only signal is the reward the model computes from its own decoded pixels.
+"""
+
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from gvu_jax import checkpoint, lora, metrics, rl
+from gvu_jax import reward as reward_lib
+from gvu_jax.data import batches
+from gvu_jax.errors import InputError, NonFiniteError
+from gvu_jax.evaluation import grid
+from gvu_jax.models import build
+from gvu_jax.models.cell_tokenizer import to_uint8
+from gvu_jax.sampling import Sampler, SamplingConfig
+
+
+def _setup(ctx, base_params):
+  """Model definition with adapters (if LoRA), roles, optimizer, initial state,
+  the frozen weights and the checkpoint store."""
+  config, c = ctx.config, ctx.config.gvu
+  if c.group_size < 2:
+    raise InputError(f"gvu.group_size={c.group_size}: GRPO needs at least 2 samples per "
+                     "prompt (the advantage compares samples of the same prompt)")
+  overrides = {}
+  if c.lora.enabled:
+    overrides = dict(lora_rank=c.lora.rank, lora_alpha=c.lora.alpha,
+                     lora_targets=tuple(c.lora.targets))
+  checkpoint.check_model_config(ctx.path("gvu"), dict(build.signature(config.model),
+                                                      gvu_lora=overrides))
+  graphdef, fresh = build.create(config.model, config.seed + 1, **overrides)
+  roles = lora.Roles(c.lora.enabled)
+  frozen = base_params
+  reference_path = ctx.path("gvu", "reference")
+  if os.path.exists(reference_path):   # a resumed run keeps the reference it started with
+    frozen = checkpoint.load_frozen(reference_path, base_params)
+  else:
+    checkpoint.save_frozen(reference_path, base_params)
+  if c.lora.enabled:
+    trainable = lora.split(fresh)[1]
+  else:   # a copy: the state is donated, the frozen reference must survive
+    trainable = jax.tree.map(jnp.copy, frozen)
+  tx = rl.make_optimizer(c, total_steps=c.steps)
+  state = {"trainable": trainable, "opt_state": tx.init(trainable), "step": jnp.int32(0),
+           "rng": jax.random.key_data(jax.random.key(config.seed))}
+  store = checkpoint.CheckpointStore(ctx.path("gvu", "checkpoints"), c.keep)
+  return graphdef, roles, tx, state, frozen, store
+
+
+def load(ctx, base_params):
+  """The latest GvU policy in the workdir -> (graphdef, params), or None."""
+  if not os.path.exists(ctx.path("gvu", "checkpoints")):
+    return None
+  graphdef, roles, _, state, frozen, store = _setup(ctx, base_params)
+  latest = store.latest_step()
+  if latest is not None:
+    state, _ = store.restore(latest, state)
+  store.close()
+  return None if latest is None else (graphdef, roles.policy(state["trainable"], frozen))
+
+
+def make_reward_fn(ctx, graphdef, roles):
+  """Jitted (trainable, frozen, pixels, query) -> (reward, token log-likelihoods),
+  with the policy (default) or the frozen reference as the judge."""
+  r = ctx.config.reward
+  if r.judge not in ("policy", "reference"):
+    raise InputError(f"reward.judge: unknown {r.judge!r}; expected 'policy' or 'reference'")
+  if r.kind not in ("intrinsic", "shuffled"):
+    raise InputError(f"reward.kind: unknown {r.kind!r}; expected 'intrinsic' or 'shuffled'")
+  if r.aggregation not in reward_lib.AGGREGATIONS:
+    raise InputError(f"reward.aggregation: unknown {r.aggregation!r}; "
+                     f"expected one of {list(reward_lib.AGGREGATIONS)}")
+  weights = ctx.reward_weights
+
+  def reward_fn(trainable, frozen, pixels, query):
+    params = (roles.policy if r.judge == "policy" else roles.reference)(trainable, frozen)
+    return reward_lib.intrinsic_reward(nnx.merge(graphdef, params), pixels, query,
+                                       r.aggregation, weights)
+
+  return jax.jit(reward_fn)
+
+
+def _timed(fn, *args):
+  tic = time.perf_counter()
+  out = jax.block_until_ready(fn(*args))
+  return out, time.perf_counter() - tic
+
+
+def run(ctx, base_params):
+  """Runs (or resumes, or skips when finished) the GvU stage -> (graphdef, policy params)."""
+  config, c = ctx.config, ctx.config.gvu
+  graphdef, roles, tx, state, frozen, store = _setup(ctx, base_params)
+  latest = store.latest_step()
+  if latest is not None:
+    state, _ = store.restore(latest, state)
+    print(f"gvu: resuming from step {latest}" if latest < c.steps else
+          f"gvu: found a finished run at step {latest}; skipping")
+
+  g, n = c.group_size, c.prompts_per_step
+  sampler = Sampler(graphdef, SamplingConfig(**c.sampling), num_tokens=config.model.image_tokens,
+                    uncond_row=ctx.templates.unconditional(1), group_size=g)
+  decode = jax.jit(ctx.image_tokenizer.decode)
+  reward_fn = make_reward_fn(ctx, graphdef, roles)
+  logp_fn = rl.make_logp_fn(graphdef, roles, with_policy=c.mu > 1)
+  grpo_step = rl.make_grpo_step(graphdef, roles, tx, clip_eps=c.clip_eps, beta=c.beta,
+                                grad_accum=c.grad_accum)
+  shuffle = jax.jit(rl.shuffle_within_groups, static_argnums=1)
+  advantages = jax.jit(rl.group_advantages, static_argnums=1)
+  writer = metrics.MetricsWriter(ctx.path("gvu", "metrics.jsonl"))
+  base_key = jax.random.wrap_key_data(np.asarray(state["rng"]))   # state is donated
+
+  start = int(state["step"]) // c.mu
+  bar = metrics.progress(c.steps, "gvu", initial=start)
+  nonfinite_in_a_row = 0
+  for step in range(start, c.steps):
+    specs = batches.prompt_batch(ctx.train_specs, n, batches.rng_for(config.seed, "gvu", step))
+    texts = [s.text for s in specs]
+    rows = [t for t in texts for _ in range(g)]
+    ids, valid = ctx.templates.generation(texts)
+    key = jax.random.fold_in(jax.random.fold_in(base_key, step), jax.process_index())
+    policy = roles.policy(state["trainable"], frozen)
+
+    samples, t_rollout = _timed(sampler, policy, ids, valid, key)
+    pixels, t_decode = _timed(decode, samples.codes)
+    query = ctx.templates.understanding(rows).arrays()
+    (rewards, token_logp), t_reward = _timed(reward_fn, state["trainable"], frozen, pixels, query)
+    used = rewards
+    if config.reward.kind == "shuffled":
+      used = shuffle(rewards, g, jax.random.fold_in(key, 1))
+
+    tic = time.perf_counter()
+    batch = {"prompt_ids": np.repeat(ids, g, 0), "prompt_valid": np.repeat(valid, g, 0),
+             "codes": samples.codes, "advantages": advantages(used, g)}
+    batch.update(logp_fn(state["trainable"], frozen, batch))
+    for _ in range(c.mu):
+      state, m = grpo_step(state, frozen, batch)
+    m = metrics.to_python(jax.block_until_ready(m))
+    t_update = time.perf_counter() - tic
+
+    nonfinite_in_a_row = nonfinite_in_a_row + 1 if m["skipped"] else 0
+    done = step + 1
+    bar.update(1)
+    if done % c.log_every == 0 or done == c.steps or m["skipped"]:
+      mask = query["answer_mask"]
+      token_lp = np.asarray(token_logp)[mask]
+      total = t_rollout + t_decode + t_reward + t_update
+      m.update(reward_mean=float(np.mean(rewards)), reward_std=float(np.std(rewards)),
+               reward_group_std=float(np.asarray(rewards).reshape(-1, g).std(1).mean()),
+               token_logp_mean=float(token_lp.mean()), token_logp_min=float(token_lp.min()),
+               sampled_logp_mean=float(np.mean(samples.logp_sampled)),
+               time_rollout=t_rollout, time_decode=t_decode, time_reward=t_reward,
+               time_update=t_update, images_per_s=n * g / total)
+      writer.write(done, m)
+      bar.set_postfix(reward=f"{m['reward_mean']:.3f}", kl=f"{m['kl']:.4f}",
+                      img_s=f"{m['images_per_s']:.0f}")
+    if c.grid_every and done % c.grid_every == 0:
+      captions = [f"{t} r={float(r):.2f}" for t, r in zip(rows, np.asarray(rewards))]
+      grid.save_grid(ctx.path("gvu", "grids", f"step_{done:06d}.png"),
+                     np.asarray(to_uint8(pixels))[:32], ncols=8, captions=captions[:32])
+    if nonfinite_in_a_row >= c.max_nonfinite_steps:
+      store.close()
+      raise NonFiniteError(f"gvu: {nonfinite_in_a_row} non-finite updates in a row at step "
+                           f"{done}; stopped, last good checkpoint kept in {ctx.path('gvu')}")
+    if done % c.checkpoint_every == 0 or done == c.steps:
+      store.save(done, state, {"data_position": done * n, "step": done})
+  bar.close()
+  store.close()
+  return graphdef, roles.policy(state["trainable"], frozen)

@@ -1,0 +1,109 @@
+"""gvu_jax entry point.
+
+  python -m gvu_jax.main --config=configs/synthetic.py[:preset] --workdir=DIR \
+      [--config.mode=all|pretrain|eval|gvu] [--config.a.b=value ...]
+
+mode=all (the default) runs pretrain -> eval -> gvu -> eval and writes
+WORKDIR/report.json; each stage resumes from, or skips to, what WORKDIR holds.
+"""
+
+import os
+import re
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from gvu_jax import context, gvu, pretrain, report
+from gvu_jax.errors import InputError, NonFiniteError
+from gvu_jax.evaluation import evaluate
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe file[:preset].",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and reports.")
+
+MODES = ("all", "pretrain", "eval", "gvu")
+
+
+def check_workdir(workdir):
+  if not workdir:
+    raise InputError("--workdir is required")
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as e:
+    raise InputError(f"--workdir={workdir}: cannot create it ({e.strerror})") from None
+  if not os.access(workdir, os.W_OK | os.X_OK):
+    raise InputError(f"--workdir={workdir}: not writable")
+
+
+def run(config, workdir):
+  if config.mode not in MODES:
+    raise InputError(f"config.mode: unknown {config.mode!r}; expected one of {list(MODES)}")
+  check_workdir(workdir)
+  ctx = context.Context.create(config, workdir)
+  if config.mode == "pretrain":
+    pretrain.run(ctx)
+    return
+  if config.mode == "all":
+    graphdef, params = pretrain.run(ctx)
+  else:
+    graphdef, params = pretrain.load(ctx)
+  if config.mode in ("all", "eval"):
+    report.add_stage(ctx, "pretrained", evaluate.run(ctx, graphdef, params, "pretrained"))
+  if config.mode in ("all", "gvu"):
+    policy = gvu.run(ctx, params)
+  else:
+    policy = gvu.load(ctx, params)   # eval: the GvU policy too, if there is one
+  if policy is not None:
+    report.add_stage(ctx, "gvu", evaluate.run(ctx, *policy, "gvu"))
+  report.show(ctx)
+
+
+def parse_flags(argv):
+  """absl flag parsing whose failures (unknown flag or config key, bad preset,
+  bad value) end the program with one line naming the problem."""
+  try:
+    return flags.FLAGS(argv)
+  except Exception as e:  # noqa: BLE001 - every parse failure is the user's input
+    print(f"error: {describe_flag_error(e, argv)}", file=sys.stderr)
+    sys.exit(2)
+
+
+def describe_flag_error(error, argv):
+  lines = [l.strip() for l in str(error).replace("\\n", "\n").splitlines() if l.strip()]
+  message = lines[-1] if lines else type(error).__name__
+  unknown = re.search(r"Did you mean \"(\w+)\" instead of \"(\w+)\"", str(error))
+  missing = re.match(r"^'?\\?'?(\w+)", str(error).strip("'\"\\")) if isinstance(
+      error, (KeyError, AttributeError)) else None
+  key = unknown.group(2) if unknown else (missing.group(1) if missing else None)
+  if key:
+    flag = next((a.split("=")[0] for a in argv if a.startswith("--config.")
+                 and a.split("=")[0].split(".")[-1] == key), f"config key {key!r}")
+    hint = f' (did you mean "{unknown.group(1)}"?)' if unknown else ""
+    return f"{flag}: unknown config key {key!r}{hint}"
+  return re.sub(r"^\w+(Error|Exception): ", "", message)
+
+
+def load_config():
+  if not flags.FLAGS["config"].present:
+    raise InputError("--config is required, e.g. --config=configs/synthetic.py")
+  path = flags.FLAGS["config"].config_filename.split(":")[0]   # drop ":preset"
+  if not os.path.isfile(path):
+    raise InputError(f"--config={path}: no such config file")
+  return _CONFIG.value
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)   # Orbax logs every save at INFO
+  try:
+    run(load_config(), _WORKDIR.value)
+  except (InputError, NonFiniteError) as e:   # one line, no traceback
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=parse_flags)

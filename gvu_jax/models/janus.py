@@ -1,0 +1,109 @@
+"""Janus-family unified multimodal model: one LLaMA decoder that reads text and
+understanding-encoder features (image -> text) and reads/writes discrete image
+tokens through gen_embed / gen_aligner / gen_head (text -> image).
+
+The two uses this project needs are pure functions of the model:
+  `image_logits`  - teacher-forced image-token logits given a prompt (T2I loss, GRPO)
+  `text_logits`   - text logits of a query with an image in it (captioning loss, reward)
+Sampling (gvu_jax/sampling.py) drives the same pieces step by step over a KV cache.
+"""
+
+import dataclasses
+
+import jax.numpy as jnp
+from flax import nnx
+
+from gvu_jax.models.layers import MlpProjector
+from gvu_jax.models.llama import Decoder, LlamaConfig
+from gvu_jax.models.vit import ViT, ViTConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class JanusConfig:
+  lm: LlamaConfig
+  vision: ViTConfig
+  codebook_size: int          # image-token vocabulary (VQ codes)
+  image_tokens: int           # tokens per generated image
+  gen_embed_dim: int = 8      # VQ code embedding width (Janus: 8)
+  image_token_embed: int = 0  # gen_head hidden width; 0 = lm hidden
+  image_tokenizer: str = "cells"
+
+  @classmethod
+  def from_config(cls, c, **lm_overrides):
+    """From an ml_collections model config (see configs/); `lm_overrides` set
+    run-time options such as LoRA or remat that are not part of the weights."""
+    lm = dict(c.lm, dtype=c.dtype, remat=c.get("remat", False), **lm_overrides)
+    if "lora_targets" in lm:
+      lm["lora_targets"] = tuple(lm["lora_targets"])
+    return cls(lm=LlamaConfig(**lm), vision=ViTConfig(**dict(c.vision), dtype=c.dtype),
+               codebook_size=c.codebook_size, image_tokens=c.image_tokens,
+               gen_embed_dim=c.gen_embed_dim, image_token_embed=c.image_token_embed,
+               image_tokenizer=c.image_tokenizer)
+
+
+class JanusUMM(nnx.Module):
+
+  def __init__(self, cfg: JanusConfig, *, rngs):
+    h, dtype = cfg.lm.hidden, jnp.dtype(cfg.lm.dtype)
+    kw = dict(dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
+    self.lm = Decoder(cfg.lm, rngs=rngs)
+    self.vision = ViT(cfg.vision, rngs=rngs)
+    self.aligner = MlpProjector(cfg.vision.width, h, h, **kw)
+    self.gen_embed = nnx.Embed(cfg.codebook_size, cfg.gen_embed_dim, rngs=rngs)
+    self.gen_aligner = MlpProjector(cfg.gen_embed_dim, h, h, **kw)
+    self.gen_head = MlpProjector(h, cfg.image_token_embed or h, cfg.codebook_size, **kw)
+    self.cfg = cfg
+
+  def embed_image_codes(self, codes):
+    """Discrete image tokens -> decoder inputs (generation path)."""
+    return self.gen_aligner(self.gen_embed(codes))
+
+  def embed_query(self, ids, image_slots, pixels):
+    """Text embeddings with the understanding encoder's features written, in
+    order, at the `image_slots` positions (the `<image_placeholder>` tokens)."""
+    x = self.lm.embed_tokens(ids)
+    feats = self.aligner(self.vision(pixels)).astype(x.dtype)    # [B, n, hidden]
+    index = jnp.clip(jnp.cumsum(image_slots, axis=1) - 1, 0, feats.shape[1] - 1)
+    gathered = jnp.take_along_axis(feats, index[..., None], axis=1)
+    return jnp.where(image_slots[..., None], gathered, x)
+
+  def image_head(self, hidden):
+    return self.gen_head(hidden).astype(jnp.float32)
+
+  def text_head(self, hidden):
+    return self.lm.lm_head(hidden).astype(jnp.float32)
+
+
+def positions_from_valid(valid):
+  """RoPE positions that skip padding: the first real token is position 0."""
+  return jnp.maximum(jnp.cumsum(valid, axis=1) - 1, 0)
+
+
+def causal_mask(valid):
+  """[B, T] validity -> [B, T, T]: query t reads real keys s <= t."""
+  t = valid.shape[1]
+  causal = jnp.tril(jnp.ones((t, t), bool))
+  return causal[None] & valid[:, None, :]
+
+
+def image_logits(model: JanusUMM, prompt_ids, prompt_valid, codes):
+  """Teacher-forced logits of every image token given its (left-padded) prompt.
+
+  Input sequence: prompt (ending in <begin_of_image>) then codes[:, :-1]; the
+  hidden state at the last prompt position predicts codes[:, 0].
+  Returns float32 [B, image_tokens, codebook_size].
+  """
+  n = codes.shape[1]
+  x = jnp.concatenate([model.lm.embed_tokens(prompt_ids),
+                       model.embed_image_codes(codes[:, :-1])], axis=1)
+  valid = jnp.concatenate([prompt_valid, jnp.ones(codes[:, :-1].shape, bool)], axis=1)
+  hidden, _ = model.lm(x, positions_from_valid(valid), causal_mask(valid))
+  return model.image_head(hidden[:, -n:])
+
+
+def text_logits(model: JanusUMM, ids, valid, image_slots, pixels):
+  """Logits of a right-padded understanding sequence whose image slots are filled
+  with the encoder features of `pixels`. Returns float32 [B, T, vocab]."""
+  x = model.embed_query(ids, image_slots, pixels)
+  hidden, _ = model.lm(x, positions_from_valid(valid), causal_mask(valid))
+  return model.text_head(hidden)

@@ -1,0 +1,62 @@
+"""Shared building blocks: a Dense layer with an optional LoRA adapter, and MLP projectors."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+
+class LoRAParam(nnx.Param):
+  """A LoRA adapter weight: the only parameters trained in LoRA mode."""
+
+
+class Dense(nnx.Module):
+  """y = x W (+ b), plus (alpha / r) * x A B when a LoRA rank is set.
+
+  Weights are stored in `param_dtype` (fp32 master weights) and cast to the
+  compute dtype `dtype` at use. B starts at zero, so a fresh adapter leaves the
+  layer unchanged; the reference policy is the same layer with B zeroed.
+  """
+
+  def __init__(self, din, dout, *, use_bias=False, lora_rank=0, lora_alpha=1.0,
+               dtype=jnp.float32, param_dtype=jnp.float32, rngs):
+    init = nnx.initializers.normal(1.0 / math.sqrt(din))
+    self.kernel = nnx.Param(init(rngs.params(), (din, dout), param_dtype))
+    self.bias = nnx.Param(jnp.zeros((dout,), param_dtype)) if use_bias else None
+    if lora_rank:
+      a_init = nnx.initializers.normal(1.0 / math.sqrt(din))
+      self.lora_a = LoRAParam(a_init(rngs.params(), (din, lora_rank), param_dtype))
+      self.lora_b = LoRAParam(jnp.zeros((lora_rank, dout), param_dtype))
+      self.lora_scale = lora_alpha / lora_rank
+    else:
+      self.lora_a = self.lora_b = None
+    self.dtype = dtype
+
+  def __call__(self, x):
+    x = x.astype(self.dtype)
+    y = x @ self.kernel[...].astype(self.dtype)
+    if self.bias is not None:
+      y = y + self.bias[...].astype(self.dtype)
+    if self.lora_a is not None:
+      a = self.lora_a[...].astype(self.dtype)
+      b = self.lora_b[...].astype(self.dtype)
+      y = y + (x @ a) @ b * jnp.asarray(self.lora_scale, self.dtype)
+    return y
+
+
+def gelu(x):
+  """Exact (erf) GELU, as in SigLIP and the Janus projectors."""
+  return jax.nn.gelu(x, approximate=False)
+
+
+class MlpProjector(nnx.Module):
+  """Linear -> GELU -> Linear (Janus `aligner`, `gen_aligner` and `gen_head`)."""
+
+  def __init__(self, din, dhidden, dout, *, dtype, param_dtype, rngs):
+    kw = dict(use_bias=True, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.fc1 = Dense(din, dhidden, **kw)
+    self.fc2 = Dense(dhidden, dout, **kw)
+
+  def __call__(self, x):
+    return self.fc2(gelu(self.fc1(x)))

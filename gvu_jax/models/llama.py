@@ -1,0 +1,170 @@
+"""LLaMA decoder (the Janus language model): RoPE, RMSNorm, SiLU MLP, no biases.
+
+One code path serves training (full causal pass), the reward (one forward over
+the understanding query) and sampling (prefill + one-token steps over a KV cache).
+Attention takes an explicit boolean mask [B, T, S] (query t may read key s), so
+left padding, CFG rows and the cache all use the same function.
+"""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from gvu_jax.models.layers import Dense
+
+LORA_TARGETS_ALL = ("q", "k", "v", "o", "gate", "up", "down")
+
+
+@dataclasses.dataclass(frozen=True)
+class LlamaConfig:
+  vocab_size: int
+  hidden: int
+  layers: int
+  heads: int
+  kv_heads: int
+  intermediate: int
+  rope_theta: float = 10000.0
+  norm_eps: float = 1e-6
+  max_position: int = 16384
+  dtype: str = "float32"          # compute dtype; master weights stay float32
+  remat: bool = False
+  lora_rank: int = 0
+  lora_alpha: float = 1.0
+  lora_targets: tuple = LORA_TARGETS_ALL
+
+  @property
+  def head_dim(self):
+    return self.hidden // self.heads
+
+
+class RMSNorm(nnx.Module):
+  """x / rms(x) * scale, computed in float32 (LLaMA)."""
+
+  def __init__(self, dim, eps):
+    self.scale = nnx.Param(jnp.ones((dim,), jnp.float32))
+    self.eps = eps
+
+  def __call__(self, x):
+    dtype = x.dtype
+    x = x.astype(jnp.float32)
+    x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + self.eps)
+    return (x * self.scale[...]).astype(dtype)
+
+
+def rope(x, positions, theta):
+  """Rotate-half rotary embedding. x: [B, T, H, D], positions: [B, T]."""
+  half = x.shape[-1] // 2
+  freqs = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
+  angles = positions[..., None].astype(jnp.float32) * freqs          # [B, T, half]
+  cos, sin = jnp.cos(angles)[:, :, None], jnp.sin(angles)[:, :, None]
+  x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return out.astype(x.dtype)
+
+
+def attention(q, k, v, mask):
+  """Softmax attention in float32. q: [B,T,H,D], k/v: [B,S,Hkv,D], mask: [B,T,S]."""
+  groups = q.shape[2] // k.shape[2]
+  if groups > 1:  # grouped-query attention: share each kv head across `groups` q heads
+    k, v = jnp.repeat(k, groups, axis=2), jnp.repeat(v, groups, axis=2)
+  scores = jnp.einsum("bthd,bshd->bhts", q, k, preferred_element_type=jnp.float32)
+  scores = scores / jnp.sqrt(jnp.float32(q.shape[-1]))
+  scores = jnp.where(mask[:, None], scores, jnp.finfo(jnp.float32).min)
+  probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+  return jnp.einsum("bhts,bshd->bthd", probs, v)
+
+
+def _projection(cfg, name, din, dout, rngs):
+  """A bias-free projection, with a LoRA adapter when `name` is a LoRA target."""
+  rank = cfg.lora_rank if name in cfg.lora_targets else 0
+  return Dense(din, dout, lora_rank=rank, lora_alpha=cfg.lora_alpha,
+               dtype=jnp.dtype(cfg.dtype), rngs=rngs)
+
+
+class Attention(nnx.Module):
+
+  def __init__(self, cfg: LlamaConfig, *, rngs):
+    dense = lambda name, din, dout: _projection(cfg, name, din, dout, rngs)
+    hd = cfg.head_dim
+    self.q = dense("q", cfg.hidden, cfg.heads * hd)
+    self.k = dense("k", cfg.hidden, cfg.kv_heads * hd)
+    self.v = dense("v", cfg.hidden, cfg.kv_heads * hd)
+    self.o = dense("o", cfg.heads * hd, cfg.hidden)
+    self.cfg = cfg
+
+  def __call__(self, x, positions, mask, cache=None, write_index=None):
+    """Returns (output, updated cache). With a cache, the T new keys/values are
+    written at [write_index, write_index + T) and the query reads all S slots."""
+    cfg, (b, t, _) = self.cfg, x.shape
+    q = self.q(x).reshape(b, t, cfg.heads, cfg.head_dim)
+    k = self.k(x).reshape(b, t, cfg.kv_heads, cfg.head_dim)
+    v = self.v(x).reshape(b, t, cfg.kv_heads, cfg.head_dim)
+    q, k = rope(q, positions, cfg.rope_theta), rope(k, positions, cfg.rope_theta)
+    if cache is not None:
+      start = (0, write_index, 0, 0)
+      k = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), start)
+      v = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), start)
+      cache = {"k": k, "v": v}
+    out = attention(q, k, v, mask).reshape(b, t, cfg.heads * cfg.head_dim)
+    return self.o(out), cache
+
+
+class Mlp(nnx.Module):
+
+  def __init__(self, cfg: LlamaConfig, *, rngs):
+    dense = lambda name, din, dout: _projection(cfg, name, din, dout, rngs)
+    self.gate = dense("gate", cfg.hidden, cfg.intermediate)
+    self.up = dense("up", cfg.hidden, cfg.intermediate)
+    self.down = dense("down", cfg.intermediate, cfg.hidden)
+
+  def __call__(self, x):
+    return self.down(jax.nn.silu(self.gate(x)) * self.up(x))
+
+
+class DecoderLayer(nnx.Module):
+
+  def __init__(self, cfg: LlamaConfig, *, rngs):
+    self.input_norm = RMSNorm(cfg.hidden, cfg.norm_eps)
+    self.attn = Attention(cfg, rngs=rngs)
+    self.post_attn_norm = RMSNorm(cfg.hidden, cfg.norm_eps)
+    self.mlp = Mlp(cfg, rngs=rngs)
+
+  def __call__(self, x, positions, mask, cache=None, write_index=None):
+    h, cache = self.attn(self.input_norm(x), positions, mask, cache, write_index)
+    x = x + h
+    return x + self.mlp(self.post_attn_norm(x)), cache
+
+
+class Decoder(nnx.Module):
+  """Token embedding, the decoder stack and the final norm; `lm_head` for text."""
+
+  def __init__(self, cfg: LlamaConfig, *, rngs):
+    self.embed = nnx.Embed(cfg.vocab_size, cfg.hidden, rngs=rngs)
+    self.layers = nnx.List([DecoderLayer(cfg, rngs=rngs) for _ in range(cfg.layers)])
+    self.final_norm = RMSNorm(cfg.hidden, cfg.norm_eps)
+    self.lm_head = Dense(cfg.hidden, cfg.vocab_size, dtype=jnp.dtype(cfg.dtype), rngs=rngs)
+    self.cfg = cfg
+
+  def embed_tokens(self, ids):
+    return self.embed(ids).astype(jnp.dtype(self.cfg.dtype))
+
+  def __call__(self, x, positions, mask, cache=None, write_index=None):
+    """x: input embeddings [B, T, hidden]. Returns final-normed hidden states
+    and the updated cache (a list with one {"k", "v"} per layer, or None)."""
+    call = DecoderLayer.__call__
+    if self.cfg.remat:
+      call = nnx.remat(call)
+    new_cache = []
+    for i, layer in enumerate(self.layers):
+      x, c = call(layer, x, positions, mask, None if cache is None else cache[i], write_index)
+      new_cache.append(c)
+    return self.final_norm(x), (new_cache if cache is not None else None)
+
+  def init_cache(self, batch, length, dtype=None):
+    cfg = self.cfg
+    shape = (batch, length, cfg.kv_heads, cfg.head_dim)
+    dtype = dtype or jnp.dtype(cfg.dtype)
+    return [{"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+            for _ in range(cfg.layers)]

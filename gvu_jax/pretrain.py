@@ -1,0 +1,107 @@
+"""Supervised pretraining from scratch on the embedded world: text->image
+(teacher-forced image tokens) and image->text (captioning) in every batch."""
+
+import time
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from gvu_jax import checkpoint, metrics, rl
+from gvu_jax.data import batches
+from gvu_jax.errors import InputError
+from gvu_jax.models import build
+from gvu_jax.models.janus import image_logits
+from gvu_jax.reward import answer_token_logprobs
+
+
+def make_train_step(graphdef, image_tokenizer, tx, answer_start):
+  """Pure (state, batch) -> (state, metrics), jit-compiled, state donated."""
+
+  def loss_fn(params, batch):
+    model = nnx.merge(graphdef, params)
+    logits = image_logits(model, batch["prompt_ids"], batch["prompt_valid"], batch["codes"])
+    t2i = optax.softmax_cross_entropy_with_integer_labels(logits, batch["codes"]).mean()
+    pixels = image_tokenizer.decode(batch["codes"])    # the same pixel path as the reward
+    token_logp = answer_token_logprobs(model, batch["query_ids"], batch["query_valid"],
+                                       batch["image_slots"], pixels, batch["caption_mask"],
+                                       answer_start)
+    i2t = -token_logp.sum() / batch["caption_mask"].sum()
+    return t2i + i2t, {"t2i_loss": t2i, "i2t_loss": i2t}
+
+  def step(state, batch):
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], batch)
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    return ({"params": params, "opt_state": opt_state, "step": state["step"] + 1},
+            dict(aux, loss=loss, grad_norm=optax.global_norm(grads)))
+
+  return jax.jit(step, donate_argnums=0)
+
+
+def _setup(ctx):
+  config, c = ctx.config, ctx.config.pretrain
+  checkpoint.check_model_config(ctx.path("pretrain"), build.signature(config.model))
+  graphdef, params = build.create(config.model, config.seed)
+  tx = rl.make_optimizer(c, total_steps=c.steps)
+  state = {"params": params, "opt_state": tx.init(params), "step": jnp.int32(0)}
+  store = checkpoint.CheckpointStore(ctx.path("pretrain", "checkpoints"), c.keep)
+  return graphdef, tx, state, store
+
+
+def load(ctx):
+  """The finished pretraining checkpoint in the workdir -> (graphdef, params)."""
+  graphdef, _, state, store = _setup(ctx)
+  latest = store.latest_step()
+  if latest is None or latest < ctx.config.pretrain.steps:
+    store.close()
+    raise InputError(f"{ctx.path('pretrain')}: no finished pretraining checkpoint "
+                     f"(found step {latest}, need {ctx.config.pretrain.steps}); run "
+                     "--config.mode=pretrain or all first")
+  state, _ = store.restore(latest, state)
+  store.close()
+  return graphdef, state["params"]
+
+
+def run(ctx):
+  """Pretrains (or resumes, or skips when finished) and returns (graphdef, params)."""
+  config, c = ctx.config, ctx.config.pretrain
+  directory = ctx.path("pretrain")
+  graphdef, tx, state, store = _setup(ctx)
+  ctx.tokenizer.save(ctx.path("pretrain", "tokenizer.json"))
+  latest = store.latest_step()
+  if latest is not None:
+    state, _ = store.restore(latest, state)
+    if latest >= c.steps:
+      print(f"pretrain: found a finished checkpoint at step {latest} in {directory}; skipping")
+      store.close()
+      return graphdef, state["params"]
+    print(f"pretrain: resuming from step {latest}")
+
+  answer_start = ctx.templates.understanding(["a photo of a circle"]).answer_start
+  train_step = make_train_step(graphdef, ctx.image_tokenizer, tx, answer_start)
+  writer = metrics.MetricsWriter(ctx.path("pretrain", "metrics.jsonl"))
+  start = int(state["step"])
+  bar = metrics.progress(c.steps, "pretrain", initial=start)
+  tic, seen = time.perf_counter(), 0
+  for step in range(start, c.steps):
+    batch = batches.supervised_batch(ctx.templates, ctx.train_specs, c.batch_size,
+                                     batches.rng_for(config.seed, "pretrain", step),
+                                     c.cond_dropout)
+    state, m = train_step(state, batch)
+    seen += c.batch_size
+    bar.update(1)
+    done = step + 1
+    if done % c.log_every == 0 or done == c.steps:
+      m = metrics.to_python(m)
+      m["examples_per_s"] = seen / (time.perf_counter() - tic)
+      tic, seen = time.perf_counter(), 0
+      bar.set_postfix(loss=f"{m['loss']:.3f}", t2i=f"{m['t2i_loss']:.3f}",
+                      i2t=f"{m['i2t_loss']:.3f}", ex_s=f"{m['examples_per_s']:.0f}")
+      writer.write(done, m)
+    if done % c.checkpoint_every == 0 or done == c.steps:
+      store.save(done, state, {"data_position": done})
+  bar.close()
+  store.close()
+  return graphdef, state["params"]

@@ -1,0 +1,82 @@
+"""The GvU intrinsic reward (DESIGN §1.3): how likely the model's understanding
+branch finds the prompt, given the image the generation branch made.
+
+Decode tokens -> pixels, put the pixels in the understanding query
+("Describe the image in detail."), append the prompt y_1..y_L as the answer,
+and read every l_i = log p(y_i | image, query, y_<i) from ONE causal forward
+pass (the reference code runs L passes, one per token, one image at a time).
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gvu_jax.models.janus import text_logits
+from gvu_jax.errors import InputError
+
+AGGREGATIONS = ("geo_mean_prob", "prob", "mean_logprob", "weighted")
+
+
+def answer_token_logprobs(model, ids, valid, image_slots, pixels, answer_mask, answer_start):
+  """l[b, i] = log p(answer token i | image, query, answer tokens < i); 0 where masked.
+
+  Answer token i sits at position answer_start + i and is predicted by the
+  logits at the position before it.
+  """
+  length = answer_mask.shape[1]
+  logits = text_logits(model, ids, valid, image_slots, pixels)
+  logits = jax.lax.dynamic_slice_in_dim(logits, answer_start - 1, length, axis=1)
+  targets = jax.lax.dynamic_slice_in_dim(ids, answer_start, length, axis=1)
+  logp = jnp.take_along_axis(jax.nn.log_softmax(logits), targets[..., None], -1)[..., 0]
+  return jnp.where(answer_mask, logp, 0.0)
+
+
+def aggregate(token_logp, mask, kind, weights=None):
+  """Token log-likelihoods [B, L] -> one reward per image [B].
+
+  geo_mean_prob: exp(mean_i l_i)   (the paper's default; reference `prob_score_2`)
+  prob:          exp(sum_i l_i)    (reference `prob_score`)
+  mean_logprob:  mean_i l_i
+  weighted:      exp(sum_i w_i l_i / sum_i w_i)   (e.g. w = 0 on template words)
+  """
+  mask = mask.astype(jnp.float32)
+  count = jnp.maximum(mask.sum(-1), 1.0)
+  total = jnp.sum(token_logp * mask, axis=-1)
+  if kind == "geo_mean_prob":
+    return jnp.exp(total / count)
+  if kind == "prob":
+    return jnp.exp(total)
+  if kind == "mean_logprob":
+    return total / count
+  if kind == "weighted":
+    w = weights * mask
+    return jnp.exp(jnp.sum(w * token_logp, -1) / jnp.maximum(w.sum(-1), 1e-6))
+  raise InputError(f"reward.aggregation: unknown {kind!r}; expected one of {AGGREGATIONS}")
+
+
+def token_weight_table(tokenizer, word_weights, vocab_size):
+  """Per-vocabulary-id weights for the `weighted` aggregation (1 unless listed)."""
+  table = np.ones((vocab_size,), np.float32)
+  for word, weight in word_weights.items():
+    token_id = tokenizer.token_to_id(word)
+    if token_id is None:
+      raise InputError(f"reward.token_weights: {word!r} is not a token of the tokenizer")
+    table[token_id] = weight
+  return table
+
+
+def intrinsic_reward(judge, pixels, query, kind, weight_table=None):
+  """Decoded images [B, H, W, 3] -> (reward [B], token log-likelihoods [B, L]).
+
+  `judge` is the model whose understanding branch scores (the policy itself by
+  default, or the frozen reference); `query` holds the understanding batch arrays
+  for the same prompts (ids, valid, image_slots, answer_mask, answer_start).
+  """
+  token_logp = answer_token_logprobs(judge, query["ids"], query["valid"], query["image_slots"],
+                                     pixels, query["answer_mask"], query["answer_start"])
+  weights = None
+  if kind == "weighted":
+    answer = jax.lax.dynamic_slice_in_dim(query["ids"], query["answer_start"],
+                                          query["answer_mask"].shape[1], axis=1)
+    weights = weight_table[answer]
+  return aggregate(token_logp, query["answer_mask"], kind, weights), token_logp

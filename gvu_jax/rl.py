@@ -1,0 +1,132 @@
+"""GRPO on the intrinsic reward (DESIGN §1.4-1.5): group advantages, the
+clipped-ratio loss with a k3 KL penalty to the reference policy, and the
+jit-compiled update step (gradient accumulation, global-norm clipping, optax)."""
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from gvu_jax.models.janus import image_logits
+from gvu_jax.errors import InputError
+
+
+def group_advantages(rewards, group_size, eps=1e-4):
+  """A = (r - mean_G r) / (std_G r + eps) within each prompt's group of G samples.
+
+  std is the unbiased sample std (as torch.std in the reference / TRL). A group
+  whose rewards are all equal gets advantage 0, never NaN.
+  """
+  if group_size < 2:
+    raise InputError(f"gvu.group_size={group_size}: GRPO needs at least 2 samples per "
+                     "prompt to form an advantage")
+  r = rewards.reshape(-1, group_size).astype(jnp.float32)
+  centred = r - r.mean(axis=1, keepdims=True)
+  std = jnp.sqrt(jnp.sum(centred ** 2, axis=1, keepdims=True) / (group_size - 1))
+  return (centred / (std + eps)).reshape(-1)
+
+
+def shuffle_within_groups(rewards, group_size, key):
+  """The control ablation: each group's rewards randomly permuted among its samples."""
+  r = rewards.reshape(-1, group_size)
+  keys = jax.random.split(key, r.shape[0])
+  return jax.vmap(jax.random.permutation)(keys, r).reshape(-1)
+
+
+def grpo_token_loss(logp, old_logp, ref_logp, advantages, clip_eps, beta):
+  """Per-token GRPO loss [B, N] and its statistics.
+
+  rho_t = exp(logp - old);  loss_t = -min(rho_t A, clip(rho_t, 1-e, 1+e) A) + beta KL_t
+  KL_t  = exp(ref - logp) - (ref - logp) - 1        (k3 estimator, >= 0)
+  """
+  a = advantages[:, None]
+  ratio = jnp.exp(logp - old_logp)
+  clipped = jnp.clip(ratio, 1.0 - clip_eps, 1.0 + clip_eps)
+  policy_term = -jnp.minimum(ratio * a, clipped * a)
+  log_ref_ratio = ref_logp - logp
+  kl = jnp.exp(log_ref_ratio) - log_ref_ratio - 1.0
+  stats = {"kl": kl.mean(), "clip_fraction": jnp.mean((ratio != clipped).astype(jnp.float32)),
+           "ratio": ratio.mean()}
+  return policy_term + beta * kl, stats
+
+
+def token_logprobs(model, prompt_ids, prompt_valid, codes):
+  """log pi(code_t | prompt, code_<t) [B, N] and the per-token entropy [B, N]."""
+  logp_all = jax.nn.log_softmax(image_logits(model, prompt_ids, prompt_valid, codes))
+  logp = jnp.take_along_axis(logp_all, codes[..., None], -1)[..., 0]
+  entropy = -jnp.sum(jnp.exp(logp_all) * logp_all, axis=-1)
+  return logp, entropy
+
+
+def make_optimizer(c, total_steps):
+  """AdamW after global-norm clipping; linear warmup, then constant or cosine."""
+  warmup = max(c.warmup_steps, 1)
+  if c.schedule == "cosine":
+    schedule = optax.warmup_cosine_decay_schedule(0.0, c.lr, warmup, max(total_steps, warmup + 1))
+  elif c.schedule == "constant":
+    schedule = optax.join_schedules(
+        [optax.linear_schedule(0.0, c.lr, warmup), optax.constant_schedule(c.lr)], [warmup])
+  else:
+    raise InputError(f"schedule: unknown {c.schedule!r}; expected 'constant' or 'cosine'")
+  return optax.chain(optax.clip_by_global_norm(c.max_grad_norm),
+                     optax.adamw(schedule, b1=0.9, b2=0.95, weight_decay=c.weight_decay))
+
+
+def make_grpo_step(graphdef, roles, tx, *, clip_eps, beta, grad_accum):
+  """Returns step(state, frozen, batch) -> (state, metrics), pure and jit-compiled
+  with the state donated. `batch` holds prompt_ids, prompt_valid, codes,
+  advantages, ref_logp and old_logp (or no old_logp: mu=1 is exactly on-policy,
+  so the old policy is the current one held constant)."""
+
+  def loss_fn(trainable, frozen, micro):
+    model = nnx.merge(graphdef, roles.policy(trainable, frozen))
+    logp, entropy = token_logprobs(model, micro["prompt_ids"], micro["prompt_valid"],
+                                   micro["codes"])
+    old = micro.get("old_logp", jax.lax.stop_gradient(logp))
+    per_token, stats = grpo_token_loss(logp, old, micro["ref_logp"], micro["advantages"],
+                                       clip_eps, beta)
+    stats["entropy"] = entropy.mean()
+    return per_token.mean(axis=1).mean(), stats   # mean over image tokens, then over rows
+
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+  def step(state, frozen, batch):
+    micro_batches = jax.tree.map(
+        lambda x: x.reshape((grad_accum, -1) + x.shape[1:]), batch)
+
+    def accumulate(carry, micro):
+      return jax.tree.map(jnp.add, carry, grad_fn(state["trainable"], frozen, micro)), None
+
+    first = jax.tree.map(lambda x: x[0], micro_batches)
+    shapes = jax.eval_shape(grad_fn, state["trainable"], frozen, first)
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+    total, _ = jax.lax.scan(accumulate, zeros, micro_batches)
+    (loss, stats), grads = jax.tree.map(lambda x: x / grad_accum, total)
+    updates, opt_state = tx.update(grads, state["opt_state"], state["trainable"])
+    trainable = optax.apply_updates(state["trainable"], updates)
+    grad_norm = optax.global_norm(grads)
+    # A non-finite loss or gradient skips the update: weights and optimizer stay.
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+    metrics = dict(stats, loss=loss, grad_norm=grad_norm, skipped=1.0 - finite)
+    return dict(state, trainable=keep(trainable, state["trainable"]),
+                opt_state=keep(opt_state, state["opt_state"]), step=state["step"] + 1), metrics
+
+  return jax.jit(step, donate_argnums=0)
+
+
+def make_logp_fn(graphdef, roles, with_policy):
+  """Jit-compiled (trainable, frozen, batch) -> log-probs of the sampled tokens,
+  computed once per rollout: {"ref_logp"} and, for mu > 1 inner iterations,
+  {"old_logp"} under the policy that sampled them."""
+
+  def logps(trainable, frozen, batch):
+    args = (batch["prompt_ids"], batch["prompt_valid"], batch["codes"])
+    out = {"ref_logp": token_logprobs(
+        nnx.merge(graphdef, roles.reference(trainable, frozen)), *args)[0]}
+    if with_policy:
+      out["old_logp"] = token_logprobs(
+          nnx.merge(graphdef, roles.policy(trainable, frozen)), *args)[0]
+    return out
+
+  return jax.jit(logps)

@@ -1,0 +1,156 @@
+"""Image-token sampler: prefill the prompt, then a `lax.fori_loop` of one-token
+steps over a preallocated, donated KV cache.
+
+Classifier-free guidance runs conditional and unconditional rows together
+([cond..., uncond...]) and samples from  u + w (c - u)  (w = 1: CFG off, no
+unconditional rows at all). Filters apply in the order temperature, top-k,
+top-p, min-p. For each sampled token it returns two log-probs:
+  logp_policy  - log pi_theta(token | prompt): the conditional branch at
+                 temperature 1, unfiltered. This is the distribution GRPO
+                 trains (the loss recomputes exactly this quantity), so it is
+                 the one used as the "old" policy.
+  logp_sampled - the guided, tempered, filtered distribution the token was
+                 actually drawn from (for logging and off-policy analysis).
+"""
+
+import dataclasses
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from gvu_jax.models.janus import causal_mask, positions_from_valid
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+  temperature: float = 1.0
+  top_k: int = 0          # 0 = off
+  top_p: float = 1.0      # 1 = off
+  min_p: float = 0.0      # 0 = off
+  cfg_weight: float = 1.0  # 1 = CFG off
+
+  @property
+  def guided(self):
+    return self.cfg_weight != 1.0
+
+
+def filter_logits(logits, cfg: SamplingConfig):
+  """Temperature, then top-k, top-p and min-p; removed tokens get -inf."""
+  logits = logits / cfg.temperature
+  neg_inf = jnp.full_like(logits, -jnp.inf)
+  if cfg.top_k:
+    kth = jax.lax.top_k(logits, cfg.top_k)[0][..., -1:]
+    logits = jnp.where(logits < kth, neg_inf, logits)
+  if cfg.top_p < 1.0:
+    ordered = jnp.sort(logits, axis=-1)[..., ::-1]
+    probs = jax.nn.softmax(ordered, axis=-1)
+    mass_before = jnp.cumsum(probs, axis=-1) - probs
+    kept = jnp.sum(mass_before < cfg.top_p, axis=-1, keepdims=True)   # >= 1
+    threshold = jnp.take_along_axis(ordered, kept - 1, axis=-1)
+    logits = jnp.where(logits < threshold, neg_inf, logits)
+  if cfg.min_p > 0.0:
+    probs = jax.nn.softmax(logits, axis=-1)
+    floor = cfg.min_p * jnp.max(probs, axis=-1, keepdims=True)
+    logits = jnp.where(probs < floor, neg_inf, logits)
+  return logits
+
+
+@dataclasses.dataclass
+class Samples:
+  codes: jax.Array          # [B*G, N] int32, prompt-major (rows of prompt b: b*G .. b*G+G-1)
+  logp_policy: jax.Array    # [B*G, N] float32
+  logp_sampled: jax.Array   # [B*G, N] float32
+
+
+jax.tree_util.register_dataclass(Samples, data_fields=["codes", "logp_policy", "logp_sampled"],
+                                 meta_fields=[])
+
+
+def sample_image_tokens(model, ids, valid, uncond_ids, uncond_valid, key, cache, *,
+                        cfg: SamplingConfig, num_tokens):
+  """One batch of rows (already repeated G times). Returns (Samples, cache)."""
+  rows = ids.shape[0]
+  if cfg.guided:
+    ids = jnp.concatenate([ids, uncond_ids])
+    valid = jnp.concatenate([valid, uncond_valid])
+  p = ids.shape[1]
+  prompt_lengths = jnp.sum(valid, axis=1)
+
+  def next_token(logits, step_key):
+    cond = logits[:rows]
+    guided = cond
+    if cfg.guided:
+      uncond = logits[rows:]
+      guided = uncond + cfg.cfg_weight * (cond - uncond)
+    filtered = filter_logits(guided, cfg)
+    code = jax.random.categorical(step_key, filtered, axis=-1)
+    pick = lambda lg: jnp.take_along_axis(jax.nn.log_softmax(lg), code[:, None], -1)[:, 0]
+    return code.astype(jnp.int32), pick(cond), pick(filtered)
+
+  # Prefill: the prompt fills cache slots [0, p); image token i goes to slot p + i.
+  slots_valid = jnp.concatenate([valid, jnp.zeros((valid.shape[0], num_tokens - 1), bool)], 1)
+  mask = causal_mask(slots_valid)[:, :p]
+  hidden, cache = model.lm(model.lm.embed_tokens(ids), positions_from_valid(valid), mask,
+                           cache, 0)
+  first = next_token(model.image_head(hidden[:, -1]), jax.random.fold_in(key, 0))
+  out = jax.tree.map(lambda x: jnp.zeros((rows, num_tokens), x.dtype).at[:, 0].set(x), first)
+
+  def body(i, carry):
+    out, cache = carry
+    last = out[0][:, i - 1]
+    if cfg.guided:
+      last = jnp.concatenate([last, last])
+    x = model.embed_image_codes(last[:, None])
+    positions = (prompt_lengths + i - 1)[:, None]
+    slot = jnp.arange(p + num_tokens - 1)
+    step_mask = (slots_valid | ((slot >= p) & (slot < p + i)))[:, None, :]
+    hidden, cache = model.lm(x, positions, step_mask, cache, p + i - 1)
+    new = next_token(model.image_head(hidden[:, 0]), jax.random.fold_in(key, i))
+    out = jax.tree.map(lambda o, n: o.at[:, i].set(n), out, new)
+    return out, cache
+
+  out, cache = jax.lax.fori_loop(1, num_tokens, body, (out, cache))
+  return Samples(*out), cache
+
+
+class Sampler:
+  """Jit-compiled sampler for a fixed batch shape; owns and donates its KV cache.
+
+  `sampler(params, ids, valid, key)` takes B prompts (left-padded, ending with
+  <begin_of_image>) and returns G samples per prompt.
+  """
+
+  def __init__(self, graphdef, cfg: SamplingConfig, *, num_tokens, uncond_row, group_size=1):
+    self.cfg, self.num_tokens, self.group_size = cfg, num_tokens, group_size
+    self.uncond_ids, self.uncond_valid = (np.asarray(a) for a in uncond_row)
+    self._graphdef = graphdef
+    self._cache = None
+
+    def run(params, ids, valid, key, cache):
+      model = nnx.merge(graphdef, params)
+      ids, valid = jnp.repeat(ids, group_size, 0), jnp.repeat(valid, group_size, 0)
+      rows = ids.shape[0]
+      uncond_ids = jnp.broadcast_to(self.uncond_ids, (rows,) + self.uncond_ids.shape[-1:])
+      uncond_valid = jnp.broadcast_to(self.uncond_valid, uncond_ids.shape)
+      return sample_image_tokens(model, ids, valid, uncond_ids, uncond_valid, key, cache,
+                                 cfg=cfg, num_tokens=num_tokens)
+
+    self._run = jax.jit(run, donate_argnums=4)
+
+  def _new_cache(self, params, batch, prompt_len):
+    model = nnx.merge(self._graphdef, params)
+    rows = batch * self.group_size * (2 if self.cfg.guided else 1)
+    return model.lm.init_cache(rows, prompt_len + self.num_tokens - 1)
+
+  def __call__(self, params, ids, valid, key) -> Samples:
+    shape = (ids.shape[0], ids.shape[1])
+    if self._cache is None or self._cache_shape != shape:
+      self._cache, self._cache_shape = self._new_cache(params, *shape), shape
+    samples, self._cache = self._run(params, ids, valid, key, self._cache)
+    return samples
+
+  def compilations(self):
+    """How many times the sampler has been compiled (one per batch shape)."""
+    return self._run._cache_size()
+

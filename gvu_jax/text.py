@@ -1,0 +1,114 @@
+"""Text side: the tokenizer and the chat templates that turn prompts into model
+inputs (host-side numpy).
+
+Generation:    <bos> <|User|>: {prompt} <|Assistant|>: <begin_of_image>        (left-padded)
+Understanding: <bos> <|User|>: <begin_of_image> <image_placeholder> x N <end_of_image>
+               describe the image in detail . <|Assistant|>: {prompt} <eos>     (right-padded)
+
+The same shapes as Janus' templates (DESIGN §2), word-level for the embedded world.
+"""
+
+import dataclasses
+
+import numpy as np
+import tokenizers
+
+from gvu_jax.data import world
+from gvu_jax.errors import InputError
+
+PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
+BOI, EOI, IMG = "<begin_of_image>", "<end_of_image>", "<image_placeholder>"
+USER, ASSISTANT = "<|User|>:", "<|Assistant|>:"
+SPECIALS = (PAD, BOS, EOS, UNK, BOI, EOI, IMG, USER, ASSISTANT)
+UNDERSTANDING_QUERY = "describe the image in detail ."
+
+
+def synthetic_tokenizer() -> tokenizers.Tokenizer:
+  """A word-level tokenizer over the embedded world's words (deterministic)."""
+  words = list(SPECIALS) + sorted(set(UNDERSTANDING_QUERY.split()) | set(world.vocabulary()))
+  tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(
+      {w: i for i, w in enumerate(words)}, unk_token=UNK))
+  tok.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
+  tok.add_special_tokens(list(SPECIALS))
+  return tok
+
+
+@dataclasses.dataclass
+class UnderstandingBatch:
+  """A right-padded understanding query + answer. `answer_mask[b, i]` marks the
+  real prompt tokens of the answer; answer token i sits at position
+  `answer_start + i` and is predicted from position `answer_start + i - 1`."""
+  ids: np.ndarray           # [B, T] int32
+  valid: np.ndarray         # [B, T] bool
+  image_slots: np.ndarray   # [B, T] bool
+  answer_start: int
+  answer_mask: np.ndarray   # [B, L] bool (prompt tokens; the <eos> after them is not marked)
+  answer_len: int           # L = longest answer incl. <eos>
+
+  def arrays(self):
+    """What the reward and scoring functions take."""
+    return {"ids": self.ids, "valid": self.valid, "image_slots": self.image_slots,
+            "answer_mask": self.answer_mask, "answer_start": self.answer_start}
+
+
+class Templates:
+  """Encodes prompts for generation and understanding with fixed, config-chosen
+  lengths, so every batch has the same shape (one compilation)."""
+
+  def __init__(self, tokenizer, image_tokens, max_prompt_tokens):
+    self.tok = tokenizer
+    self.image_tokens = image_tokens
+    self.max_prompt_tokens = max_prompt_tokens
+    self.ids = {s: tokenizer.token_to_id(s) for s in SPECIALS}
+    self.pad_id, self.image_token_id = self.ids[PAD], self.ids[IMG]
+
+  def encode_prompt(self, text):
+    ids = self.tok.encode(text, add_special_tokens=False).ids
+    if self.ids[UNK] in ids:
+      words = [w for w, i in zip(text.split(), ids) if i == self.ids[UNK]]
+      raise InputError(f"prompt {text!r}: words not in the tokenizer's vocabulary: {words}")
+    if not ids:
+      raise InputError("empty prompt")
+    if len(ids) > self.max_prompt_tokens:
+      raise InputError(f"prompt {text!r} is {len(ids)} tokens; the context leaves room for "
+                       f"{self.max_prompt_tokens} (config model.max_prompt_tokens)")
+    return ids
+
+  @property
+  def generation_length(self):
+    return self.max_prompt_tokens + 4   # <bos> <|User|>: ... <|Assistant|>: <begin_of_image>
+
+  def generation(self, texts):
+    """Left-padded generation prompts: (ids [B, P], valid [B, P])."""
+    p = self.generation_length
+    ids = np.full((len(texts), p), self.pad_id, np.int32)
+    for b, text in enumerate(texts):
+      seq = [self.ids[BOS], self.ids[USER], *self.encode_prompt(text),
+             self.ids[ASSISTANT], self.ids[BOI]]
+      ids[b, p - len(seq):] = seq
+    return ids, ids != self.pad_id
+
+  def unconditional(self, batch):
+    """CFG's unconditional rows: only <bos> and <begin_of_image> are real."""
+    p = self.generation_length
+    ids = np.full((batch, p), self.pad_id, np.int32)
+    ids[:, -2:] = [self.ids[BOS], self.ids[BOI]]
+    return ids, ids != self.pad_id
+
+  def understanding(self, texts):
+    prefix = [self.ids[BOS], self.ids[USER], self.ids[BOI],
+              *[self.image_token_id] * self.image_tokens, self.ids[EOI],
+              *self.tok.encode(UNDERSTANDING_QUERY, add_special_tokens=False).ids,
+              self.ids[ASSISTANT]]
+    answers = [self.encode_prompt(t) for t in texts]
+    answer_len = self.max_prompt_tokens + 1
+    ids = np.full((len(texts), len(prefix) + answer_len), self.pad_id, np.int32)
+    answer_mask = np.zeros((len(texts), answer_len), bool)
+    for b, ans in enumerate(answers):
+      seq = prefix + ans + [self.ids[EOS]]
+      ids[b, :len(seq)] = seq
+      answer_mask[b, :len(ans)] = True
+    return UnderstandingBatch(ids=ids, valid=ids != self.pad_id,
+                              image_slots=ids == self.image_token_id,
+                              answer_start=len(prefix), answer_mask=answer_mask,
+                              answer_len=answer_len)

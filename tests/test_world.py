@@ -1,0 +1,143 @@
+"""Tests for the shapes world: rendering, codebook, prompts and sampling."""
+import collections
+import itertools
+
+import numpy as np
+import pytest
+
+from gvu_jax.data import world
+from gvu_jax.evaluation import judge
+
+
+def random_scene(rng, max_objects=world.NUM_CELLS):
+  n = rng.integers(0, max_objects + 1)
+  cells = rng.choice(world.NUM_CELLS, size=n, replace=False)
+  return tuple(world.Object(world.SHAPES[rng.integers(len(world.SHAPES))],
+                            world.COLORS[rng.integers(len(world.COLORS))],
+                            c // world.GRID, c % world.GRID) for c in cells)
+
+
+def test_codebook_layout():
+  table = world.patch_table()
+  assert table.shape == (world.CODEBOOK_SIZE, world.CELL, world.CELL, 3)
+  assert table.dtype == np.uint8
+  assert not table[0].any()
+  assert world.code_of("circle", "red") == 1
+  assert world.code_of("cross", "orange") == world.CODEBOOK_SIZE - 1
+  # Every object keeps a 1-pixel empty margin inside its cell.
+  assert not table[:, [0, -1]].any() and not table[:, :, [0, -1]].any()
+
+
+def test_render_codes_round_trip():
+  rng = np.random.default_rng(0)
+  scenes = [random_scene(rng) for _ in range(200)]
+  codes = np.stack([world.scene_to_codes(s) for s in scenes])
+  images = np.stack([world.render(s) for s in scenes])
+  assert images.shape == (200, 32, 32, 3) and images.dtype == np.uint8
+  np.testing.assert_array_equal(world.image_to_codes(images), codes)
+  np.testing.assert_array_equal(world.codes_to_image(codes), images)
+
+
+def test_render_places_object_in_cell():
+  image = world.render((world.Object("square", "blue", 1, 2),))
+  ys, xs = np.nonzero(image.any(-1))
+  assert (ys.min(), ys.max(), xs.min(), xs.max()) == (9, 14, 17, 22)
+  assert tuple(image[10, 18]) == world.PALETTE["blue"]
+
+
+def test_two_objects_in_one_cell_rejected():
+  with pytest.raises(ValueError):
+    world.scene_to_codes((world.Object("square", "blue", 0, 0),
+                          world.Object("circle", "red", 0, 0)))
+
+
+def test_shapes_distinct():
+  masks = [world.shape_mask(s) for s in world.SHAPES]
+  sizes = [m.sum() for m in masks]
+  assert min(sizes) >= 0.5 * max(sizes)
+  for a, b in itertools.combinations(masks, 2):
+    assert (a & b).sum() / (a | b).sum() < 0.9
+
+
+def test_palette_far_apart():
+  colors = np.array(list(world.PALETTE.values()), float)
+  assert set(world.PALETTE) == set(world.COLORS)
+  dists = np.linalg.norm(colors[:, None] - colors[None], axis=-1)
+  assert dists[~np.eye(len(colors), dtype=bool)].min() > 100
+  assert colors.max(-1).min() > 2 * judge.BACKGROUND_MAX
+
+
+def test_all_specs():
+  specs = world.all_specs()
+  counts = collections.Counter(s.category for s in specs)
+  assert counts == {"single_object": 4, "two_object": 6, "counting": 16,
+                    "colors": 24, "position": 48, "color_attr": 180}
+  texts = [s.text for s in specs]
+  assert len(set(texts)) == len(texts)
+  assert len(set(specs)) == len(specs)  # Hashable and distinct.
+  vocab = set(world.vocabulary())
+  for text in texts:
+    assert text.startswith("a photo of ") and text == " ".join(text.split())
+    assert set(text.split()) <= vocab
+
+
+@pytest.mark.parametrize("objects,relation,category,text", [
+    ((("circle", None, 1),), None, "single_object", "a photo of a circle"),
+    ((("circle", None, 1), ("square", None, 1)), None, "two_object",
+     "a photo of a circle and a square"),
+    ((("circle", None, 3),), None, "counting", "a photo of three circles"),
+    ((("circle", None, 1),), None, "counting", "a photo of one circle"),
+    ((("cross", None, 2),), None, "counting", "a photo of two crosses"),
+    ((("circle", "red", 1),), None, "colors", "a photo of a red circle"),
+    ((("circle", None, 1), ("square", None, 1)), "left of", "position",
+     "a photo of a circle left of a square"),
+    ((("circle", "red", 1), ("square", "orange", 1)), None, "color_attr",
+     "a photo of a red circle and an orange square"),
+])
+def test_spec_text(objects, relation, category, text):
+  spec = world.PromptSpec(category, objects, relation)
+  assert spec.text == text
+  assert spec in world.all_specs()
+
+
+def test_split_specs():
+  train, heldout = world.split_specs(seed=3)
+  assert world.split_specs(seed=3) == (train, heldout)
+  assert world.split_specs(seed=4) != (train, heldout)
+  assert not set(train) & set(heldout)
+  assert sorted(train + heldout, key=world.all_specs().index) == (
+      world.all_specs())
+  for category in world.CATEGORIES:
+    n = sum(s.category == category for s in world.all_specs())
+    n_held = sum(s.category == category for s in heldout)
+    assert n_held == min(max(1, round(0.2 * n)), n - 1)
+
+
+def test_sample_scene_deterministic_and_judged_true():
+  for spec in world.all_specs():
+    scene = world.sample_scene(spec, np.random.default_rng(7))
+    assert scene == world.sample_scene(spec, np.random.default_rng(7))
+    assert len(scene) == sum(count for _, _, count in spec.objects)
+    assert judge.judge(world.render(scene), spec), spec.text
+
+
+def test_distractors():
+  rng = np.random.default_rng(0)
+  for spec in world.all_specs():
+    image = world.render(world.sample_scene(spec, rng))
+    ds = world.distractors(spec, image, 3, np.random.default_rng(1))
+    assert ds == world.distractors(spec, image, 3, np.random.default_rng(1))
+    assert ds and len(ds) <= 3
+    assert len({d.text for d in ds} | {spec.text}) == len(ds) + 1
+    for d in ds:
+      assert d.category == spec.category
+      assert not judge.judge(image, d), (spec.text, d.text)
+
+
+def test_distractors_prefer_near_misses():
+  spec = world.PromptSpec("color_attr", (("circle", "red", 1),
+                                         ("square", "blue", 1)))
+  image = world.render((world.Object("circle", "red", 0, 0),
+                        world.Object("square", "blue", 3, 3)))
+  ds = world.distractors(spec, image, 1, np.random.default_rng(0))
+  assert [d.text for d in ds] == ["a photo of a blue circle and a red square"]
