@@ -30,13 +30,13 @@ def get_config(arg=None):
 
   # Held-out evaluation: generation judged on pixels, understanding as ranking
   # the true prompt among judge-verified distractors by the model's likelihood.
-  c.eval = dict(samples_per_prompt=4, num_distractors=4, batch_size=128, grid_images=32,
+  c.eval = dict(images_per_category=64, num_distractors=4, batch_size=128,
                 sampling=dict(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, cfg_weight=1.0))
 
   # GvU: GRPO on the intrinsic reward. No judge, labels or renders are used here.
   c.gvu = dict(steps=200, prompts_per_step=16, group_size=8, mu=1, grad_accum=1,
                lr=1e-4, warmup_steps=10, schedule="constant", weight_decay=0.0,
-               max_grad_norm=1.0, clip_eps=0.2, beta=0.03,
+               max_grad_norm=1.0, clip_eps=0.2, beta=0.03, scale_advantages_by_std=True,
                lora=dict(enabled=True, rank=8, alpha=32.0,
                          targets=("q", "k", "v", "o", "gate", "up", "down")),
                sampling=dict(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, cfg_weight=1.0),
@@ -51,7 +51,7 @@ def get_config(arg=None):
     c.model = presets.synthetic("mini")
     c.pretrain.update(steps=30, batch_size=16, warmup_steps=5, log_every=10,
                       checkpoint_every=15)
-    c.eval.update(samples_per_prompt=1, num_distractors=2, batch_size=64, grid_images=8)
+    c.eval.update(images_per_category=8, num_distractors=2, batch_size=48)
     c.gvu.update(steps=4, prompts_per_step=4, group_size=2, log_every=2,
                  checkpoint_every=2, grid_every=2)
   return c

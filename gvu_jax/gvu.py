@@ -8,6 +8,7 @@ Nothing here sees the judge, the world's labels or ground-truth renders: the
 only signal is the reward the model computes from its own decoded pixels.
 """
 
+import functools
 import os
 import time
 
@@ -116,7 +117,8 @@ def run(ctx, base_params):
   grpo_step = rl.make_grpo_step(graphdef, roles, tx, clip_eps=c.clip_eps, beta=c.beta,
                                 grad_accum=c.grad_accum)
   shuffle = jax.jit(rl.shuffle_within_groups, static_argnums=1)
-  advantages = jax.jit(rl.group_advantages, static_argnums=1)
+  advantages = jax.jit(functools.partial(rl.group_advantages, group_size=g,
+                                         scale_by_std=c.scale_advantages_by_std))
   writer = metrics.MetricsWriter(ctx.path("gvu", "metrics.jsonl"))
   base_key = jax.random.wrap_key_data(np.asarray(state["rng"]))   # state is donated
 
@@ -141,7 +143,7 @@ def run(ctx, base_params):
 
     tic = time.perf_counter()
     batch = {"prompt_ids": np.repeat(ids, g, 0), "prompt_valid": np.repeat(valid, g, 0),
-             "codes": samples.codes, "advantages": advantages(used, g)}
+             "codes": samples.codes, "advantages": advantages(used)}
     batch.update(logp_fn(state["trainable"], frozen, batch))
     for _ in range(c.mu):
       state, m = grpo_step(state, frozen, batch)

@@ -5,6 +5,8 @@
 
 mode=all (the default) runs pretrain -> eval -> gvu -> eval and writes
 WORKDIR/report.json; each stage resumes from, or skips to, what WORKDIR holds.
+mode=pretrain and mode=gvu train one stage; mode=eval evaluates the finished
+pretraining checkpoint and, if there is one, the latest GvU policy.
 """
 
 import os
@@ -44,44 +46,16 @@ def run(config, workdir):
   if config.mode == "pretrain":
     pretrain.run(ctx)
     return
-  if config.mode == "all":
-    graphdef, params = pretrain.run(ctx)
-  else:
-    graphdef, params = pretrain.load(ctx)
-  if config.mode in ("all", "eval"):
-    report.add_stage(ctx, "pretrained", evaluate.run(ctx, graphdef, params, "pretrained"))
-  if config.mode in ("all", "gvu"):
-    policy = gvu.run(ctx, params)
-  else:
-    policy = gvu.load(ctx, params)   # eval: the GvU policy too, if there is one
+  if config.mode == "gvu":
+    gvu.run(ctx, pretrain.load(ctx)[1])
+    return
+  # all: train what is missing, evaluating each stage; eval: evaluate what is there.
+  graphdef, params = (pretrain.run if config.mode == "all" else pretrain.load)(ctx)
+  report.add_stage(ctx, "pretrained", evaluate.run(ctx, graphdef, params, "pretrained"))
+  policy = gvu.run(ctx, params) if config.mode == "all" else gvu.load(ctx, params)
   if policy is not None:
     report.add_stage(ctx, "gvu", evaluate.run(ctx, *policy, "gvu"))
   report.show(ctx)
-
-
-def parse_flags(argv):
-  """absl flag parsing whose failures (unknown flag or config key, bad preset,
-  bad value) end the program with one line naming the problem."""
-  try:
-    return flags.FLAGS(argv)
-  except Exception as e:  # noqa: BLE001 - every parse failure is the user's input
-    print(f"error: {describe_flag_error(e, argv)}", file=sys.stderr)
-    sys.exit(2)
-
-
-def describe_flag_error(error, argv):
-  lines = [l.strip() for l in str(error).replace("\\n", "\n").splitlines() if l.strip()]
-  message = lines[-1] if lines else type(error).__name__
-  unknown = re.search(r"Did you mean \"(\w+)\" instead of \"(\w+)\"", str(error))
-  missing = re.match(r"^'?\\?'?(\w+)", str(error).strip("'\"\\")) if isinstance(
-      error, (KeyError, AttributeError)) else None
-  key = unknown.group(2) if unknown else (missing.group(1) if missing else None)
-  if key:
-    flag = next((a.split("=")[0] for a in argv if a.startswith("--config.")
-                 and a.split("=")[0].split(".")[-1] == key), f"config key {key!r}")
-    hint = f' (did you mean "{unknown.group(1)}"?)' if unknown else ""
-    return f"{flag}: unknown config key {key!r}{hint}"
-  return re.sub(r"^\w+(Error|Exception): ", "", message)
 
 
 def load_config():

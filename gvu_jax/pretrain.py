@@ -85,10 +85,11 @@ def run(ctx):
   start = int(state["step"])
   bar = metrics.progress(c.steps, "pretrain", initial=start)
   tic, seen = time.perf_counter(), 0
-  for step in range(start, c.steps):
-    batch = batches.supervised_batch(ctx.templates, ctx.train_specs, c.batch_size,
-                                     batches.rng_for(config.seed, "pretrain", step),
-                                     c.cond_dropout)
+  make_batch = lambda step: batches.supervised_batch(
+      ctx.templates, ctx.train_specs, c.batch_size,
+      batches.rng_for(config.seed, "pretrain", step), c.cond_dropout)
+  for step, batch in zip(range(start, c.steps),
+                         batches.prefetch(make_batch, range(start, c.steps))):
     state, m = train_step(state, batch)
     seen += c.batch_size
     bar.update(1)

@@ -11,17 +11,22 @@ from gvu_jax.models.janus import image_logits
 from gvu_jax.errors import InputError
 
 
-def group_advantages(rewards, group_size, eps=1e-4):
+def group_advantages(rewards, group_size, eps=1e-4, scale_by_std=True):
   """A = (r - mean_G r) / (std_G r + eps) within each prompt's group of G samples.
 
   std is the unbiased sample std (as torch.std in the reference / TRL). A group
-  whose rewards are all equal gets advantage 0, never NaN.
+  whose rewards are all equal gets advantage 0, never NaN. scale_by_std=False
+  keeps A = r - mean_G r (Dr. GRPO): a group whose samples are all about as
+  good then no longer gets advantages as large as a group with a real winner.
   """
   if group_size < 2:
     raise InputError(f"gvu.group_size={group_size}: GRPO needs at least 2 samples per "
                      "prompt to form an advantage")
   r = rewards.reshape(-1, group_size).astype(jnp.float32)
-  centred = r - r.mean(axis=1, keepdims=True)
+  tied = r.max(axis=1, keepdims=True) == r.min(axis=1, keepdims=True)
+  centred = jnp.where(tied, 0.0, r - r.mean(axis=1, keepdims=True))  # exact 0, no fp32 residue
+  if not scale_by_std:
+    return centred.reshape(-1)
   std = jnp.sqrt(jnp.sum(centred ** 2, axis=1, keepdims=True) / (group_size - 1))
   return (centred / (std + eps)).reshape(-1)
 
@@ -60,14 +65,15 @@ def token_logprobs(model, prompt_ids, prompt_valid, codes):
 
 def make_optimizer(c, total_steps):
   """AdamW after global-norm clipping; linear warmup, then constant or cosine."""
-  warmup = max(c.warmup_steps, 1)
   if c.schedule == "cosine":
-    schedule = optax.warmup_cosine_decay_schedule(0.0, c.lr, warmup, max(total_steps, warmup + 1))
+    schedule = optax.cosine_decay_schedule(c.lr, max(total_steps - c.warmup_steps, 1))
   elif c.schedule == "constant":
-    schedule = optax.join_schedules(
-        [optax.linear_schedule(0.0, c.lr, warmup), optax.constant_schedule(c.lr)], [warmup])
+    schedule = optax.constant_schedule(c.lr)
   else:
     raise InputError(f"schedule: unknown {c.schedule!r}; expected 'constant' or 'cosine'")
+  if c.warmup_steps:
+    schedule = optax.join_schedules(
+        [optax.linear_schedule(0.0, c.lr, c.warmup_steps), schedule], [c.warmup_steps])
   return optax.chain(optax.clip_by_global_norm(c.max_grad_norm),
                      optax.adamw(schedule, b1=0.9, b2=0.95, weight_decay=c.weight_decay))
 

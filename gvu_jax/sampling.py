@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from gvu_jax.errors import InputError
 from gvu_jax.models.janus import causal_mask, positions_from_valid
 
 
@@ -29,6 +30,16 @@ class SamplingConfig:
   top_p: float = 1.0      # 1 = off
   min_p: float = 0.0      # 0 = off
   cfg_weight: float = 1.0  # 1 = CFG off
+
+  def __post_init__(self):
+    if not self.temperature > 0:
+      raise InputError(f"sampling.temperature={self.temperature}: must be > 0")
+    if not 0 < self.top_p <= 1:
+      raise InputError(f"sampling.top_p={self.top_p}: must be in (0, 1]")
+    if not 0 <= self.min_p < 1:
+      raise InputError(f"sampling.min_p={self.min_p}: must be in [0, 1)")
+    if self.top_k < 0:
+      raise InputError(f"sampling.top_k={self.top_k}: must be >= 0 (0 = off)")
 
   @property
   def guided(self):
@@ -46,7 +57,7 @@ def filter_logits(logits, cfg: SamplingConfig):
     ordered = jnp.sort(logits, axis=-1)[..., ::-1]
     probs = jax.nn.softmax(ordered, axis=-1)
     mass_before = jnp.cumsum(probs, axis=-1) - probs
-    kept = jnp.sum(mass_before < cfg.top_p, axis=-1, keepdims=True)   # >= 1
+    kept = jnp.maximum(jnp.sum(mass_before < cfg.top_p, axis=-1, keepdims=True), 1)
     threshold = jnp.take_along_axis(ordered, kept - 1, axis=-1)
     logits = jnp.where(logits < threshold, neg_inf, logits)
   if cfg.min_p > 0.0:
@@ -126,8 +137,10 @@ class Sampler:
     self.uncond_ids, self.uncond_valid = (np.asarray(a) for a in uncond_row)
     self._graphdef = graphdef
     self._cache = None
+    self._traces = 0
 
     def run(params, ids, valid, key, cache):
+      self._traces += 1   # runs once per trace, i.e. per compilation
       model = nnx.merge(graphdef, params)
       ids, valid = jnp.repeat(ids, group_size, 0), jnp.repeat(valid, group_size, 0)
       rows = ids.shape[0]
@@ -151,6 +164,6 @@ class Sampler:
     return samples
 
   def compilations(self):
-    """How many times the sampler has been compiled (one per batch shape)."""
-    return self._run._cache_size()
+    """How many times the sampler has been traced and compiled (one per batch shape)."""
+    return self._traces
 

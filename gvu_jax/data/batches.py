@@ -5,6 +5,9 @@ a run is its step: resuming at step s gives exactly the batches an uninterrupted
 run would have seen.
 """
 
+import queue
+import threading
+
 import numpy as np
 
 from gvu_jax.data import world
@@ -46,3 +49,24 @@ def supervised_batch(templates, specs, n, rng, cond_dropout):
           "query_ids": query.ids, "query_valid": query.valid,
           "image_slots": query.image_slots,
           "caption_mask": np.arange(query.answer_len) <= query.answer_mask.sum(1)[:, None]}
+
+
+def prefetch(make_batch, steps, depth=2):
+  """Yields make_batch(step) for step in `steps`, computed `depth` ahead on a
+  background thread so host-side rendering overlaps the device step."""
+  out = queue.Queue(maxsize=depth)
+  done = threading.Event()
+
+  def worker():
+    for step in steps:
+      if done.is_set():
+        return
+      out.put(make_batch(step))
+
+  thread = threading.Thread(target=worker, daemon=True)
+  thread.start()
+  try:
+    for _ in steps:
+      yield out.get()
+  finally:
+    done.set()

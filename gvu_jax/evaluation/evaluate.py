@@ -41,31 +41,40 @@ def make_scorer(ctx, graphdef):
   return jax.jit(score)
 
 
+def balanced_prompts(specs, per_category):
+  """`per_category` prompts for every category, cycling through its held-out
+  prompts, so every category is measured with the same precision however few
+  held-out prompts it has."""
+  out = []
+  for category in world.CATEGORIES:
+    mine = [s for s in specs if s.category == category]
+    out += [mine[i % len(mine)] for i in range(per_category)] if mine else []
+  return out
+
+
 def generation(ctx, graphdef, params, scorer):
-  c, specs = ctx.config.eval, ctx.heldout_specs
-  g = c.samples_per_prompt
-  per_batch = max(c.batch_size // g, 1)
-  sampler = Sampler(graphdef, SamplingConfig(**c.sampling), num_tokens=ctx.config.model.image_tokens,
-                    uncond_row=ctx.templates.unconditional(1), group_size=g)
+  c = ctx.config.eval
+  specs = balanced_prompts(ctx.heldout_specs, c.images_per_category)
+  sampler = Sampler(graphdef, SamplingConfig(**c.sampling),
+                    num_tokens=ctx.config.model.image_tokens,
+                    uncond_row=ctx.templates.unconditional(1))
   key = jax.random.key(ctx.config.seed)
   codes, rewards = [], []
-  for i, (idx, real) in enumerate(padded_chunks(len(specs), per_batch)):
+  for i, (idx, real) in enumerate(padded_chunks(len(specs), c.batch_size)):
     texts = [specs[j].text for j in idx]
     ids, valid = ctx.templates.generation(texts)
     out = sampler(params, ids, valid, jax.random.fold_in(key, i))
-    query = ctx.templates.understanding([t for t in texts for _ in range(g)]).arrays()
-    _, r = scorer(params, out.codes, query)
-    codes.append(np.asarray(out.codes)[:real * g])
-    rewards.append(np.asarray(r)[:real * g])
-  codes = np.concatenate(codes)
-  images = world.codes_to_image(codes)
-  row_specs = [s for s in specs for _ in range(g)]
-  correct = judge.judge_batch(images, row_specs)
-  return images, row_specs, correct, float(np.concatenate(rewards).mean())
+    _, r = scorer(params, out.codes, ctx.templates.understanding(texts).arrays())
+    codes.append(np.asarray(out.codes)[:real])
+    rewards.append(np.asarray(r)[:real])
+  images = world.codes_to_image(np.concatenate(codes))
+  correct = judge.judge_batch(images, specs)
+  return images, specs, correct, float(np.concatenate(rewards).mean())
 
 
 def understanding(ctx, params, scorer):
-  c, specs = ctx.config.eval, ctx.heldout_specs
+  c = ctx.config.eval
+  specs = balanced_prompts(ctx.heldout_specs, c.images_per_category)
   candidates, owner, codes = [], [], []
   for i, spec in enumerate(specs):
     rng = batches.rng_for(ctx.config.seed, "eval", i)
@@ -81,20 +90,20 @@ def understanding(ctx, params, scorer):
     total, _ = scorer(params, codes[idx], query)
     scores[idx[:real]] = np.asarray(total)[:real]
   owner = np.asarray(owner)
-  correct = []
-  for i in range(len(specs)):
-    mine = scores[owner == i]
-    correct.append(bool(mine[0] > mine[1:].max()) if len(mine) > 1 else True)
-  return correct
+  correct = [bool(scores[owner == i][0] > scores[owner == i][1:].max())
+             for i in range(len(specs))]
+  return correct, specs
 
 
 def run(ctx, graphdef, params, stage):
   scorer = make_scorer(ctx, graphdef)
   images, row_specs, gen_correct, mean_reward = generation(ctx, graphdef, params, scorer)
-  und_correct = understanding(ctx, params, scorer)
-  n = ctx.config.eval.grid_images
-  grid.save_grid(ctx.path("grids", f"{stage}.png"), images[:n], ncols=8,
-                 captions=[s.text for s in row_specs[:n]], marks=list(gen_correct[:n]))
+  und_correct, und_specs = understanding(ctx, params, scorer)
+  # The grid: the first few images of every category, one category per row.
+  per_row, ipc = 8, ctx.config.eval.images_per_category
+  shown = [k * ipc + j for k in range(len(row_specs) // ipc) for j in range(min(per_row, ipc))]
+  grid.save_grid(ctx.path("grids", f"{stage}.png"), images[shown], ncols=min(per_row, ipc),
+                 captions=[row_specs[i].text for i in shown], marks=[gen_correct[i] for i in shown])
   return {"generation": judge.category_accuracy(list(gen_correct), row_specs),
-          "understanding": judge.category_accuracy(und_correct, ctx.heldout_specs),
+          "understanding": judge.category_accuracy(und_correct, und_specs),
           "intrinsic_reward": mean_reward}

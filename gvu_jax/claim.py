@@ -1,0 +1,102 @@
+"""The claim, measured: GvU on the embedded world over several seeds, with the
+shuffled-reward control, each run through the real command line.
+
+  python -m gvu_jax.claim --workdir=/tmp/gvu_claim [--seeds=0,1,2] [--config=configs/synthetic.py]
+
+For each seed: `gvu_jax.main` (pretrain -> eval -> GvU -> eval), then the control
+(`--config.reward.kind=shuffled`, rewards permuted within each group) starting
+from the same pretrained checkpoint. Writes WORKDIR/claim.json and claim.md.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+from absl import app, flags
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where the runs and the summary go.")
+_SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds to run.")
+_CONFIG = flags.DEFINE_string("config", "configs/synthetic.py", "Recipe[:preset].")
+_OVERRIDES = flags.DEFINE_multi_string("override", [], "Extra --config.k=v for every run.")
+
+
+def run_main(workdir, seed, extra):
+  cmd = [sys.executable, "-m", "gvu_jax.main", f"--config={_CONFIG.value}",
+         f"--workdir={workdir}", f"--config.seed={seed}", *extra,
+         *[f"--config.{o}" for o in _OVERRIDES.value]]
+  print("+", " ".join(cmd), flush=True)
+  tic = time.perf_counter()
+  subprocess.run(cmd, check=True)
+  with open(os.path.join(workdir, "report.json")) as f:
+    return json.load(f), time.perf_counter() - tic
+
+
+def summarize(runs):
+  """Per metric: the values over seeds, their mean and std."""
+  keys = {"generation before": ("main", "pretrained", "generation"),
+          "generation after GvU": ("main", "gvu", "generation"),
+          "generation after shuffled control": ("control", "gvu", "generation"),
+          "understanding before": ("main", "pretrained", "understanding"),
+          "understanding after GvU": ("main", "gvu", "understanding"),
+          "understanding after shuffled control": ("control", "gvu", "understanding")}
+  out = {}
+  for name, (run, stage, part) in keys.items():
+    values = [r[run][stage][part]["overall"] for r in runs]
+    out[name] = {"per_seed": values, "mean": float(np.mean(values)),
+                 "std": float(np.std(values))}
+  out["generation gain (points)"] = {
+      "per_seed": [100 * (r["main"]["gvu"]["generation"]["overall"] -
+                          r["main"]["pretrained"]["generation"]["overall"]) for r in runs]}
+  out["control gain (points)"] = {
+      "per_seed": [100 * (r["control"]["gvu"]["generation"]["overall"] -
+                          r["control"]["pretrained"]["generation"]["overall"]) for r in runs]}
+  out["understanding change (points)"] = {
+      "per_seed": [100 * (r["main"]["gvu"]["understanding"]["overall"] -
+                          r["main"]["pretrained"]["understanding"]["overall"]) for r in runs]}
+  for name in ("generation gain (points)", "control gain (points)",
+               "understanding change (points)"):
+    v = out[name]["per_seed"]
+    out[name].update(mean=float(np.mean(v)), std=float(np.std(v)))
+  return out
+
+
+def markdown(summary, seeds):
+  lines = ["| metric (held-out, overall) | " + " | ".join(f"seed {s}" for s in seeds) +
+           " | mean ± std |", "|---" * (len(seeds) + 2) + "|"]
+  for name, v in summary.items():
+    cells = " | ".join(f"{x:.3f}" if "points" not in name else f"{x:+.1f}" for x in v["per_seed"])
+    fmt = "{:.1f}" if "points" in name else "{:.3f}"
+    lines.append(f"| {name} | {cells} | {fmt.format(v['mean'])} ± {fmt.format(v['std'])} |")
+  return "\n".join(lines)
+
+
+def main(argv):
+  del argv
+  if not _WORKDIR.value:
+    raise app.UsageError("--workdir is required")
+  runs = []
+  for seed in _SEEDS.value:
+    main_dir = os.path.join(_WORKDIR.value, f"seed_{seed}")
+    control_dir = os.path.join(_WORKDIR.value, f"seed_{seed}_shuffled")
+    report, seconds = run_main(main_dir, seed, [])
+    if not os.path.exists(os.path.join(control_dir, "pretrain")):   # same start as the main run
+      shutil.copytree(os.path.join(main_dir, "pretrain"), os.path.join(control_dir, "pretrain"))
+    control, control_seconds = run_main(control_dir, seed, ["--config.reward.kind=shuffled"])
+    runs.append({"seed": seed, "main": report, "control": control,
+                 "seconds": seconds, "control_seconds": control_seconds})
+  summary = summarize(runs)
+  table = markdown(summary, _SEEDS.value)
+  with open(os.path.join(_WORKDIR.value, "claim.json"), "w") as f:
+    json.dump({"summary": summary, "runs": runs}, f, indent=2)
+  with open(os.path.join(_WORKDIR.value, "claim.md"), "w") as f:
+    f.write(table + "\n")
+  print(table)
+  print("wall time per main run (s):", [round(r["seconds"]) for r in runs])
+
+
+if __name__ == "__main__":
+  app.run(main)

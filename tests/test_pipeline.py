@@ -1,0 +1,169 @@
+"""End to end through the real command line on the `mini` preset: the report
+contract, pretraining progress, resume equality, skipping finished stages, and
+the one-line errors for bad input."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from gvu_jax import checkpoint
+from gvu_jax.data import world
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MINI = "--config=configs/synthetic.py:mini"
+
+
+def run_main(workdir, *args, check=True):
+  proc = subprocess.run([sys.executable, "-m", "gvu_jax.main", MINI, f"--workdir={workdir}",
+                         *args], cwd=REPO, capture_output=True, text=True)
+  if check and proc.returncode != 0:
+    raise AssertionError(f"main failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+  return proc
+
+
+def read_jsonl(path):
+  with open(path) as f:
+    return [json.loads(line) for line in f]
+
+
+def snapshot(directory):
+  """{relative path: bytes} of every file below `directory`."""
+  out = {}
+  for root, _, files in os.walk(directory):
+    for name in files:
+      path = os.path.join(root, name)
+      with open(path, "rb") as f:
+        out[os.path.relpath(path, directory)] = f.read()
+  return out
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("mini"))
+  proc = run_main(workdir)
+  return workdir, proc
+
+
+def test_report_contract(full_run):
+  workdir, proc = full_run
+  with open(os.path.join(workdir, "report.json")) as f:
+    report = json.load(f)
+  assert list(report) == ["pretrained", "gvu"]
+  for stage in report.values():
+    for part in ("generation", "understanding"):
+      assert set(stage[part]) == {"overall", *world.CATEGORIES}
+      assert all(0.0 <= v <= 1.0 for v in stage[part].values())
+      assert stage[part]["overall"] == pytest.approx(
+          np.mean([stage[part][c] for c in world.CATEGORIES]))
+  assert "| generation overall |" in proc.stdout
+  for path in ("grids/pretrained.png", "grids/gvu.png", "report.md",
+               "pretrain/metrics.jsonl", "gvu/metrics.jsonl", "pretrain/tokenizer.json"):
+    assert os.path.exists(os.path.join(workdir, path)), path
+
+
+def test_pretraining_loss_decreases(full_run):
+  rows = read_jsonl(os.path.join(full_run[0], "pretrain", "metrics.jsonl"))
+  assert [r["step"] for r in rows] == [10, 20, 30]
+  assert rows[-1]["loss"] < rows[0]["loss"]
+  assert rows[-1]["t2i_loss"] < rows[0]["t2i_loss"]
+  assert rows[-1]["i2t_loss"] < rows[0]["i2t_loss"]
+
+
+def test_gvu_logs_every_quantity(full_run):
+  rows = read_jsonl(os.path.join(full_run[0], "gvu", "metrics.jsonl"))
+  assert [r["step"] for r in rows] == [2, 4]
+  for key in ("reward_mean", "reward_std", "token_logp_mean", "kl", "clip_fraction",
+              "entropy", "grad_norm", "time_rollout", "time_decode", "time_reward",
+              "time_update", "images_per_s"):
+    assert all(np.isfinite(r[key]) for r in rows), key
+
+
+def test_gvu_resume_reproduces_uninterrupted_run(full_run, tmp_path):
+  """A GvU run stopped after 2 steps and restarted matches the 4-step run exactly."""
+  workdir = str(tmp_path)
+  shutil.copytree(os.path.join(full_run[0], "pretrain"), os.path.join(workdir, "pretrain"))
+  run_main(workdir, "--config.mode=gvu", "--config.gvu.steps=2")
+  proc = run_main(workdir, "--config.mode=gvu")
+  assert "gvu: resuming from step 2" in proc.stdout
+  timing = lambda r: {k: v for k, v in r.items() if not k.startswith(("time_", "images_per_s"))}
+  split = [timing(r) for r in read_jsonl(os.path.join(workdir, "gvu", "metrics.jsonl"))]
+  whole = [timing(r) for r in read_jsonl(os.path.join(full_run[0], "gvu", "metrics.jsonl"))]
+  assert split == whole
+  a = checkpoint.CheckpointStore(os.path.join(workdir, "gvu", "checkpoints"), 2)
+  b = checkpoint.CheckpointStore(os.path.join(full_run[0], "gvu", "checkpoints"), 2)
+  assert a.latest_step() == b.latest_step() == 4
+  sa = a.manager.restore(4)["state"]
+  sb = b.manager.restore(4)["state"]
+  jax.tree.map(np.testing.assert_array_equal, sa, sb)
+  a.close()
+  b.close()
+
+
+def test_finished_pretraining_is_skipped(full_run):
+  before = snapshot(os.path.join(full_run[0], "pretrain", "checkpoints"))
+  proc = run_main(full_run[0], "--config.mode=pretrain")
+  assert "skipping" in proc.stdout
+  assert snapshot(os.path.join(full_run[0], "pretrain", "checkpoints")) == before
+
+
+def test_mismatched_model_is_refused_and_nothing_overwritten(full_run):
+  before = snapshot(os.path.join(full_run[0], "pretrain"))
+  proc = run_main(full_run[0], "--config.mode=pretrain", "--config.model.lm.hidden=48",
+                  check=False)
+  assert proc.returncode == 2
+  err = proc.stderr.strip().splitlines()
+  assert len(err) == 1 and "lm.hidden: checkpoint has 32, config has 48" in err[0]
+  assert snapshot(os.path.join(full_run[0], "pretrain")) == before
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--config.pretrain.stepz=3"], "--config.pretrain.stepz: unknown config key 'stepz'"),
+    (["--config.mode=train"], "config.mode: unknown 'train'"),
+    (["--config.gvu.group_size=1", "--config.mode=gvu"], None),
+    (["--config.seed=abc"], "--config.seed"),
+])
+def test_bad_config_is_one_line_error(tmp_path, args, message):
+  proc = run_main(str(tmp_path), *args, check=False)
+  assert proc.returncode == 2
+  lines = proc.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+  if message:
+    assert message in lines[0]
+
+
+def test_group_size_one_is_refused(full_run, tmp_path):
+  shutil.copytree(os.path.join(full_run[0], "pretrain"), os.path.join(tmp_path, "pretrain"))
+  proc = run_main(str(tmp_path), "--config.mode=gvu", "--config.gvu.group_size=1", check=False)
+  assert proc.returncode == 2
+  assert "gvu.group_size=1" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_bad_preset_unwritable_workdir_and_missing_checkpoint(tmp_path):
+  proc = subprocess.run([sys.executable, "-m", "gvu_jax.main", "--config=configs/synthetic.py:huge",
+                         f"--workdir={tmp_path}"], cwd=REPO, capture_output=True, text=True)
+  assert proc.returncode == 2 and "unknown preset 'huge'" in proc.stderr
+  blocker = tmp_path / "a_file"
+  blocker.write_text("x")
+  proc = run_main(str(blocker / "sub"), check=False)
+  assert proc.returncode == 2 and f"--workdir={blocker}/sub: cannot create it" in proc.stderr
+  proc = run_main(str(tmp_path / "empty"), "--config.mode=eval", check=False)
+  assert proc.returncode == 2 and "no finished pretraining checkpoint" in proc.stderr
+
+
+def test_checkpoint_store_round_trip(tmp_path):
+  state = {"params": {"layers": {0: {"w": np.arange(6.0).reshape(2, 3)}}, "b": np.float32(2.5)},
+           "step": np.int32(7)}
+  store = checkpoint.CheckpointStore(str(tmp_path), keep=2)
+  store.save(7, state, {"data_position": 112})
+  store.close()
+  store = checkpoint.CheckpointStore(str(tmp_path), keep=2)
+  restored, meta = store.restore(store.latest_step(), state)
+  store.close()
+  assert meta == {"data_position": 112}
+  jax.tree.map(np.testing.assert_array_equal, restored, state)

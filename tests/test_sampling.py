@@ -1,0 +1,282 @@
+"""Tests for the image-token sampler: determinism, log-probs against teacher
+forcing, classifier-free guidance, the sampling filters and compilation count."""
+
+import jax
+import numpy as np
+import pytest
+
+import helpers_model as hm
+from gvu_jax import sampling
+from gvu_jax.errors import InputError
+from gvu_jax.data import world
+
+G = 2          # samples per prompt
+B = 2          # prompts per batch: B * G = 4 rows, the shape of hm.prompts()
+CFG_W = 3.0
+GREEDY_W = 2.0
+
+
+def make_sampler(graphdef, **cfg):
+  return sampling.Sampler(graphdef, sampling.SamplingConfig(**cfg), num_tokens=world.NUM_CELLS,
+                          uncond_row=hm.templates().unconditional(1), group_size=G)
+
+
+@pytest.fixture(scope="module")
+def model():
+  return hm.mini()
+
+
+@pytest.fixture(scope="module")
+def prompts():
+  return hm.prompts(B)
+
+
+@pytest.fixture(scope="module")
+def plain(model):
+  return make_sampler(model[0])
+
+
+@pytest.fixture(scope="module")
+def plain_samples(model, plain, prompts):
+  return plain(model[1], *prompts, jax.random.key(0))
+
+
+@pytest.fixture(scope="module")
+def guided(model):
+  return make_sampler(model[0], cfg_weight=CFG_W)
+
+
+@pytest.fixture(scope="module")
+def guided_samples(model, prompts, guided):
+  return guided(model[1], *prompts, jax.random.key(1))
+
+
+@pytest.fixture(scope="module")
+def greedy(model):
+  return make_sampler(model[0], top_k=1, cfg_weight=GREEDY_W, temperature=0.7)
+
+
+def rows(prompts):
+  """The prompts as the sampler's rows: prompt-major, G rows each."""
+  return tuple(np.repeat(a, G, 0) for a in prompts)
+
+
+def teacher_forced(model, ids, valid, codes):
+  return hm.image_logits(*model, ids, valid, codes)
+
+
+def uncond_rows(n):
+  ids, valid = hm.templates().unconditional(n)
+  assert valid.sum() == 2 * n
+  return ids, valid
+
+
+# --- Outputs and determinism -----------------------------------------------------
+
+
+@pytest.mark.parametrize("which", ["plain_samples", "guided_samples"])
+def test_sample_shapes_and_range(request, which):
+  s = request.getfixturevalue(which)
+  assert s.codes.shape == (B * G, world.NUM_CELLS) and s.codes.dtype == np.int32
+  assert s.logp_policy.shape == s.logp_sampled.shape == s.codes.shape
+  codes = np.asarray(s.codes)
+  assert codes.min() >= 0 and codes.max() < world.CODEBOOK_SIZE
+  assert len(np.unique(codes)) > 5      # a random-init model at temperature 1 is broad
+  for logp in (s.logp_policy, s.logp_sampled):
+    logp = np.asarray(logp)
+    assert logp.dtype == np.float32 and np.isfinite(logp).all() and (logp <= 0).all()
+
+
+def test_same_key_same_samples(model, plain, prompts, plain_samples):
+  again = plain(model[1], *prompts, jax.random.key(0))
+  for name in ("codes", "logp_policy", "logp_sampled"):
+    np.testing.assert_array_equal(getattr(again, name), getattr(plain_samples, name))
+  other = plain(model[1], *prompts, jax.random.key(42))
+  assert (np.asarray(other.codes) != np.asarray(plain_samples.codes)).mean() > 0.3
+
+
+def test_group_rows_are_independent_draws(plain_samples):
+  codes = np.asarray(plain_samples.codes)
+  for b in range(B):
+    assert (codes[b * G] != codes[b * G + 1]).mean() > 0.3
+
+
+def test_uniform_model_samples_uniformly(model, plain, prompts):
+  """With a zeroed gen_head every step is uniform: fresh noise at every step and
+  row gives varied codes (a key reused across steps would repeat one code)."""
+  params = jax.tree.map(lambda x: x, model[1])
+  params["gen_head"]["fc2"] = jax.tree.map(jax.numpy.zeros_like, params["gen_head"]["fc2"])
+  codes = []
+  for seed in range(3):
+    s = plain(params, *prompts, jax.random.key(100 + seed))
+    np.testing.assert_allclose(s.logp_policy, -np.log(world.CODEBOOK_SIZE), atol=1e-5)
+    codes.append(np.asarray(s.codes))
+  codes = np.concatenate(codes)
+  assert min(len(np.unique(row)) for row in codes) >= 5
+  assert len(np.unique(codes)) >= 20
+  assert (codes[:, 1:] != codes[:, :-1]).mean() > 0.8
+
+
+# --- Log-probs against teacher forcing -------------------------------------------
+
+
+@pytest.mark.parametrize("which", ["plain_samples", "guided_samples"])
+def test_logp_policy_is_teacher_forced(request, model, prompts, which):
+  s = request.getfixturevalue(which)
+  codes = np.asarray(s.codes)
+  logits = teacher_forced(model, *rows(prompts), codes)
+  np.testing.assert_allclose(hm.log_softmax_at(logits, codes), s.logp_policy, atol=1e-4, rtol=0)
+
+
+def test_cfg_off_samples_from_the_policy(plain_samples):
+  np.testing.assert_allclose(plain_samples.logp_sampled, plain_samples.logp_policy,
+                             atol=1e-6, rtol=0)
+
+
+def test_cfg_guided_distribution(model, prompts, guided_samples):
+  s = guided_samples
+  codes = np.asarray(s.codes)
+  cond = teacher_forced(model, *rows(prompts), codes).astype(np.float64)
+  uncond = teacher_forced(model, *uncond_rows(B * G), codes).astype(np.float64)
+  guided = uncond + CFG_W * (cond - uncond)
+  np.testing.assert_allclose(hm.log_softmax_at(guided, codes), s.logp_sampled, atol=1e-4,
+                             rtol=0)
+  # Guidance really changed the distribution (the check above is not vacuous).
+  assert np.abs(np.asarray(s.logp_sampled) - np.asarray(s.logp_policy)).max() > 1e-2
+
+
+def test_samples_are_prompt_major(model, prompts, guided_samples):
+  """Rows b*G .. b*G+G-1 belong to prompt b: teacher forcing with the prompts
+  repeated matches, with the prompts tiled (G-major) it does not."""
+  s = guided_samples
+  codes = np.asarray(s.codes)
+  tiled = tuple(np.tile(a, (G, 1)) for a in prompts)
+  assert not np.array_equal(tiled[0], rows(prompts)[0])
+  wrong = hm.log_softmax_at(teacher_forced(model, *tiled, codes), codes)
+  assert np.abs(wrong - np.asarray(s.logp_policy)).max() > 1e-2
+
+
+def test_greedy_is_argmax_of_guided_logits(model, prompts, greedy):
+  w = GREEDY_W
+  s = greedy(model[1], *prompts, jax.random.key(3))
+  codes = np.asarray(s.codes)
+  cond = teacher_forced(model, *rows(prompts), codes)
+  uncond = teacher_forced(model, *uncond_rows(B * G), codes)
+  guided = uncond + w * (cond - uncond)
+  np.testing.assert_array_equal(codes, guided.argmax(-1))
+  np.testing.assert_allclose(s.logp_sampled, 0.0, atol=1e-6)
+  # Greedy: the G rows of a prompt are identical, different prompts differ.
+  np.testing.assert_array_equal(codes[0::G], codes[1::G])
+  assert not np.array_equal(codes[0], codes[G])
+  np.testing.assert_allclose(hm.log_softmax_at(cond, codes), s.logp_policy, atol=1e-4)
+
+
+# --- One compilation per shape ---------------------------------------------------
+
+
+def test_one_compilation_per_shape(model, prompts, greedy):
+  """(The greedy sampler: this adds no sampler compilation of its own.)"""
+  params = model[1]
+  first = greedy(params, *prompts, jax.random.key(3))
+  assert greedy.compilations() == 1
+  other_prompts = hm.templates().generation([s.text for s in world.all_specs()[40:40 + B]])
+  for i, p in enumerate((prompts, other_prompts, prompts)):
+    greedy(params, *p, jax.random.key(10 + i))
+  assert greedy.compilations() == 1
+  one = greedy(params, *hm.prompts(1), jax.random.key(0))
+  assert one.codes.shape == (G, world.NUM_CELLS)
+  assert greedy.compilations() == 2
+  np.testing.assert_array_equal(one.codes, first.codes[:G])   # greedy: same first prompt
+  # Back to the first shape: no new compilation, same samples as before.
+  again = greedy(params, *prompts, jax.random.key(3))
+  assert greedy.compilations() == 2
+  for name in ("codes", "logp_policy", "logp_sampled"):
+    np.testing.assert_array_equal(getattr(again, name), getattr(first, name))
+
+
+def test_numpy_params_do_not_count_as_a_compilation(model, prompts, guided, guided_samples):
+  count = guided.compilations()
+  again = guided(jax.tree.map(np.asarray, model[1]), *prompts, jax.random.key(1))
+  np.testing.assert_array_equal(again.codes, guided_samples.codes)   # same program
+  assert guided.compilations() == count
+
+
+# --- Filters on hand-made logits -------------------------------------------------
+
+# Probabilities out of order so that sorting matters; token 1 is the argmax.
+PROBS = np.array([0.05, 0.5, 0.15, 0.3])
+LOGITS = np.log(PROBS).astype(np.float32)
+
+
+def kept(logits=LOGITS, **cfg):
+  out = np.asarray(sampling.filter_logits(np.asarray(logits), sampling.SamplingConfig(**cfg)))
+  return set(np.flatnonzero(np.isfinite(out)).tolist())
+
+
+def test_filter_temperature():
+  out = sampling.filter_logits(LOGITS, sampling.SamplingConfig(temperature=0.5))
+  np.testing.assert_allclose(out, LOGITS / 0.5, rtol=1e-6)
+  out = sampling.filter_logits(LOGITS, sampling.SamplingConfig())
+  np.testing.assert_array_equal(out, LOGITS)
+
+
+def test_filter_top_k():
+  assert kept(top_k=1) == {1}
+  assert kept(top_k=2) == {1, 3}
+  assert kept(top_k=3) == {1, 2, 3}
+  logits = np.random.default_rng(0).normal(size=(5, 25)).astype(np.float32)
+  out = np.asarray(sampling.filter_logits(logits, sampling.SamplingConfig(top_k=7)))
+  finite = np.isfinite(out)
+  assert (finite.sum(-1) == 7).all()
+  top7 = np.argsort(-logits, -1)[:, :7]
+  assert np.take_along_axis(finite, top7, -1).all()
+  np.testing.assert_array_equal(out[finite], logits[finite])
+  assert (out[~finite] == -np.inf).all()
+
+
+def test_filter_top_p():
+  # Sorted mass: 0.5, 0.8, 0.95, 1.0 -> the smallest prefix reaching p.
+  assert kept(top_p=0.4) == {1}
+  assert kept(top_p=0.7) == {1, 3}
+  assert kept(top_p=0.9) == {1, 3, 2}
+  assert kept(top_p=0.99) == {0, 1, 2, 3}
+  assert kept(top_p=1e-4) == {1}          # always keeps the argmax
+  # Per row: the second row's argmax is token 0.
+  two = np.stack([LOGITS, LOGITS[::-1]])
+  out = np.asarray(sampling.filter_logits(two, sampling.SamplingConfig(top_p=0.7)))
+  np.testing.assert_array_equal(np.isfinite(out), [[0, 1, 0, 1], [1, 0, 1, 0]])
+
+
+def test_sampling_config_rejects_impossible_values():
+  for bad in (dict(top_p=0.0), dict(top_p=1.5), dict(temperature=0.0), dict(min_p=1.0),
+              dict(top_k=-1)):
+    with pytest.raises(InputError, match=f"sampling.{next(iter(bad))}"):
+      sampling.SamplingConfig(**bad)
+
+
+def test_filter_min_p():
+  assert kept(min_p=0.2) == {1, 2, 3}     # floor 0.1 removes 0.05
+  assert kept(min_p=0.31) == {1, 3}       # floor 0.155 removes 0.15
+  assert kept(min_p=0.9) == {1}
+  out = np.asarray(sampling.filter_logits(LOGITS, sampling.SamplingConfig(min_p=0.2)))
+  np.testing.assert_array_equal(out[[1, 2, 3]], LOGITS[[1, 2, 3]])
+
+
+def test_filter_order():
+  """temperature -> top_k -> top_p -> min_p, each on what the previous left."""
+  # Temperature 2 first: probs ~ sqrt(p) = .379, .294, .208, .120 (sorted), so
+  # top_p 0.7 needs three tokens (two without the temperature).
+  assert kept(temperature=2.0, top_p=0.7) == {1, 3, 2}
+  # top_k 3 first renormalises to .526, .316, .158: top_p 0.82 stops at two
+  # (top_p on the full distribution would keep three).
+  assert kept(top_k=3, top_p=0.82) == {1, 3}
+  # top_p before min_p: top_p 0.82 keeps .5, .3, .15 and min_p 0.2 keeps all of
+  # them (min_p first would drop .05 and top_p would then stop at two).
+  assert kept(top_p=0.82, min_p=0.2) == {1, 3, 2}
+  # All four: T=2 -> top_k 3 -> .431, .334, .236 -> top_p 0.7 keeps two ->
+  # .563, .437 -> min_p 0.8 (floor .451) keeps one; min_p 0.7 keeps both.
+  assert kept(temperature=2.0, top_k=3, top_p=0.7, min_p=0.8) == {1}
+  assert kept(temperature=2.0, top_k=3, top_p=0.7, min_p=0.7) == {1, 3}
+  out = np.asarray(sampling.filter_logits(LOGITS, sampling.SamplingConfig(
+      temperature=2.0, top_k=3, top_p=0.7, min_p=0.7)))
+  np.testing.assert_allclose(out[[1, 3]], LOGITS[[1, 3]] / 2.0, rtol=1e-6)
