@@ -6,8 +6,8 @@ import os
 
 from gvu_jax import reward, text
 from gvu_jax.data import world
-from gvu_jax.models import build
 from gvu_jax.errors import InputError
+from gvu_jax.models import build
 
 
 @dataclasses.dataclass

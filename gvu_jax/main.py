@@ -58,6 +58,31 @@ def run(config, workdir):
   report.show(ctx)
 
 
+def parse_flags(argv):
+  """absl flag parsing whose failures (unknown flag or config key, bad preset,
+  bad value) end the program with one line naming the problem."""
+  try:
+    return flags.FLAGS(argv)
+  except Exception as e:  # noqa: BLE001 - every parse failure is the user's input
+    print(f"error: {describe_flag_error(e, argv)}", file=sys.stderr)
+    sys.exit(2)
+
+
+def describe_flag_error(error, argv):
+  lines = [l.strip() for l in str(error).replace("\\n", "\n").splitlines() if l.strip()]
+  message = lines[-1] if lines else type(error).__name__
+  unknown = re.search(r"Did you mean \"(\w+)\" instead of \"(\w+)\"", str(error))
+  missing = re.match(r"^'?\\?'?(\w+)", str(error).strip("'\"\\")) if isinstance(
+      error, (KeyError, AttributeError)) else None
+  key = unknown.group(2) if unknown else (missing.group(1) if missing else None)
+  if key:
+    flag = next((a.split("=")[0] for a in argv if a.startswith("--config.")
+                 and a.split("=")[0].split(".")[-1] == key), f"config key {key!r}")
+    hint = f' (did you mean "{unknown.group(1)}"?)' if unknown else ""
+    return f"{flag}: unknown config key {key!r}{hint}"
+  return re.sub(r"^\w+(Error|Exception): ", "", message)
+
+
 def load_config():
   if not flags.FLAGS["config"].present:
     raise InputError("--config is required, e.g. --config=configs/synthetic.py")

@@ -35,7 +35,7 @@ def make_train_step(graphdef, image_tokenizer, tx, answer_start):
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     return ({"params": params, "opt_state": opt_state, "step": state["step"] + 1},
-            dict(aux, loss=loss, grad_norm=optax.global_norm(grads)))
+            dict(aux, loss=loss, grad_norm=optax.tree.norm(grads)))
 
   return jax.jit(step, donate_argnums=0)
 

@@ -11,8 +11,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gvu_jax.models.janus import text_logits
 from gvu_jax.errors import InputError
+from gvu_jax.models.janus import text_logits
 
 AGGREGATIONS = ("geo_mean_prob", "prob", "mean_logprob", "weighted")
 
@@ -76,6 +76,8 @@ def intrinsic_reward(judge, pixels, query, kind, weight_table=None):
                                      pixels, query["answer_mask"], query["answer_start"])
   weights = None
   if kind == "weighted":
+    if weight_table is None:
+      raise InputError("reward.aggregation=weighted needs per-token weights (reward.token_weights)")
     answer = jax.lax.dynamic_slice_in_dim(query["ids"], query["answer_start"],
                                           query["answer_mask"].shape[1], axis=1)
     weights = weight_table[answer]

@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from gvu_jax.models.janus import image_logits
 from gvu_jax.errors import InputError
+from gvu_jax.models.janus import image_logits
 
 
 def group_advantages(rewards, group_size, eps=1e-4, scale_by_std=True):
@@ -110,7 +110,7 @@ def make_grpo_step(graphdef, roles, tx, *, clip_eps, beta, grad_accum):
     (loss, stats), grads = jax.tree.map(lambda x: x / grad_accum, total)
     updates, opt_state = tx.update(grads, state["opt_state"], state["trainable"])
     trainable = optax.apply_updates(state["trainable"], updates)
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     # A non-finite loss or gradient skips the update: weights and optimizer stay.
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)

@@ -14,6 +14,7 @@ top-p, min-p. For each sampled token it returns two log-probs:
 """
 
 import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -7,6 +7,7 @@ share the parameter initialisation and the compiled forward.
 import functools
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -96,3 +97,28 @@ def log_softmax_at(logits, codes):
   logp = logits - logits.max(-1, keepdims=True)
   logp = logp - np.log(np.exp(logp).sum(-1, keepdims=True))
   return np.take_along_axis(logp, np.asarray(codes)[..., None], -1)[..., 0]
+
+
+# XLA's CPU backend takes seconds to optimise each train step on 2 cores; the
+# tests check what is computed, so they may compile without backend optimisation.
+FAST = {"xla_backend_optimization_level": 0}
+
+
+def host_init(model_cfg, seed, **lm_overrides):
+  """(graphdef, params) with the tree of build.create, the weights drawn on the
+  host: build.create compiles ~35 random initialisers (seconds each on 2 cores).
+  Same scales: kernels N(0, 1/fan_in), unit norms, zero biases, LoRA B = 0."""
+  graphdef, abstract = build.abstract(model_cfg, **lm_overrides)
+  rng = np.random.default_rng(seed)
+
+  def init(path, x):
+    name = path[-1].key
+    if name == "scale":
+      return jnp.ones(x.shape, x.dtype)
+    if name in ("bias", "lora_b"):
+      return jnp.zeros(x.shape, x.dtype)
+    std = {"embedding": 1 / np.sqrt(x.shape[-1]), "pos_embed": 0.02}.get(
+        name, 1 / np.sqrt(x.shape[0]))
+    return jnp.asarray(std * rng.standard_normal(x.shape), x.dtype)
+
+  return graphdef, jax.tree_util.tree_map_with_path(init, abstract)

@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
+import helpers_model as hm
 from gvu_jax import gvu, lora, reward, text
 from gvu_jax.data import world
 from gvu_jax.errors import InputError
-from gvu_jax.models import build, janus, presets
+from gvu_jax.models import janus, presets
 from gvu_jax.models.cell_tokenizer import CellTokenizer
 
 # Prompts of 5, 6, 8 and 6 words: different lengths -> right padding in the batch.
@@ -31,31 +32,11 @@ def setup():
   return cfg, tok, templates
 
 
-def host_init(model_cfg, seed, **lm_overrides):
-  """(graphdef, params) with the tree of build.create, the weights drawn on the
-  host: build.create compiles ~35 random initialisers (seconds each on 2 cores).
-  Same scales: kernels N(0, 1/fan_in), unit norms, zero biases, LoRA B = 0."""
-  graphdef, abstract = build.abstract(model_cfg, **lm_overrides)
-  rng = np.random.default_rng(seed)
-
-  def init(path, x):
-    name = path[-1].key
-    if name == "scale":
-      return jnp.ones(x.shape, x.dtype)
-    if name in ("bias", "lora_b"):
-      return jnp.zeros(x.shape, x.dtype)
-    std = {"embedding": 1 / np.sqrt(x.shape[-1]), "pos_embed": 0.02}.get(
-        name, 1 / np.sqrt(x.shape[0]))
-    return jnp.asarray(std * rng.standard_normal(x.shape), x.dtype)
-
-  return graphdef, jax.tree_util.tree_map_with_path(init, abstract)
-
-
 @pytest.fixture(scope="module")
 def lora_model(setup):
   """A LoRA model: (graphdef, base, fresh adapters (B = 0), nonzero adapters)."""
   cfg, _, _ = setup
-  graphdef, params = host_init(cfg, 0, lora_rank=2, lora_alpha=4.0)
+  graphdef, params = hm.host_init(cfg, 0, lora_rank=2, lora_alpha=4.0)
   base, adapters = lora.split(params)
   rng = np.random.default_rng(7)
   trained = jax.tree.map(lambda x: jnp.asarray(x + 0.5 * rng.standard_normal(x.shape),
@@ -65,7 +46,7 @@ def lora_model(setup):
 
 # XLA's CPU backend takes seconds to optimise each program on 2 cores; the tests
 # check what is computed, so they compile without backend optimisation.
-FAST = {"xla_backend_optimization_level": 0}
+FAST = hm.FAST
 
 
 @pytest.fixture(scope="module")

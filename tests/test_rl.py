@@ -9,9 +9,10 @@ import optax
 import pytest
 from flax import nnx
 
+import helpers_model as hm
 from gvu_jax import lora, rl, text
 from gvu_jax.errors import InputError
-from gvu_jax.models import build, presets
+from gvu_jax.models import presets
 
 EPS = 1e-4   # the reference advantage eps (DESIGN §1.4)
 
@@ -205,29 +206,7 @@ def test_optimizer_without_warmup_uses_lr_from_the_first_step(schedule):
 
 # --- the update step on the mini model ---------------------------------------
 
-def host_init(model_cfg, seed, **lm_overrides):
-  """(graphdef, params) with the tree of build.create, the weights drawn on the
-  host: build.create compiles ~35 random initialisers (seconds each on 2 cores).
-  Same scales: kernels N(0, 1/fan_in), unit norms, zero biases, LoRA B = 0."""
-  graphdef, abstract = build.abstract(model_cfg, **lm_overrides)
-  rng = np.random.default_rng(seed)
-
-  def init(path, x):
-    name = path[-1].key
-    if name == "scale":
-      return jnp.ones(x.shape, x.dtype)
-    if name in ("bias", "lora_b"):
-      return jnp.zeros(x.shape, x.dtype)
-    std = {"embedding": 1 / np.sqrt(x.shape[-1]), "pos_embed": 0.02}.get(
-        name, 1 / np.sqrt(x.shape[0]))
-    return jnp.asarray(std * rng.standard_normal(x.shape), x.dtype)
-
-  return graphdef, jax.tree_util.tree_map_with_path(init, abstract)
-
-
-# XLA's CPU backend takes seconds to optimise each train step on 2 cores; the
-# tests check what is computed, so they compile without backend optimisation.
-FAST = {"xla_backend_optimization_level": 0}
+FAST = hm.FAST
 
 
 def compile_fast(jitted, *example_args):
@@ -268,7 +247,7 @@ def mini():
   cfg = presets.synthetic("mini")
   templates = text.Templates(text.synthetic_tokenizer(), cfg.image_tokens,
                              cfg.max_prompt_tokens)
-  graphdef, params = host_init(cfg, 0)
+  graphdef, params = hm.host_init(cfg, 0)
   ids, valid = templates.generation([p for p in PROMPTS for _ in range(2)])
   rng = np.random.default_rng(1)
   codes = rng.integers(0, cfg.codebook_size, (4, cfg.image_tokens)).astype(np.int32)
@@ -396,7 +375,7 @@ def test_grad_norm_is_reported_before_clipping(mini, adam_step, independent_grad
 def test_lora_reference_is_base_and_only_adapters_train(mini):
   _, _, batch = mini
   cfg = presets.synthetic("mini")
-  graphdef, params = host_init(cfg, 2, lora_rank=2, lora_alpha=4.0)
+  graphdef, params = hm.host_init(cfg, 2, lora_rank=2, lora_alpha=4.0)
   base, adapters = lora.split(params)
   assert all(path[-1].key in lora.LORA_KEYS
              for path, _ in jax.tree_util.tree_leaves_with_path(adapters))

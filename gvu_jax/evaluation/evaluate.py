@@ -9,7 +9,6 @@ intrinsic_reward: the mean GvU reward the model gives its own held-out images.
 """
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 

@@ -3,9 +3,9 @@
 import jax
 from flax import nnx
 
+from gvu_jax.errors import InputError
 from gvu_jax.models.cell_tokenizer import CellTokenizer
 from gvu_jax.models.janus import JanusConfig, JanusUMM
-from gvu_jax.errors import InputError
 
 
 def create(model_cfg, seed, **lm_overrides):
