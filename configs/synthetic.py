@@ -24,9 +24,9 @@ def get_config(arg=None):
   c.data = dict(split_seed=0, heldout_fraction=0.2)
 
   # Supervised pretraining: teacher-forced text->image plus image->text captioning.
-  c.pretrain = dict(steps=1500, batch_size=64, lr=2e-3, warmup_steps=100, schedule="cosine",
+  c.pretrain = dict(steps=800, batch_size=32, lr=2e-3, warmup_steps=100, schedule="cosine",
                     weight_decay=0.0, max_grad_norm=1.0, cond_dropout=0.1,
-                    log_every=50, checkpoint_every=500, keep=2)
+                    log_every=50, checkpoint_every=200, keep=2)
 
   # Held-out evaluation: generation judged on pixels, understanding as ranking
   # the true prompt among judge-verified distractors by the model's likelihood.
@@ -34,13 +34,13 @@ def get_config(arg=None):
                 sampling=dict(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, cfg_weight=1.0))
 
   # GvU: GRPO on the intrinsic reward. No judge, labels or renders are used here.
-  c.gvu = dict(steps=200, prompts_per_step=16, group_size=8, mu=1, grad_accum=1,
-               lr=1e-4, warmup_steps=10, schedule="constant", weight_decay=0.0,
+  c.gvu = dict(steps=300, prompts_per_step=8, group_size=16, mu=1, grad_accum=1,
+               lr=1e-3, warmup_steps=10, schedule="constant", weight_decay=0.0,
                max_grad_norm=1.0, clip_eps=0.2, beta=0.03, scale_advantages_by_std=True,
                lora=dict(enabled=True, rank=8, alpha=32.0,
                          targets=("q", "k", "v", "o", "gate", "up", "down")),
                sampling=dict(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, cfg_weight=1.0),
-               log_every=10, checkpoint_every=50, keep=2, grid_every=50,
+               log_every=10, checkpoint_every=100, keep=2, grid_every=100,
                max_nonfinite_steps=5)
   c.reward = dict(kind="intrinsic",            # intrinsic | shuffled (control ablation)
                   aggregation="geo_mean_prob",  # geo_mean_prob | prob | mean_logprob | weighted
