@@ -157,8 +157,8 @@ def test_bad_preset_unwritable_workdir_and_missing_checkpoint(tmp_path):
 
 
 def test_checkpoint_store_round_trip(tmp_path):
-  state = {"params": {"layers": {0: {"w": np.arange(6.0).reshape(2, 3)}}, "b": np.float32(2.5)},
-           "step": np.int32(7)}
+  state = {"params": {"layers": {0: {"w": np.arange(6.0).reshape(2, 3)}}, "b": np.asarray(2.5, np.float32)},
+           "step": np.asarray(7, np.int32)}
   store = checkpoint.CheckpointStore(str(tmp_path), keep=2)
   store.save(7, state, {"data_position": 112})
   store.close()
