@@ -171,6 +171,7 @@ def run(ctx, base_params):
       grid.save_grid(ctx.path("gvu", "grids", f"step_{done:06d}.png"),
                      np.asarray(to_uint8(pixels))[:32], ncols=8, captions=captions[:32])
     if nonfinite_in_a_row >= c.max_nonfinite_steps:
+      bar.close()
       store.close()
       raise NonFiniteError(f"gvu: {nonfinite_in_a_row} non-finite updates in a row at step "
                            f"{done}; stopped, last good checkpoint kept in {ctx.path('gvu')}")

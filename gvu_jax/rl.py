@@ -111,8 +111,8 @@ def make_grpo_step(graphdef, roles, tx, *, clip_eps, beta, grad_accum):
     updates, opt_state = tx.update(grads, state["opt_state"], state["trainable"])
     trainable = optax.apply_updates(state["trainable"], updates)
     grad_norm = optax.tree.norm(grads)
-    # A non-finite loss or gradient skips the update: weights and optimizer stay.
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    # A non-finite loss, gradient or update skips the step: weights and optimizer stay.
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(optax.tree.norm(updates))
     keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
     metrics = dict(stats, loss=loss, grad_norm=grad_norm, skipped=1.0 - finite)
     return dict(state, trainable=keep(trainable, state["trainable"]),

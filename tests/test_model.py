@@ -456,3 +456,25 @@ def test_cell_tokenizer_reads_world_images():
   np.testing.assert_array_equal(np.asarray(tok.encode(pixels)), codes)
   assert cell_tokenizer.to_uint8(jnp.array([-1.5, -1.0, 0.0, 1.0, 2.0])).tolist() == \
       [0, 0, 128, 255, 255]
+
+
+def test_remat_and_bf16_compute(base):
+  """Remat changes memory, not math: same loss and gradients. bf16 compute keeps
+  fp32 weights and stays close to the fp32 result."""
+  graphdef, params = base
+  ids, valid = hm.prompts(2)
+  codes = hm.random_codes(5, 2)
+  variants = {}
+  for name, overrides in {"fp32": {}, "remat": {"remat": True},
+                          "bf16": {"dtype": "bfloat16"}}.items():
+    cfg = hm.mini_cfg()
+    cfg.update(overrides)
+    g, _ = build.abstract(cfg)
+    loss = lambda p, g=g: jnp.mean(
+        jax.nn.log_softmax(janus.image_logits(nnx.merge(g, p), ids, valid, codes)))
+    variants[name] = jax.jit(jax.value_and_grad(loss))(params)
+  (l32, g32), (lr, gr), (l16, g16) = variants["fp32"], variants["remat"], variants["bf16"]
+  np.testing.assert_allclose(lr, l32, rtol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), gr, g32)
+  assert abs(float(l16) - float(l32)) < 0.05 * abs(float(l32))
+  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(g16))

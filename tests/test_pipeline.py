@@ -144,6 +144,23 @@ def test_group_size_one_is_refused(full_run, tmp_path):
   assert "gvu.group_size=1" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 
+def test_non_finite_updates_are_skipped_then_the_run_stops(full_run, tmp_path):
+  shutil.copytree(os.path.join(full_run[0], "pretrain"), os.path.join(tmp_path, "pretrain"))
+  proc = run_main(str(tmp_path), "--config.mode=gvu", "--config.gvu.lr=nan",
+                  "--config.gvu.max_nonfinite_steps=3", check=False)
+  assert proc.returncode == 2
+  errors = [l for l in proc.stderr.splitlines() if l.startswith("error: ")]
+  assert len(errors) == 1 and "3 non-finite updates in a row at step 3" in errors[0]
+  rows = read_jsonl(os.path.join(tmp_path, "gvu", "metrics.jsonl"))
+  assert [r["skipped"] for r in rows] == [1.0, 1.0, 1.0]
+  # Only the finished step-2 checkpoint exists, and it holds the untouched adapters.
+  store = checkpoint.CheckpointStore(os.path.join(tmp_path, "gvu", "checkpoints"), 2)
+  state = store.manager.restore(store.latest_step())["state"]
+  store.close()
+  assert store.latest_step() == 2 and int(state["step"]) == 2
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(state["trainable"]))
+
+
 def test_bad_preset_unwritable_workdir_and_missing_checkpoint(tmp_path):
   proc = subprocess.run([sys.executable, "-m", "gvu_jax.main", "--config=configs/synthetic.py:huge",
                          f"--workdir={tmp_path}"], cwd=REPO, capture_output=True, text=True)

@@ -137,6 +137,14 @@ class DecoderLayer(nnx.Module):
     return x + self.mlp(self.post_attn_norm(x)), cache
 
 
+def _remat_layer(layer, x, positions, mask):
+  """layer(x) whose activations are recomputed in the backward pass (jax.checkpoint
+  over the layer's weights as a pure function)."""
+  graphdef, state = nnx.split(layer)
+  forward = lambda state, x: nnx.merge(graphdef, state)(x, positions, mask)[0]
+  return jax.checkpoint(forward)(state, x)
+
+
 class Decoder(nnx.Module):
   """Token embedding, the decoder stack and the final norm; `lm_head` for text."""
 
@@ -153,14 +161,16 @@ class Decoder(nnx.Module):
   def __call__(self, x, positions, mask, cache=None, write_index=None):
     """x: input embeddings [B, T, hidden]. Returns final-normed hidden states
     and the updated cache (a list with one {"k", "v"} per layer, or None)."""
-    call = DecoderLayer.__call__
-    if self.cfg.remat:
-      call = nnx.remat(call)
-    new_cache = []
-    for i, layer in enumerate(self.layers):
-      x, c = call(layer, x, positions, mask, None if cache is None else cache[i], write_index)
+    if cache is None:   # a full pass (training, reward): optionally rematerialized
+      for layer in self.layers:
+        x = _remat_layer(layer, x, positions, mask) if self.cfg.remat else \
+            layer(x, positions, mask)[0]
+      return self.final_norm(x), None
+    new_cache = []      # sampling: no backward pass, nothing to rematerialize
+    for layer, layer_cache in zip(self.layers, cache):
+      x, c = layer(x, positions, mask, layer_cache, write_index)
       new_cache.append(c)
-    return self.final_norm(x), (new_cache if cache is not None else None)
+    return self.final_norm(x), new_cache
 
   def init_cache(self, batch, length, dtype=None):
     cfg = self.cfg
