@@ -36,7 +36,12 @@ def get_config(arg=None):
   # GvU: GRPO on the intrinsic reward. No judge, labels or renders are used here.
   c.gvu = dict(steps=300, prompts_per_step=8, group_size=16, mu=1, grad_accum=1,
                lr=1e-3, warmup_steps=10, schedule="constant", weight_decay=0.0,
-               max_grad_norm=1.0, clip_eps=0.2, beta=0.03, scale_advantages_by_std=True,
+               max_grad_norm=1.0, clip_eps=0.2, beta=0.03,
+               # A = r - mean_G r (Dr. GRPO). Dividing by std_G r (the paper's DESIGN §1.4,
+               # set True to get it) gives groups the judge cannot tell apart (here:
+               # position prompts) full-size random advantages; on this world that made
+               # position and counting generation collapse on 2 of 3 seeds.
+               scale_advantages_by_std=False,
                lora=dict(enabled=True, rank=8, alpha=32.0,
                          targets=("q", "k", "v", "o", "gate", "up", "down")),
                sampling=dict(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, cfg_weight=1.0),
