@@ -48,19 +48,14 @@ def summarize(runs):
     values = [r[run][stage][part]["overall"] for r in runs]
     out[name] = {"per_seed": values, "mean": float(np.mean(values)),
                  "std": float(np.std(values))}
-  out["generation gain (points)"] = {
-      "per_seed": [100 * (r["main"]["gvu"]["generation"]["overall"] -
-                          r["main"]["pretrained"]["generation"]["overall"]) for r in runs]}
-  out["control gain (points)"] = {
-      "per_seed": [100 * (r["control"]["gvu"]["generation"]["overall"] -
-                          r["control"]["pretrained"]["generation"]["overall"]) for r in runs]}
-  out["understanding change (points)"] = {
-      "per_seed": [100 * (r["main"]["gvu"]["understanding"]["overall"] -
-                          r["main"]["pretrained"]["understanding"]["overall"]) for r in runs]}
-  for name in ("generation gain (points)", "control gain (points)",
-               "understanding change (points)"):
-    v = out[name]["per_seed"]
-    out[name].update(mean=float(np.mean(v)), std=float(np.std(v)))
+  changes = {"generation gain (points)": ("main", "generation"),
+             "control gain (points)": ("control", "generation"),
+             "understanding change (points)": ("main", "understanding")}
+  for name, (run, part) in changes.items():
+    values = [100 * (r[run]["gvu"][part]["overall"] - r[run]["pretrained"][part]["overall"])
+              for r in runs]
+    out[name] = {"per_seed": values, "mean": float(np.mean(values)),
+                 "std": float(np.std(values))}
   return out
 
 

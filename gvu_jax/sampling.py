@@ -58,7 +58,7 @@ def filter_logits(logits, cfg: SamplingConfig):
     ordered = jnp.sort(logits, axis=-1)[..., ::-1]
     probs = jax.nn.softmax(ordered, axis=-1)
     mass_before = jnp.cumsum(probs, axis=-1) - probs
-    kept = jnp.maximum(jnp.sum(mass_before < cfg.top_p, axis=-1, keepdims=True), 1)
+    kept = jnp.sum(mass_before < cfg.top_p, axis=-1, keepdims=True)  # >= 1 as top_p > 0
     threshold = jnp.take_along_axis(ordered, kept - 1, axis=-1)
     logits = jnp.where(logits < threshold, neg_inf, logits)
   if cfg.min_p > 0.0:
