@@ -21,7 +21,9 @@ def get_config(arg=None):
   c.mode = "all"                 # pretrain | eval | gvu | all
   c.seed = 0
   c.model = presets.synthetic("tiny")
-  c.data = dict(split_seed=0, heldout_fraction=0.2)
+  # Prompt splits: held-out (eval only), GvU (text only, never paired with an image)
+  # and the rest, paired with renders for pretraining.
+  c.data = dict(split_seed=0, heldout_fraction=0.2, gvu_fraction=0.3)
 
   # Supervised pretraining: teacher-forced text->image plus image->text captioning.
   c.pretrain = dict(steps=800, batch_size=32, lr=2e-3, warmup_steps=100, schedule="cosine",

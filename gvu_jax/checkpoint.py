@@ -46,6 +46,11 @@ def _diff(a, b, prefix=""):
   return out
 
 
+def _absolute(path):
+  """Local paths made absolute (Orbax wants that); gs:// and other URLs as given."""
+  return path if "://" in str(path) else os.path.abspath(path)
+
+
 def abstract(tree):
   return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
 
@@ -59,7 +64,7 @@ class CheckpointStore:
 
   def __init__(self, directory, keep):
     self.manager = ocp.CheckpointManager(
-        os.path.abspath(directory),
+        _absolute(directory),
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                              enable_async_checkpointing=True))
 
@@ -84,9 +89,9 @@ class CheckpointStore:
 def save_frozen(path, tree):
   """A single checkpoint that is written once (e.g. the reference policy)."""
   checkpointer = ocp.StandardCheckpointer()
-  checkpointer.save(os.path.abspath(path), tree)
+  checkpointer.save(_absolute(path), tree)
   checkpointer.wait_until_finished()
 
 
 def load_frozen(path, like):
-  return ocp.StandardCheckpointer().restore(os.path.abspath(path), abstract(like))
+  return ocp.StandardCheckpointer().restore(_absolute(path), abstract(like))

@@ -1,40 +1,114 @@
-"""What every stage shares: the config, the workdir, the tokenizer and
-templates, the prompt splits and the image tokenizer."""
+"""What every stage shares: the config, the model block, the workdir, the
+tokenizer and templates, the prompts and the image tokenizer.
+
+Two kinds of run:
+  the embedded world (configs/synthetic.py): the model is the recipe's `model`,
+      pretrained from scratch; prompts come from the world's splits.
+  a converted checkpoint (configs/janus_*.py, `checkpoint=DIR` from
+      `python -m gvu_jax.convert`): the model block is read from DIR, the
+      tokenizer and templates are the checkpoint's, and GvU prompts come from
+      `data.prompts` (a text file, one prompt per line, or "world").
+"""
 
 import dataclasses
+import json
 import os
+from typing import NamedTuple
 
-from gvu_jax import reward, text
+from gvu_jax import janus_text, reward, text
 from gvu_jax.data import world
 from gvu_jax.errors import InputError
-from gvu_jax.models import build
+from gvu_jax.models import build, presets
+
+
+class Prompt(NamedTuple):
+  """A prompt with no labels: GvU needs only its text (categories, when known,
+  balance the prompt batches)."""
+  text: str
+  category: str = "prompts"
+
+
+def read_prompts(source):
+  """`data.prompts` -> [Prompt]: "world" (the embedded world's GenEval-style
+  training prompts) or a UTF-8 text file, one prompt per line ('#' = comment)."""
+  if source == "world":
+    return [Prompt(s.text, s.category) for s in world.split_specs(0).pretrain]
+  if not os.path.isfile(source):
+    raise InputError(f"data.prompts={source}: no such file (one prompt per line, or 'world')")
+  with open(source, encoding="utf-8") as f:
+    prompts = [Prompt(line.strip()) for line in f
+               if line.strip() and not line.lstrip().startswith("#")]
+  if not prompts:
+    raise InputError(f"data.prompts={source}: the file holds no prompts")
+  return prompts
 
 
 @dataclasses.dataclass
 class Context:
   config: object
+  model: object               # the `model` block (recipe's, or the checkpoint's)
   workdir: str
   tokenizer: object
   templates: text.Templates
-  train_specs: list
-  heldout_specs: list
+  pretrain_specs: list        # paired with renders in pretraining
+  gvu_specs: list             # the GvU stage's prompts (text only)
+  heldout_specs: list         # evaluation only
   image_tokenizer: object
   reward_weights: object      # per-token-id weights for the `weighted` reward
 
   @classmethod
   def create(cls, config, workdir):
+    if config.get("checkpoint"):
+      return cls._for_checkpoint(config, workdir)
     tokenizer = text.synthetic_tokenizer()
     m = config.model
     if tokenizer.get_vocab_size() != m.lm.vocab_size:
       raise InputError(f"model.lm.vocab_size={m.lm.vocab_size} but the tokenizer has "
                        f"{tokenizer.get_vocab_size()} tokens")
-    train, heldout = world.split_specs(config.data.split_seed, config.data.heldout_fraction)
-    return cls(config=config, workdir=workdir, tokenizer=tokenizer,
+    d = config.data
+    try:
+      splits = world.split_specs(d.split_seed, d.heldout_fraction, d.gvu_fraction)
+    except ValueError as e:
+      raise InputError(str(e)) from None
+    return cls(config=config, model=m, workdir=workdir, tokenizer=tokenizer,
                templates=text.Templates(tokenizer, m.image_tokens, m.max_prompt_tokens),
-               train_specs=train, heldout_specs=heldout,
+               pretrain_specs=splits.pretrain,
+               gvu_specs=splits.gvu or splits.pretrain, heldout_specs=splits.heldout,
                image_tokenizer=build.image_tokenizer(m),
                reward_weights=reward.token_weight_table(
                    tokenizer, dict(config.reward.token_weights), m.lm.vocab_size))
+
+  @classmethod
+  def _for_checkpoint(cls, config, workdir):
+    from gvu_jax import convert
+    path = config.checkpoint
+    m = convert.read_converted_config(path)
+    expect = config.get("expect_model", "any")
+    if expect != "any":
+      want = presets.janus(expect)
+      for key in ("lm", "vision", "vq", "image_token_embed"):
+        a, b = (json.loads(json.dumps(x.to_dict() if hasattr(x, "to_dict") else x))
+                for x in (want[key], m[key]))
+        if a != b:
+          raise InputError(f"checkpoint={path} is not {expect}: {key} is {b}, expected {a} "
+                           "(set --config.expect_model=any to run it anyway)")
+    m.update(dict(config.model_options))       # run-time choices: dtype, remat, prompt room
+    tokenizer = janus_text.load_tokenizer(path)
+    prompts = read_prompts(config.data.prompts)
+    return cls(config=config, model=m, workdir=workdir, tokenizer=tokenizer,
+               templates=janus_text.JanusTemplates(tokenizer, m.image_tokens,
+                                                   m.max_prompt_tokens, style=m.template),
+               pretrain_specs=[], gvu_specs=prompts, heldout_specs=[],
+               image_tokenizer=build.image_tokenizer(m),
+               reward_weights=reward.token_weight_table(
+                   tokenizer, dict(config.reward.token_weights), m.lm.vocab_size))
+
+  def load_base(self):
+    """The converted checkpoint -> (graphdef, params) of the base model."""
+    from gvu_jax import convert
+    _, params = convert.load(self.config.checkpoint, like_model=self.model)
+    graphdef, _ = build.abstract(self.model)
+    return graphdef, params
 
   def path(self, *parts):
     return os.path.join(self.workdir, *parts)

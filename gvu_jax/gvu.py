@@ -38,20 +38,24 @@ def _setup(ctx, base_params):
   if c.lora.enabled:
     overrides = dict(lora_rank=c.lora.rank, lora_alpha=c.lora.alpha,
                      lora_targets=tuple(c.lora.targets))
-  checkpoint.check_model_config(ctx.path("gvu"), dict(build.signature(config.model),
-                                                      gvu_lora=overrides))
-  graphdef, fresh = build.create(config.model, config.seed + 1, **overrides)
+  signature = dict(build.signature(ctx.model), gvu_lora=overrides)
+  if config.get("checkpoint"):
+    signature["checkpoint"] = os.path.abspath(config.checkpoint)
+  checkpoint.check_model_config(ctx.path("gvu"), signature)
+  graphdef, _ = build.abstract(ctx.model, **overrides)
   roles = lora.Roles(c.lora.enabled)
   frozen = base_params
   reference_path = ctx.path("gvu", "reference")
-  if os.path.exists(reference_path):   # a resumed run keeps the reference it started with
+  if config.get("checkpoint"):
+    pass   # the converted checkpoint is the reference; nothing to copy
+  elif os.path.exists(reference_path):   # a resumed run keeps the reference it started with
     frozen = checkpoint.load_frozen(reference_path, base_params)
   else:
     checkpoint.save_frozen(reference_path, base_params)
   if c.lora.enabled:
-    trainable = lora.split(fresh)[1]
-  else:   # a copy: the state is donated, the frozen reference must survive
-    trainable = jax.tree.map(jnp.copy, frozen)
+    trainable = build.create_adapters(ctx.model, config.seed + 1, **overrides)
+  else:   # fp32 master weights; a copy, since the state is donated and the reference stays
+    trainable = jax.tree.map(lambda x: jnp.array(x, dtype=jnp.float32), frozen)
   tx = rl.make_optimizer(c, total_steps=c.steps)
   state = {"trainable": trainable, "opt_state": tx.init(trainable), "step": jnp.int32(0),
            "rng": jax.random.key_data(jax.random.key(config.seed))}
@@ -109,9 +113,10 @@ def run(ctx, base_params):
           f"gvu: found a finished run at step {latest}; skipping")
 
   g, n = c.group_size, c.prompts_per_step
-  sampler = Sampler(graphdef, SamplingConfig(**c.sampling), num_tokens=config.model.image_tokens,
+  sampler = Sampler(graphdef, SamplingConfig(**c.sampling), num_tokens=ctx.model.image_tokens,
                     uncond_row=ctx.templates.unconditional(1), group_size=g)
-  decode = jax.jit(ctx.image_tokenizer.decode)
+  decode = jax.jit(lambda params, codes: ctx.image_tokenizer.decode(
+      codes, nnx.merge(graphdef, params)))
   reward_fn = make_reward_fn(ctx, graphdef, roles)
   logp_fn = rl.make_logp_fn(graphdef, roles, with_policy=c.mu > 1)
   grpo_step = rl.make_grpo_step(graphdef, roles, tx, clip_eps=c.clip_eps, beta=c.beta,
@@ -126,7 +131,7 @@ def run(ctx, base_params):
   bar = metrics.progress(c.steps, "gvu", initial=start)
   nonfinite_in_a_row = 0
   for step in range(start, c.steps):
-    specs = batches.prompt_batch(ctx.train_specs, n, batches.rng_for(config.seed, "gvu", step))
+    specs = batches.prompt_batch(ctx.gvu_specs, n, batches.rng_for(config.seed, "gvu", step))
     texts = [s.text for s in specs]
     rows = [t for t in texts for _ in range(g)]
     ids, valid = ctx.templates.generation(texts)
@@ -134,7 +139,7 @@ def run(ctx, base_params):
     policy = roles.policy(state["trainable"], frozen)
 
     samples, t_rollout = _timed(sampler, policy, ids, valid, key)
-    pixels, t_decode = _timed(decode, samples.codes)
+    pixels, t_decode = _timed(decode, policy, samples.codes)
     query = ctx.templates.understanding(rows).arrays()
     (rewards, token_logp), t_reward = _timed(reward_fn, state["trainable"], frozen, pixels, query)
     used = rewards

@@ -42,7 +42,17 @@ def run(config, workdir):
   if config.mode not in MODES:
     raise InputError(f"config.mode: unknown {config.mode!r}; expected one of {list(MODES)}")
   check_workdir(workdir)
+  if "checkpoint" in config:   # a recipe for a converted checkpoint (configs/janus_*.py)
+    if not config.checkpoint:
+      raise InputError("config.checkpoint is required: a directory written by "
+                       "python -m gvu_jax.convert")
+    if config.mode != "gvu":
+      raise InputError(f"config.mode={config.mode}: a converted checkpoint runs mode=gvu "
+                       "(there is no judge for real images yet)")
   ctx = context.Context.create(config, workdir)
+  if config.get("checkpoint"):
+    gvu.run(ctx, ctx.load_base()[1])
+    return
   if config.mode == "pretrain":
     pretrain.run(ctx)
     return

@@ -23,7 +23,7 @@ def make_train_step(graphdef, image_tokenizer, tx, answer_start):
     model = nnx.merge(graphdef, params)
     logits = image_logits(model, batch["prompt_ids"], batch["prompt_valid"], batch["codes"])
     t2i = optax.softmax_cross_entropy_with_integer_labels(logits, batch["codes"]).mean()
-    pixels = image_tokenizer.decode(batch["codes"])    # the same pixel path as the reward
+    pixels = image_tokenizer.decode(batch["codes"], model)    # the same pixel path as the reward
     token_logp = answer_token_logprobs(model, batch["query_ids"], batch["query_valid"],
                                        batch["image_slots"], pixels, batch["caption_mask"],
                                        answer_start)
@@ -42,8 +42,8 @@ def make_train_step(graphdef, image_tokenizer, tx, answer_start):
 
 def _setup(ctx):
   config, c = ctx.config, ctx.config.pretrain
-  checkpoint.check_model_config(ctx.path("pretrain"), build.signature(config.model))
-  graphdef, params = build.create(config.model, config.seed)
+  checkpoint.check_model_config(ctx.path("pretrain"), build.signature(ctx.model))
+  graphdef, params = build.create(ctx.model, config.seed)
   tx = rl.make_optimizer(c, total_steps=c.steps)
   state = {"params": params, "opt_state": tx.init(params), "step": jnp.int32(0)}
   store = checkpoint.CheckpointStore(ctx.path("pretrain", "checkpoints"), c.keep)
@@ -86,7 +86,7 @@ def run(ctx):
   bar = metrics.progress(c.steps, "pretrain", initial=start)
   tic, seen = time.perf_counter(), 0
   make_batch = lambda step: batches.supervised_batch(
-      ctx.templates, ctx.train_specs, c.batch_size,
+      ctx.templates, ctx.pretrain_specs, c.batch_size,
       batches.rng_for(config.seed, "pretrain", step), c.cond_dropout)
   for step, batch in zip(range(start, c.steps),
                          batches.prefetch(make_batch, range(start, c.steps))):

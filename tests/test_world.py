@@ -101,16 +101,26 @@ def test_spec_text(objects, relation, category, text):
 
 
 def test_split_specs():
-  train, heldout = world.split_specs(seed=3)
-  assert world.split_specs(seed=3) == (train, heldout)
-  assert world.split_specs(seed=4) != (train, heldout)
-  assert not set(train) & set(heldout)
-  assert sorted(train + heldout, key=world.all_specs().index) == (
-      world.all_specs())
+  pretrain, gvu, heldout = world.split_specs(seed=3)
+  assert world.split_specs(seed=3) == (pretrain, gvu, heldout)
+  assert world.split_specs(seed=4) != (pretrain, gvu, heldout)
+  assert gvu == [] and not set(pretrain) & set(heldout)
+  assert sorted(pretrain + heldout, key=world.all_specs().index) == world.all_specs()
   for category in world.CATEGORIES:
     n = sum(s.category == category for s in world.all_specs())
     n_held = sum(s.category == category for s in heldout)
     assert n_held == min(max(1, round(0.2 * n)), n - 1)
+
+
+def test_split_specs_with_gvu_prompts():
+  three = world.split_specs(seed=3, gvu_fraction=0.3)
+  assert three.heldout == world.split_specs(seed=3).heldout   # judged alike
+  assert sorted(sum(three, []), key=world.all_specs().index) == world.all_specs()
+  for category in world.CATEGORIES:
+    counts = [sum(s.category == category for s in part) for part in three]
+    assert min(counts) >= 1, (category, counts)
+  with pytest.raises(ValueError, match="gvu_fraction=0.9"):
+    world.split_specs(seed=3, gvu_fraction=0.9)
 
 
 def test_sample_scene_deterministic_and_judged_true():

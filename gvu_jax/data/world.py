@@ -164,16 +164,40 @@ def vocabulary() -> list[str]:
   return sorted({w for spec in _all_specs() for w in spec.text.split()})
 
 
-def split_specs(seed: int, heldout_fraction: float = 0.2):
-  """Seeded per-category split of all_specs() into (train, heldout) lists."""
-  train, heldout = [], []
+class Splits(NamedTuple):
+  """Prompt splits of the world; no prompt is in two of them.
+
+  pretrain: paired with rendered scenes for supervised pretraining (both branches).
+  gvu:      text only: the prompts the GvU stage trains on, never paired with an
+            image anywhere. Empty when the GvU stage reuses the pretraining prompts.
+  heldout:  evaluation only, never used by any training stage.
+  """
+  pretrain: list
+  gvu: list
+  heldout: list
+
+
+def split_specs(seed: int, heldout_fraction: float = 0.2, gvu_fraction: float = 0.0) -> Splits:
+  """Seeded per-category split of all_specs(). Every category keeps at least one
+  held-out and one pretraining prompt; the held-out set depends on the seed and
+  heldout_fraction only, so runs with different gvu_fraction are judged alike."""
+  if not 0 < heldout_fraction < 1 or not 0 <= gvu_fraction < 1 - heldout_fraction:
+    raise ValueError(f"data.heldout_fraction={heldout_fraction}, data.gvu_fraction="
+                     f"{gvu_fraction}: expected 0 < heldout < 1 and 0 <= gvu < 1 - heldout")
+  splits = Splits([], [], [])
   for i, category in enumerate(CATEGORIES):
     specs = [s for s in _all_specs() if s.category == category]
-    n = min(max(1, round(heldout_fraction * len(specs))), len(specs) - 1)
-    held = set(np.random.default_rng([seed, i]).permutation(len(specs))[:n])
+    n_held = min(max(1, round(heldout_fraction * len(specs))), len(specs) - 1)
+    n_gvu = min(round(gvu_fraction * len(specs)), len(specs) - 1 - n_held)
+    if gvu_fraction > 0:
+      n_gvu = max(n_gvu, 1) if len(specs) - n_held > 1 else 0
+    order = np.random.default_rng([seed, i]).permutation(len(specs))
+    rank = {int(j): r for r, j in enumerate(order)}
     for j, spec in enumerate(specs):
-      (heldout if j in held else train).append(spec)
-  return train, heldout
+      r = rank[j]
+      (splits.heldout if r < n_held else
+       splits.gvu if r < n_held + n_gvu else splits.pretrain).append(spec)
+  return splits
 
 
 def sample_scene(spec: PromptSpec, rng: np.random.Generator) -> Scene:

@@ -32,7 +32,7 @@ def make_scorer(ctx, graphdef):
 
   def score(params, codes, query):
     model = nnx.merge(graphdef, params)
-    pixels = ctx.image_tokenizer.decode(codes)
+    pixels = ctx.image_tokenizer.decode(codes, model)
     rewards, token_logp = reward_lib.intrinsic_reward(model, pixels, query, r.aggregation,
                                                       ctx.reward_weights)
     return token_logp.sum(-1), rewards
@@ -55,7 +55,7 @@ def generation(ctx, graphdef, params, scorer):
   c = ctx.config.eval
   specs = balanced_prompts(ctx.heldout_specs, c.images_per_category)
   sampler = Sampler(graphdef, SamplingConfig(**c.sampling),
-                    num_tokens=ctx.config.model.image_tokens,
+                    num_tokens=ctx.model.image_tokens,
                     uncond_row=ctx.templates.unconditional(1))
   key = jax.random.key(ctx.config.seed)
   codes, rewards = [], []

@@ -1,6 +1,7 @@
 """Turn a recipe's `model` config into a model definition and parameters."""
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from gvu_jax.errors import InputError
@@ -15,6 +16,19 @@ def create(model_cfg, seed, **lm_overrides):
   cfg = JanusConfig.from_config(model_cfg, **lm_overrides)
   graphdef, state = nnx.split(JanusUMM(cfg, rngs=nnx.Rngs(seed)))
   return graphdef, nnx.to_pure_dict(state)
+
+
+def create_adapters(model_cfg, seed, **lm_overrides):
+  """The LoRA adapters `create(model_cfg, seed, ...)` would make, computed without
+  materialising the base weights: XLA drops the initialisers nobody reads."""
+  from gvu_jax import lora
+  cfg = JanusConfig.from_config(model_cfg, **lm_overrides)
+
+  def adapters():
+    _, state = nnx.split(JanusUMM(cfg, rngs=nnx.Rngs(seed)))
+    return lora.split(nnx.to_pure_dict(state))[1]
+
+  return jax.jit(adapters)()
 
 
 def abstract(model_cfg, **lm_overrides):
@@ -34,8 +48,22 @@ def signature(model_cfg):
   return d
 
 
+class VQTokenizer:
+  """The Janus VQ-16, whose weights are part of the model (`model.vq`)."""
+
+  def decode(self, codes, model):
+    """codes [B, N] -> pixels [B, H, W, 3], clipped to [-1, 1] as an image is."""
+    return jnp.clip(model.vq.decode(codes).astype(jnp.float32), -1.0, 1.0)
+
+  def encode(self, pixels, model):
+    return model.vq.encode(pixels)
+
+
 def image_tokenizer(model_cfg):
-  if model_cfg.image_tokenizer != "cells":
-    raise InputError(f"model.image_tokenizer: unknown {model_cfg.image_tokenizer!r}; "
-                     "expected 'cells'")
-  return CellTokenizer()
+  """-> an object with decode(codes, model) (and encode(pixels, model))."""
+  if model_cfg.image_tokenizer == "cells":
+    return CellTokenizer()
+  if model_cfg.image_tokenizer == "vq16":
+    return VQTokenizer()
+  raise InputError(f"model.image_tokenizer: unknown {model_cfg.image_tokenizer!r}; "
+                   "expected 'cells' or 'vq16'")

@@ -24,8 +24,9 @@ class CellTokenizer:
     table = jnp.asarray(world.patch_table(), jnp.float32)
     self.table = table / 127.5 - 1.0                      # [codes, cell, cell, 3]
 
-  def decode(self, codes):
-    """codes [B, cells] int -> pixels [B, H, W, 3] in [-1, 1]."""
+  def decode(self, codes, model=None):
+    """codes [B, cells] int -> pixels [B, H, W, 3] in [-1, 1]. (`model` is
+    unused: the VQ tokenizer's weights live in the model, this one has none.)"""
     patches = self.table[codes]
     return rearrange(patches, "b (gh gw) p q c -> b (gh p) (gw q) c", gh=world.GRID)
 

@@ -16,6 +16,7 @@ from flax import nnx
 from gvu_jax.models.layers import MlpProjector
 from gvu_jax.models.llama import Decoder, LlamaConfig
 from gvu_jax.models.vit import ViT, ViTConfig
+from gvu_jax.models.vq import VQConfig, VQModel
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,7 +27,8 @@ class JanusConfig:
   image_tokens: int           # tokens per generated image
   gen_embed_dim: int = 8      # VQ code embedding width (Janus: 8)
   image_token_embed: int = 0  # gen_head hidden width; 0 = lm hidden
-  image_tokenizer: str = "cells"
+  image_tokenizer: str = "cells"   # "cells" (embedded world) or "vq16" (Janus VQ-16)
+  vq: VQConfig | None = None      # the VQ-16 model when image_tokenizer == "vq16"
 
   @classmethod
   def from_config(cls, c, **lm_overrides):
@@ -35,10 +37,15 @@ class JanusConfig:
     lm = dict(c.lm, dtype=c.dtype, remat=c.get("remat", False), **lm_overrides)
     if "lora_targets" in lm:
       lm["lora_targets"] = tuple(lm["lora_targets"])
+    vq = None
+    if c.image_tokenizer == "vq16":
+      vq = dict(c.vq)
+      vq["channel_multiplier"] = tuple(vq["channel_multiplier"])
+      vq = VQConfig(**vq, dtype=c.dtype)
     return cls(lm=LlamaConfig(**lm), vision=ViTConfig(**dict(c.vision), dtype=c.dtype),
                codebook_size=c.codebook_size, image_tokens=c.image_tokens,
                gen_embed_dim=c.gen_embed_dim, image_token_embed=c.image_token_embed,
-               image_tokenizer=c.image_tokenizer)
+               image_tokenizer=c.image_tokenizer, vq=vq)
 
 
 class JanusUMM(nnx.Module):
@@ -52,6 +59,7 @@ class JanusUMM(nnx.Module):
     self.gen_embed = nnx.Embed(cfg.codebook_size, cfg.gen_embed_dim, rngs=rngs)
     self.gen_aligner = MlpProjector(cfg.gen_embed_dim, h, h, **kw)
     self.gen_head = MlpProjector(h, cfg.image_token_embed or h, cfg.codebook_size, **kw)
+    self.vq = VQModel(cfg.vq, rngs=rngs) if cfg.vq is not None else None
     self.cfg = cfg
 
   def embed_image_codes(self, codes):

@@ -25,3 +25,59 @@ def synthetic(size="tiny"):
       gen_embed_dim=8,
       image_token_embed=hidden,
   ))
+
+
+# Janus family (DESIGN §2). Shapes of the published checkpoints; everything else
+# (SigLIP-L/16 at 384 px, VQ-16, gen path widths) is shared.
+_JANUS_LM = {  # hidden, layers, heads, intermediate
+    "janus_1_3b": (2048, 24, 16, 5632),
+    "janus_pro_1b": (2048, 24, 16, 5632),
+    "janus_pro_7b": (4096, 30, 32, 11008),
+}
+JANUS_PRESETS = tuple(_JANUS_LM)
+# The chat template each published checkpoint was trained with (gvu_jax/janus_text.py).
+JANUS_TEMPLATE = {"janus_1_3b": "janus_1_3b", "janus_pro_1b": "deepseek",
+                  "janus_pro_7b": "deepseek"}
+
+
+def janus(name):
+  """A published Janus model's config: `janus_1_3b`, `janus_pro_1b` or `janus_pro_7b`."""
+  if name not in _JANUS_LM:
+    raise ValueError(f"unknown Janus preset {name!r}; expected one of {list(_JANUS_LM)}")
+  hidden, layers, heads, intermediate = _JANUS_LM[name]
+  return janus_config(
+      lm=dict(vocab_size=102400, hidden=hidden, layers=layers, heads=heads, kv_heads=heads,
+              intermediate=intermediate, rope_theta=10000.0, norm_eps=1e-6,
+              max_position=16384),
+      vision=dict(image_size=384, patch_size=16, width=1024, layers=24, heads=16,
+                  mlp_dim=4096, norm_eps=1e-6),
+      vq=dict(embed_dim=8, num_embeddings=16384, latent_channels=256, in_channels=3,
+              out_channels=3, base_channels=128, channel_multiplier=(1, 1, 2, 2, 4),
+              num_res_blocks=2),
+      image_token_embed=hidden, template=JANUS_TEMPLATE[name])
+
+
+def janus_config(lm, vision, vq, image_token_embed, template="deepseek"):
+  """The `model` block for any Janus-family size (also used for converted odd sizes)."""
+  # Janus generates as many tokens as the understanding encoder has patches, and
+  # the VQ decodes them back to the encoder's input size (the reward's pixel path).
+  side = vision["image_size"] // vision["patch_size"]
+  downsample = 2 ** (len(vq["channel_multiplier"]) - 1)
+  if side * downsample != vision["image_size"]:
+    raise ValueError(f"a {side}x{side} VQ grid decodes to {side * downsample} px, but the "
+                     f"understanding encoder reads {vision['image_size']} px")
+  return ml_collections.ConfigDict(dict(
+      family="janus",
+      image_tokenizer="vq16",
+      template=template,
+      dtype="bfloat16",
+      remat=False,
+      max_prompt_tokens=64,
+      lm=dict(lm),
+      vision=dict(vision),
+      vq=dict(vq, channel_multiplier=tuple(vq["channel_multiplier"])),
+      codebook_size=vq["num_embeddings"],
+      image_tokens=side * side,
+      gen_embed_dim=vq["embed_dim"],
+      image_token_embed=image_token_embed,
+  ))

@@ -1,0 +1,18 @@
+"""GvU on a converted Janus-Pro-1B checkpoint: the recipes of configs/janus_pro_7b.py
+(presets `lora` and `t2i_r1`) for the 1B model.
+
+  python -m gvu_jax.main --config=configs/janus_pro_1b.py:lora \
+      --config.checkpoint=/ckpt/janus_pro_1b --workdir=/runs/gvu_1b
+"""
+
+import importlib.util
+import os
+
+_spec = importlib.util.spec_from_file_location(
+    "janus_pro_7b", os.path.join(os.path.dirname(os.path.abspath(__file__)), "janus_pro_7b.py"))
+_recipe = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_recipe)
+
+
+def get_config(arg=None):
+  return _recipe.get_config(arg, model="janus_pro_1b")

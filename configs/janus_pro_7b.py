@@ -1,0 +1,53 @@
+"""GvU on a converted Janus-Pro-7B checkpoint.
+
+  python -m gvu_jax.convert --src=Janus-Pro-7B --dst=/ckpt/janus_pro_7b
+  python -m gvu_jax.main --config=configs/janus_pro_7b.py:lora \
+      --config.checkpoint=/ckpt/janus_pro_7b --workdir=/runs/gvu_7b
+
+Presets:
+  lora     the paper's recipe (DESIGN §1.5): G=2, beta 0.03, lr 1e-6, one on-policy
+           step, LoRA r8/alpha32 on the decoder projections (embeddings and heads
+           excluded), temperature 1, min_p 0.03, CFG off.
+  t2i_r1   the T2I-R1-like peer recipe: full fine-tuning, G=8, beta 0.01, lr 1e-6,
+           CFG 5 in the rollout, 1600 steps.
+
+The model block comes from the checkpoint (`expect_model` guards against pointing
+at the wrong one); `model_options` are run-time choices. GvU prompts: `data.prompts`
+is a text file with one prompt per line, or "world" (the embedded world's
+GenEval-style prompts). There is no judge for real images yet, so `mode` is gvu.
+"""
+
+import ml_collections
+
+MODEL = "janus_pro_7b"
+
+
+def get_config(arg=None, model=MODEL):
+  preset = arg or "lora"
+  if preset not in ("lora", "t2i_r1"):
+    raise ValueError(f"unknown preset {preset!r}; expected one of ['lora', 't2i_r1']")
+  c = ml_collections.ConfigDict()
+  c.mode = "gvu"
+  c.seed = 0
+  c.checkpoint = ""               # required: a directory written by gvu_jax.convert
+  c.expect_model = model          # or "any"
+  c.model_options = dict(dtype="bfloat16", remat=True, max_prompt_tokens=64)
+  c.data = dict(prompts="world")
+
+  c.gvu = dict(steps=1000, prompts_per_step=16, group_size=2, mu=1, grad_accum=1,
+               lr=1e-6, warmup_steps=0, schedule="constant", weight_decay=0.0,
+               max_grad_norm=1.0, clip_eps=0.2, beta=0.03,
+               scale_advantages_by_std=True,     # the paper's A = (r - mean) / (std + eps)
+               lora=dict(enabled=True, rank=8, alpha=32.0,
+                         targets=("q", "k", "v", "o", "gate", "up", "down")),
+               sampling=dict(temperature=1.0, top_k=0, top_p=1.0, min_p=0.03, cfg_weight=1.0),
+               log_every=1, checkpoint_every=50, keep=3, grid_every=50,
+               max_nonfinite_steps=5)
+  c.reward = dict(kind="intrinsic", aggregation="geo_mean_prob", judge="policy",
+                  token_weights={})
+
+  if preset == "t2i_r1":
+    c.gvu.update(steps=1600, group_size=8, prompts_per_step=4, beta=0.01)
+    c.gvu.lora.enabled = False
+    c.gvu.sampling.update(min_p=0.0, cfg_weight=5.0)
+  return c

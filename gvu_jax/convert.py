@@ -1,0 +1,507 @@
+"""Convert a published Janus checkpoint into gvu_jax's format.
+
+  python -m gvu_jax.convert --src=DIR --dst=DIR [--model=auto|<preset>]
+      [--dtype=bfloat16] [--force] [--check]
+
+Reads either published layout:
+  original (deepseek-ai/Janus*): config.json with model_type "multi_modality",
+      pytorch_model.bin or pytorch_model-*.bin + pytorch_model.bin.index.json
+  transformers (deepseek-community/Janus*): config.json with model_type "janus",
+      model.safetensors or model-*.safetensors + model.safetensors.index.json
+and writes DST (a local path or gs://...):
+  params/                   Orbax checkpoint of the weights, in `--dtype`
+  model_config.json         the recipe's `model` block (gvu_jax.models.presets)
+  tokenizer.json, ...       tokenizer and image-processor files, copied
+  CONVERTED                 written last; a DST without it is incomplete
+
+Every source tensor is first named as transformers names it; one table then maps
+those names to this project's parameter tree. Shards are read one at a time and
+each tensor is cast as it arrives, so the host holds about one copy of the model.
+"""
+
+import dataclasses
+import json
+import re
+import sys
+import time
+
+import ml_dtypes
+import numpy as np
+from absl import app, flags
+from etils import epath
+
+from gvu_jax.errors import InputError
+from gvu_jax.models import presets
+from gvu_jax.models import vq as vq_lib
+from gvu_jax.models.janus import JanusConfig
+
+CONFIG_FILE = "model_config.json"
+DONE_FILE = "CONVERTED"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "preprocessor_config.json", "processor_config.json")
+DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16": np.float16}
+
+
+# ---------------------------------------------------------------- model config
+
+_SIGLIP = {"siglip_large_patch16_384": dict(image_size=384, patch_size=16, width=1024,
+                                            layers=24, heads=16, mlp_ratio=4.0)}
+# LlamaGen's VQ-16 (the only `gen_vision_config.cls` the Janus releases use).
+_VQ16 = dict(embed_dim=8, num_embeddings=16384, latent_channels=256, in_channels=3,
+             out_channels=3, base_channels=128, channel_multiplier=(1, 1, 2, 2, 4),
+             num_res_blocks=2)
+
+
+def model_config_from_json(cfg: dict, name="config.json"):
+  """A Janus config.json (either layout) -> the `model` ConfigDict."""
+  kind = cfg.get("model_type")
+  if kind == "janus":
+    return _from_transformers(cfg, name)
+  if kind == "multi_modality":
+    return _from_original(cfg, name)
+  raise InputError(f"{name}: model_type {kind!r} is not a Janus checkpoint "
+                   "(expected 'janus' or 'multi_modality')")
+
+
+def _need(d, key, where):
+  if key not in d:
+    raise InputError(f"{where}: missing key {key!r}")
+  return d[key]
+
+
+def _lm(t, where):
+  """LLaMA sizes; missing keys take LlamaConfig's defaults, as the original
+  release relies on (Janus-Pro-7B's language_config names only the layer count
+  and the vocabulary)."""
+  rope = t.get("rope_theta", (t.get("rope_parameters") or {}).get("rope_theta", 10000.0))
+  heads = t.get("num_attention_heads", 32)
+  return dict(vocab_size=_need(t, "vocab_size", where), hidden=t.get("hidden_size", 4096),
+              layers=t.get("num_hidden_layers", 32), heads=heads,
+              kv_heads=t.get("num_key_value_heads") or heads,
+              intermediate=t.get("intermediate_size", 11008), rope_theta=float(rope),
+              norm_eps=float(t.get("rms_norm_eps", 1e-6)),
+              max_position=t.get("max_position_embeddings", 2048))
+
+
+def _from_transformers(cfg, name):
+  t, v, q = (_need(cfg, k, name) for k in ("text_config", "vision_config", "vq_config"))
+  lm = _lm(t, f"{name} text_config")
+  h = lm["hidden"]
+  checks = {"vision_config.use_qk_norm": (v.get("use_qk_norm", False), False),
+            "vision_config.depth": (v.get("depth", 2), 2),
+            "vision_config.hidden_act": (v.get("hidden_act", "gelu"), "gelu"),
+            "vision_config.projection_dim": (v.get("projection_dim", h), h),
+            "vq_config.num_hidden_layers": (q.get("num_hidden_layers", 2), 2),
+            "vq_config.hidden_act": (q.get("hidden_act", "gelu"), "gelu"),
+            "vq_config.image_token_embed_dim": (q.get("image_token_embed_dim", h), h),
+            "vq_config.projection_dim": (q.get("projection_dim", h), h)}
+  for key, (got, want) in checks.items():
+    if got != want:
+      raise InputError(f"{name}: {key} is {got!r}; this implementation supports {want!r}")
+  width = v.get("hidden_size", 1024)
+  vision = dict(image_size=v.get("image_size", 384), patch_size=v.get("patch_size", 16),
+                width=width, layers=v.get("num_hidden_layers", 24),
+                heads=v.get("num_attention_heads", 16),
+                mlp_dim=int(width * v.get("mlp_ratio", 4.0)),
+                norm_eps=float(v.get("layer_norm_eps", 1e-6)))
+  vq = {k: q.get(k, d) for k, d in _VQ16.items()}
+  return presets.janus_config(lm, vision, vq, image_token_embed=h)
+
+
+def _from_original(cfg, name):
+  lm = _lm(_need(cfg, "language_config", name), f"{name} language_config")
+  vp = dict(_need(cfg, "vision_config", name).get("params", {}))
+  model_name = vp.get("model_name", "siglip_large_patch16_384")
+  if model_name not in _SIGLIP and "width" not in vp:
+    raise InputError(f"{name}: vision_config.params.model_name {model_name!r} is unknown "
+                     f"(expected one of {list(_SIGLIP)})")
+  s = {**_SIGLIP.get(model_name, {}), **vp}   # explicit sizes override the named model
+  vision = dict(image_size=s["image_size"], patch_size=s["patch_size"], width=s["width"],
+                layers=s["layers"], heads=s["heads"], mlp_dim=int(s["width"] * s["mlp_ratio"]),
+                norm_eps=1e-6)
+  gen = _need(cfg, "gen_vision_config", name)
+  if gen.get("cls", "VQ-16") != "VQ-16":
+    raise InputError(f"{name}: gen_vision_config.cls {gen.get('cls')!r} is not 'VQ-16'")
+  gp = gen.get("params", {})
+  vq = dict(_VQ16, num_embeddings=gp.get("image_token_size", 16384),
+            embed_dim=gp.get("n_embed", 8),
+            **{k: gp[k] for k in _VQ16 if k in gp})
+  head = _need(cfg, "gen_head_config", name).get("params", {})
+  for key, params in (("aligner_config", _need(cfg, "aligner_config", name).get("params", {})),
+                      ("gen_aligner_config", cfg.get("gen_aligner_config", {}).get("params", {}))):
+    if params.get("projector_type", "mlp_gelu") != "mlp_gelu" or params.get("depth", 2) != 2:
+      raise InputError(f"{name}: {key} must be a depth-2 'mlp_gelu' projector")
+  template = "janus_1_3b" if "1.3B" in str(cfg.get("_name_or_path", "")) else "deepseek"
+  return presets.janus_config(lm, vision, vq,
+                              image_token_embed=head.get("image_token_embed", lm["hidden"]),
+                              template=template)
+
+
+def read_model_config(src: epath.Path, model="auto"):
+  path = src / "config.json"
+  if not path.exists():
+    raise InputError(f"{path}: not found (every Janus checkpoint has a config.json)")
+  try:
+    cfg = json.loads(path.read_text())
+  except json.JSONDecodeError as e:
+    raise InputError(f"{path}: not valid JSON ({e})") from None
+  found = model_config_from_json(cfg, str(path))
+  if model != "auto":
+    preset = presets.janus(model)
+    for key in ("lm", "vision", "vq", "image_token_embed"):
+      want, got = preset[key], found[key]
+      want, got = (w.to_dict() if hasattr(w, "to_dict") else w for w in (want, got))
+      if want != got:
+        raise InputError(f"{path}: --model={model} expects {key}={want}, the checkpoint "
+                         f"has {got}")
+    found.template = preset.template
+  return found
+
+
+# ------------------------------------------------------------- source tensors
+
+def find_shards(src: epath.Path):
+  """-> (layout, [shard paths]) for the checkpoint in `src`."""
+  for layout, single, index in (("transformers", "model.safetensors",
+                                 "model.safetensors.index.json"),
+                                ("original", "pytorch_model.bin", "pytorch_model.bin.index.json")):
+    if (src / index).exists():
+      try:
+        weight_map = json.loads((src / index).read_text())["weight_map"]
+      except (json.JSONDecodeError, KeyError) as e:
+        raise InputError(f"{src / index}: not a weight index ({e!r})") from None
+      files = sorted(set(weight_map.values()))
+      for f in files:
+        if not (src / f).exists():
+          raise InputError(f"{src / index} names {f}, which is missing from {src}")
+      return layout, [src / f for f in files]
+    if (src / single).exists():
+      return layout, [src / single]
+    pattern = single.replace(".", "-*.", 1) if layout == "transformers" else \
+        "pytorch_model-*.bin"
+    shards = sorted(src.glob(pattern))
+    if shards:
+      raise InputError(f"{src}: found {len(shards)} shards ({shards[0].name}, ...) "
+                       f"but no {index}")
+  raise InputError(f"{src}: no checkpoint found (expected model*.safetensors or "
+                   "pytorch_model*.bin)")
+
+
+def read_shard(path: epath.Path):
+  """Yields (name, numpy array) for every tensor in one shard, one at a time."""
+  if path.name.endswith(".safetensors"):
+    from safetensors import safe_open
+    with safe_open(str(path), framework="flax") as f:   # "flax" reads bfloat16
+      for name in f.keys():
+        yield name, np.asarray(f.get_tensor(name))
+    return
+  import torch   # the original layout is a torch pickle: read without running its code
+  try:
+    state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+  except Exception as e:  # pylint: disable=broad-except
+    raise InputError(f"{path}: cannot read as a weights-only torch checkpoint ({e})") from None
+  for name in list(state):
+    t = state.pop(name)
+    if t.dtype == torch.bfloat16:
+      yield name, t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+    else:
+      yield name, t.numpy()
+
+
+# Original deepseek names -> transformers names (VQ keys: gvu_jax.models.vq).
+_ORIGINAL_RENAMES = [
+    (r"^language_model\.model\.", "model.language_model."),
+    (r"^language_model\.lm_head\.", "lm_head."),
+    (r"^vision_model\.vision_tower\.patch_embed\.proj\.", "model.vision_model.embeddings.patch_embedding."),
+    (r"^vision_model\.vision_tower\.pos_embed$", "model.vision_model.embeddings.position_embedding.weight"),
+    (r"^vision_model\.vision_tower\.blocks\.(\d+)\.norm(\d)\.", r"model.vision_model.encoder.layers.\1.layer_norm\2."),
+    (r"^vision_model\.vision_tower\.blocks\.(\d+)\.attn\.proj\.", r"model.vision_model.encoder.layers.\1.self_attn.projection_layer."),
+    (r"^vision_model\.vision_tower\.blocks\.(\d+)\.attn\.qkv\.", r"model.vision_model.encoder.layers.\1.self_attn.qkv."),
+    (r"^vision_model\.vision_tower\.blocks\.(\d+)\.mlp\.", r"model.vision_model.encoder.layers.\1.mlp."),
+    (r"^vision_model\.vision_tower\.norm\.", "model.vision_model.post_layernorm."),
+    (r"^aligner\.layers\.0\.", "model.aligner.fc1."),
+    (r"^aligner\.layers\.2\.", "model.aligner.hidden_layers.0."),
+    (r"^gen_aligner\.layers\.0\.", "model.generation_aligner.fc1."),
+    (r"^gen_aligner\.layers\.2\.", "model.generation_aligner.hidden_layers.0."),
+    (r"^gen_head\.output_mlp_projector\.", "model.generation_head.proj_out."),
+    (r"^gen_head\.vision_head\.", "model.generation_head.vision_head."),
+    (r"^gen_embed\.", "model.generation_embeddings."),
+]
+# Weights the published checkpoints carry but no forward pass uses.
+_UNUSED = re.compile(r"(^vision_model\.vision_tower\.attn_pool\.|\.position_ids$|"
+                     r"rotary_emb\.inv_freq$)")
+
+
+def to_transformers_names(name, array):
+  """One original-layout tensor -> [(transformers name, array)] ([] if unused).
+  The fused SigLIP qkv is split into the q/k/v projections transformers has."""
+  if _UNUSED.search(name):
+    return []
+  if name.startswith("gen_vision_model."):
+    key = vq_lib.original_to_hf_key(name[len("gen_vision_model."):])
+    return [] if key is None else [("model.vqmodel." + key, array)]
+  for pattern, repl in _ORIGINAL_RENAMES:
+    new = re.sub(pattern, repl, name)
+    if new != name:
+      if new.endswith("position_embedding.weight"):
+        array = array.reshape(array.shape[-2:])        # [1, N, W] -> [N, W]
+      if ".self_attn.qkv." in new:
+        parts = np.split(array, 3, axis=0)
+        return [(new.replace(".qkv.", f".{p}_proj."), a) for p, a in zip("qkv", parts)]
+      return [(new, array)]
+  return [(name, array)]    # unknown: reported by the name check
+
+
+# ------------------------------------------------ transformers names -> params
+
+@dataclasses.dataclass
+class Target:
+  """Where one transformers tensor goes: `path` in the parameter tree, the
+  torch shape it must have, and how to turn it into the stored array."""
+  path: tuple
+  shape: tuple
+  kind: str                # linear | copy | patch | part0/1/2 (fused qkv column block)
+
+
+def targets(m):
+  """{transformers name: Target} for every weight of the model config `m`
+  except the VQ model's (gvu_jax.models.vq maps those)."""
+  lm, v = m.lm, m.vision
+  h, hd, hkv = lm.hidden, lm.hidden // lm.heads, lm.kv_heads * (lm.hidden // lm.heads)
+  out = {}
+
+  def linear(name, path, din, dout, bias):
+    out[name + ".weight"] = Target(path + ("kernel",), (dout, din), "linear")
+    if bias:
+      out[name + ".bias"] = Target(path + ("bias",), (dout,), "copy")
+
+  def norm(name, path, dim, bias=True):
+    out[name + ".weight"] = Target(path + ("scale",), (dim,), "copy")
+    if bias:
+      out[name + ".bias"] = Target(path + ("bias",), (dim,), "copy")
+
+  p = "model.language_model."
+  out[p + "embed_tokens.weight"] = Target(("lm", "embed", "embedding"),
+                                          (lm.vocab_size, h), "copy")
+  for i in range(lm.layers):
+    q, path = f"{p}layers.{i}.", ("lm", "layers", i)
+    for ours, theirs, din, dout in (("q", "q_proj", h, lm.heads * hd), ("k", "k_proj", h, hkv),
+                                    ("v", "v_proj", h, hkv), ("o", "o_proj", lm.heads * hd, h)):
+      linear(f"{q}self_attn.{theirs}", path + ("attn", ours), din, dout, False)
+    for ours, din, dout in (("gate", h, lm.intermediate), ("up", h, lm.intermediate),
+                            ("down", lm.intermediate, h)):
+      linear(f"{q}mlp.{ours}_proj", path + ("mlp", ours), din, dout, False)
+    norm(f"{q}input_layernorm", path + ("input_norm",), h, bias=False)
+    norm(f"{q}post_attention_layernorm", path + ("post_attn_norm",), h, bias=False)
+  norm(p + "norm", ("lm", "final_norm"), h, bias=False)
+  linear("lm_head", ("lm", "lm_head"), h, lm.vocab_size, False)
+
+  p, w = "model.vision_model.", v.width
+  out[p + "embeddings.patch_embedding.weight"] = Target(
+      ("vision", "patch_embed", "kernel"), (w, 3, v.patch_size, v.patch_size), "patch")
+  out[p + "embeddings.patch_embedding.bias"] = Target(("vision", "patch_embed", "bias"),
+                                                      (w,), "copy")
+  n = (v.image_size // v.patch_size) ** 2
+  out[p + "embeddings.position_embedding.weight"] = Target(("vision", "pos_embed"), (n, w),
+                                                           "copy")
+  for i in range(v.layers):
+    q, path = f"{p}encoder.layers.{i}.", ("vision", "blocks", i)
+    for j, part in enumerate("qkv"):
+      out[f"{q}self_attn.{part}_proj.weight"] = Target(path + ("qkv", "kernel"), (w, w),
+                                                       f"part{j}")
+      out[f"{q}self_attn.{part}_proj.bias"] = Target(path + ("qkv", "bias"), (w,), f"part{j}")
+    linear(f"{q}self_attn.projection_layer", path + ("proj",), w, w, True)
+    norm(f"{q}layer_norm1", path + ("norm1",), w)
+    norm(f"{q}layer_norm2", path + ("norm2",), w)
+    linear(f"{q}mlp.fc1", path + ("fc1",), w, v.mlp_dim, True)
+    linear(f"{q}mlp.fc2", path + ("fc2",), v.mlp_dim, w, True)
+  norm(p + "post_layernorm", ("vision", "norm"), w)
+
+  linear("model.aligner.fc1", ("aligner", "fc1"), w, h, True)
+  linear("model.aligner.hidden_layers.0", ("aligner", "fc2"), h, h, True)
+  out["model.generation_embeddings.weight"] = Target(("gen_embed", "embedding"),
+                                                     (m.codebook_size, m.gen_embed_dim), "copy")
+  linear("model.generation_aligner.fc1", ("gen_aligner", "fc1"), m.gen_embed_dim, h, True)
+  linear("model.generation_aligner.hidden_layers.0", ("gen_aligner", "fc2"), h, h, True)
+  e = m.image_token_embed or h
+  linear("model.generation_head.proj_out", ("gen_head", "fc1"), h, e, True)
+  linear("model.generation_head.vision_head", ("gen_head", "fc2"), e, m.codebook_size, True)
+  return out
+
+
+def _place(tree, path, value):
+  for key in path[:-1]:
+    tree = tree.setdefault(key, {})
+  tree[path[-1]] = value
+
+
+def _lookup(tree, path):
+  for key in path:
+    tree = tree[key]
+  return tree
+
+
+def convert_tensors(m, named_arrays, dtype, source="checkpoint"):
+  """Iterable of (transformers name, array) -> parameter tree in `dtype`.
+
+  Checks every name and shape; fails naming the first problem. Tensors are
+  cast one at a time; fused blocks are filled in place (no second copy)."""
+  table, vq_cfg = targets(m), JanusConfig.from_config(m).vq
+  vq_shapes = {"model.vqmodel." + k: tuple(s) for k, s in vq_lib.expected_torch_shapes(vq_cfg).items()}
+  tree, vq_tensors, seen = {}, {}, set()
+  for name, array in named_arrays:
+    if name in seen:
+      raise InputError(f"{source}: tensor {name} appears twice")
+    seen.add(name)
+    expected = table[name].shape if name in table else vq_shapes.get(name)
+    if expected is None:
+      raise InputError(f"{source}: unexpected tensor {name} {tuple(array.shape)} "
+                       "(not part of a Janus model of this config)")
+    if tuple(array.shape) != tuple(expected):
+      raise InputError(f"{source}: tensor {name} has shape {tuple(array.shape)}, expected "
+                       f"{tuple(expected)}")
+    if not np.issubdtype(np.dtype(array.dtype), np.floating) and array.dtype != ml_dtypes.bfloat16:
+      raise InputError(f"{source}: tensor {name} has dtype {array.dtype}, expected floating "
+                       "point")
+    if name in vq_shapes:
+      vq_tensors[name[len("model.vqmodel."):]] = array   # small: converted at the end
+      continue
+    t = table[name]
+    if t.kind == "linear":
+      value = array.T
+    elif t.kind == "patch":    # conv [W, C, p, p] -> dense over (p, q, c)-flattened patches
+      value = array.transpose(2, 3, 1, 0).reshape(-1, array.shape[0])
+    elif t.kind.startswith("part"):
+      j, width = int(t.kind[-1]), array.shape[0]
+      try:
+        fused = _lookup(tree, t.path)
+      except KeyError:
+        fused = np.zeros((array.shape[-1], 3 * width) if array.ndim == 2 else (3 * width,), dtype)
+        _place(tree, t.path, fused)
+      fused[..., j * width:(j + 1) * width] = array.T if array.ndim == 2 else array
+      continue
+    else:
+      value = array
+    _place(tree, t.path, np.ascontiguousarray(value.astype(dtype)))
+  missing = [k for k in list(table) + list(vq_shapes) if k not in seen]
+  if missing == ["lm_head.weight"]:   # a tied checkpoint: the head is the embedding
+    _place(tree, ("lm", "lm_head", "kernel"), tree["lm"]["embed"]["embedding"].T.copy())
+  elif missing:
+    raise InputError(f"{source}: missing tensor {missing[0]}"
+                     + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+  vq_params = vq_lib.params_from_torch(vq_tensors, vq_cfg)
+  tree["vq"] = _cast(vq_params, dtype)
+  return tree
+
+
+def _cast(tree, dtype):
+  if isinstance(tree, dict):
+    return {k: _cast(v, dtype) for k, v in tree.items()}
+  return np.asarray(tree).astype(dtype)
+
+
+# --------------------------------------------------------------------- driver
+
+def convert(src, dst, model="auto", dtype="bfloat16", force=False, log=print):
+  """Converts `src` into `dst`; returns the `model` config."""
+  src, dst = epath.Path(src), epath.Path(dst)
+  if dtype not in DTYPES:
+    raise InputError(f"--dtype={dtype}: expected one of {list(DTYPES)}")
+  if dst.exists() and any(dst.iterdir()):
+    if not force:
+      raise InputError(f"{dst} exists; pass --force to replace it")
+    if not (dst / DONE_FILE).exists() and not (dst / CONFIG_FILE).exists():
+      raise InputError(f"{dst} exists and is not a gvu_jax conversion; refusing to delete it "
+                       "even with --force")
+  m = read_model_config(src, model)
+  if not (src / "tokenizer.json").exists():
+    raise InputError(f"{src / 'tokenizer.json'}: not found (the converter copies the tokenizer "
+                     "next to the weights)")
+  layout, shards = find_shards(src)
+  log(f"convert: {layout} layout, {len(shards)} shard(s), to {dtype}")
+  tic = time.perf_counter()
+
+  def named_arrays():
+    for shard in shards:
+      log(f"convert: reading {shard.name}")
+      for name, array in read_shard(shard):
+        yield from (to_transformers_names(name, array) if layout == "original"
+                    else [(name, array)])
+
+  tree = convert_tensors(m, named_arrays(), DTYPES[dtype], source=str(src))
+  if dst.exists():
+    dst.rmtree()
+  dst.mkdir(parents=True)
+  from gvu_jax import checkpoint   # orbax; imported late so --help stays fast
+  checkpoint.save_frozen(str(dst / "params"), tree)
+  (dst / CONFIG_FILE).write_text(json.dumps(m.to_dict(), indent=2, sort_keys=True))
+  for name in TOKENIZER_FILES:
+    if (src / name).exists():
+      (src / name).copy(dst / name)
+  (dst / DONE_FILE).write_text(json.dumps({"source": str(src), "layout": layout,
+                                          "dtype": dtype}))
+  log(f"convert: wrote {dst} in {time.perf_counter() - tic:.1f} s")
+  return m
+
+
+def read_converted_config(path):
+  """The `model` block of a finished conversion at `path`."""
+  import ml_collections
+  path = epath.Path(path)
+  if not (path / DONE_FILE).exists():
+    raise InputError(f"{path}: not a finished gvu_jax conversion (no {DONE_FILE}); run "
+                     "python -m gvu_jax.convert --src=... --dst=...")
+  return ml_collections.ConfigDict(json.loads((path / CONFIG_FILE).read_text()))
+
+
+def load(path, dtype=None, like_model=None):
+  """A finished conversion -> (model config, parameters in the stored dtype).
+  `dtype` sets the config's compute dtype; `like_model` is a model block to use
+  instead of the stored one (same weights, other run-time options)."""
+  import jax
+  from gvu_jax import checkpoint
+  from gvu_jax.models import build
+  m = read_converted_config(path) if like_model is None else like_model
+  if dtype:
+    m.dtype = dtype
+  path = epath.Path(path)
+  stored = DTYPES[json.loads((path / DONE_FILE).read_text())["dtype"]]
+  _, like = build.abstract(m)
+  like = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, stored), like)
+  return m, checkpoint.load_frozen(str(path / "params"), like)
+
+
+def define_flags():
+  """The CLI's flags (defined only when run as a program, so importing this
+  module from elsewhere never clashes with another program's flags)."""
+  flags.DEFINE_string("src", None, "Directory of the published checkpoint (either layout).")
+  flags.DEFINE_string("dst", None, "Output directory (local or gs://).")
+  flags.DEFINE_string("model", "auto", f"auto (from config.json) or one of {presets.JANUS_PRESETS}.")
+  flags.DEFINE_string("dtype", "bfloat16", "Stored dtype: bfloat16, float32 or float16.")
+  flags.DEFINE_bool("force", False, "Replace an existing conversion at --dst.")
+  flags.DEFINE_bool("check", False, "After converting, compare against transformers on random "
+                    "inputs (needs torch + transformers); exit 1 above tolerance.")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  f = flags.FLAGS
+  try:
+    if not f.src or not f.dst:
+      raise InputError("--src and --dst are required")
+    convert(f.src, f.dst, f.model, f.dtype, f.force)
+    if f.check:
+      from gvu_jax import parity
+      report = parity.check(f.src, f.dst)
+      print(json.dumps(report, indent=2))
+      return 0 if report["ok"] else 1
+  except InputError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  return 0
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(lambda argv: sys.exit(main(argv)))
