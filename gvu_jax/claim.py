@@ -43,6 +43,11 @@ def summarize(runs):
           "understanding before": ("main", "pretrained", "understanding"),
           "understanding after GvU": ("main", "gvu", "understanding"),
           "understanding after shuffled control": ("control", "gvu", "understanding")}
+  if all("generation_gvu_prompts" in r["main"]["gvu"] for r in runs):
+    keys["generation on GvU prompts before"] = ("main", "pretrained", "generation_gvu_prompts")
+    keys["generation on GvU prompts after GvU"] = ("main", "gvu", "generation_gvu_prompts")
+    keys["generation on GvU prompts after control"] = ("control", "gvu",
+                                                       "generation_gvu_prompts")
   out = {}
   for name, (run, stage, part) in keys.items():
     values = [r[run][stage][part]["overall"] for r in runs]
@@ -60,7 +65,7 @@ def summarize(runs):
 
 
 def markdown(summary, seeds):
-  lines = ["| metric (held-out, overall) | " + " | ".join(f"seed {s}" for s in seeds) +
+  lines = ["| metric (overall; held-out unless named) | " + " | ".join(f"seed {s}" for s in seeds) +
            " | mean ± std |", "|---" * (len(seeds) + 2) + "|"]
   for name, v in summary.items():
     cells = " | ".join(f"{x:.3f}" if "points" not in name else f"{x:+.1f}" for x in v["per_seed"])

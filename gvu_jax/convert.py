@@ -27,7 +27,7 @@ import time
 
 import ml_dtypes
 import numpy as np
-from absl import app, flags
+from absl import app, flags, logging
 from etils import epath
 
 from gvu_jax.errors import InputError
@@ -187,13 +187,27 @@ def find_shards(src: epath.Path):
                    "pytorch_model*.bin)")
 
 
+_SAFETENSORS_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16,
+                       "BF16": ml_dtypes.bfloat16, "I64": np.int64, "I32": np.int32,
+                       "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
+
+
 def read_shard(path: epath.Path):
   """Yields (name, numpy array) for every tensor in one shard, one at a time."""
   if path.name.endswith(".safetensors"):
-    from safetensors import safe_open
-    with safe_open(str(path), framework="flax") as f:   # "flax" reads bfloat16
-      for name in f.keys():
-        yield name, np.asarray(f.get_tensor(name))
+    # The format is an 8-byte header size, a JSON header, then raw tensors: read
+    # each tensor's bytes straight into its array (bfloat16 too, no framework).
+    with path.open("rb") as f:
+      size = int.from_bytes(f.read(8), "little")
+      header = json.loads(f.read(size))
+      header.pop("__metadata__", None)
+      for name, info in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0]):
+        start, end = info["data_offsets"]
+        if info["dtype"] not in _SAFETENSORS_DTYPES:
+          raise InputError(f"{path}: tensor {name} has unsupported dtype {info['dtype']}")
+        f.seek(8 + size + start)
+        data = np.frombuffer(f.read(end - start), _SAFETENSORS_DTYPES[info["dtype"]])
+        yield name, data.reshape(info["shape"])
     return
   import torch   # the original layout is a torch pickle: read without running its code
   try:
@@ -382,7 +396,7 @@ def convert_tensors(m, named_arrays, dtype, source="checkpoint"):
       continue
     else:
       value = array
-    _place(tree, t.path, np.ascontiguousarray(value.astype(dtype)))
+    _place(tree, t.path, np.ascontiguousarray(value, dtype=dtype))
   missing = [k for k in list(table) + list(vq_shapes) if k not in seen]
   if missing == ["lm_head.weight"]:   # a tied checkpoint: the head is the embedding
     _place(tree, ("lm", "lm_head", "kernel"), tree["lm"]["embed"]["embedding"].T.copy())
@@ -432,8 +446,7 @@ def convert(src, dst, model="auto", dtype="bfloat16", force=False, log=print):
   if dst.exists():
     dst.rmtree()
   dst.mkdir(parents=True)
-  from gvu_jax import checkpoint   # orbax; imported late so --help stays fast
-  checkpoint.save_frozen(str(dst / "params"), tree)
+  save_params(dst / "params", tree)
   (dst / CONFIG_FILE).write_text(json.dumps(m.to_dict(), indent=2, sort_keys=True))
   for name in TOKENIZER_FILES:
     if (src / name).exists():
@@ -442,6 +455,57 @@ def convert(src, dst, model="auto", dtype="bfloat16", force=False, log=print):
                                           "dtype": dtype}))
   log(f"convert: wrote {dst} in {time.perf_counter() - tic:.1f} s")
   return m
+
+
+# Orbax copies what it saves, so the weights are written in groups of about this
+# many bytes, one Orbax checkpoint each (params/000, params/001, ...): the host
+# then holds the model plus one group, not two models.
+SAVE_GROUP_BYTES = 1 << 30
+
+
+def _flat(tree, prefix=()):
+  """(path, leaf) pairs in a fixed order (sorted keys), whatever the dict order."""
+  for key, value in sorted(tree.items(), key=lambda kv: str(kv[0])):
+    if isinstance(value, dict):
+      yield from _flat(value, prefix + (key,))
+    else:
+      yield prefix + (key,), value
+
+
+def _groups(tree):
+  group, size = [], 0
+  for path, value in _flat(tree):
+    nbytes = int(np.prod(value.shape)) * np.dtype(value.dtype).itemsize
+    if group and size + nbytes > SAVE_GROUP_BYTES:
+      yield group
+      group, size = [], 0
+    group.append((path, value))
+    size += nbytes
+  if group:
+    yield group
+
+
+def _key(path):
+  return "/".join(str(p) for p in path)
+
+
+def save_params(directory: epath.Path, tree):
+  from gvu_jax import checkpoint   # orbax; imported late so --help stays fast
+  for i, group in enumerate(_groups(tree)):
+    checkpoint.save_frozen(str(directory / f"{i:03d}"), {_key(p): v for p, v in group})
+
+
+def load_params(directory: epath.Path, like):
+  """Inverse of save_params: the groups restored into the structure of `like`."""
+  from gvu_jax import checkpoint
+  stored = {}
+  for i, group in enumerate(_groups(like)):
+    stored.update(checkpoint.load_frozen(str(directory / f"{i:03d}"),
+                                         {_key(p): v for p, v in group}))
+  out = {}
+  for path, _ in _flat(like):
+    _place(out, path, stored[_key(path)])
+  return out
 
 
 def read_converted_config(path):
@@ -454,21 +518,21 @@ def read_converted_config(path):
   return ml_collections.ConfigDict(json.loads((path / CONFIG_FILE).read_text()))
 
 
-def load(path, dtype=None, like_model=None):
-  """A finished conversion -> (model config, parameters in the stored dtype).
-  `dtype` sets the config's compute dtype; `like_model` is a model block to use
-  instead of the stored one (same weights, other run-time options)."""
+def load(path, dtype=None, like_model=None, param_dtype=None):
+  """A finished conversion -> (model config, parameters in the stored dtype, or
+  `param_dtype`: Orbax casts while restoring). `dtype` sets the config's compute
+  dtype; `like_model` is a model block to use instead of the stored one (same
+  weights, other run-time options)."""
   import jax
-  from gvu_jax import checkpoint
   from gvu_jax.models import build
   m = read_converted_config(path) if like_model is None else like_model
   if dtype:
     m.dtype = dtype
   path = epath.Path(path)
-  stored = DTYPES[json.loads((path / DONE_FILE).read_text())["dtype"]]
+  stored = param_dtype or DTYPES[json.loads((path / DONE_FILE).read_text())["dtype"]]
   _, like = build.abstract(m)
   like = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, stored), like)
-  return m, checkpoint.load_frozen(str(path / "params"), like)
+  return m, load_params(path / "params", like)
 
 
 def define_flags():
@@ -486,6 +550,8 @@ def define_flags():
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)   # Orbax logs every save at INFO
   f = flags.FLAGS
   try:
     if not f.src or not f.dst:

@@ -174,8 +174,8 @@ def passed(diffs):
 
 def check(src, dst, seed=0):
   """Converted `dst` vs transformers on `src` -> JSON-able report with "ok"."""
-  m, params = convert.load(dst, dtype="float32")
-  params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
+  m, params = convert.load(dst, dtype="float32", param_dtype=np.float32)
+  params = jax.tree.map(jnp.asarray, params)
   graphdef, _ = build.abstract(m)
   model = nnx.merge(graphdef, params)
   raw = json.loads((epath.Path(src) / "config.json").read_text())

@@ -25,8 +25,10 @@ def add_stage(ctx, stage, result):
 
 def markdown(report):
   stages = list(report)
-  rows = [("generation", k) for k in report[stages[0]]["generation"]]
-  rows += [("understanding", k) for k in report[stages[0]]["understanding"]]
+  parts = ["generation", "understanding"]
+  if all("generation_gvu_prompts" in report[s] for s in stages):
+    parts.append("generation_gvu_prompts")
+  rows = [(part, k) for part in parts for k in report[stages[0]][part]]
   lines = ["| | " + " | ".join(stages) + " |", "|---" * (len(stages) + 1) + "|"]
   for part, key in rows:
     cells = [f"{report[s][part].get(key, float('nan')):.3f}" for s in stages]

@@ -51,9 +51,10 @@ def balanced_prompts(specs, per_category):
   return out
 
 
-def generation(ctx, graphdef, params, scorer):
+def generation(ctx, graphdef, params, scorer, prompts=None):
+  """Judged generation on `prompts` (default: the held-out prompts)."""
   c = ctx.config.eval
-  specs = balanced_prompts(ctx.heldout_specs, c.images_per_category)
+  specs = balanced_prompts(prompts or ctx.heldout_specs, c.images_per_category)
   sampler = Sampler(graphdef, SamplingConfig(**c.sampling),
                     num_tokens=ctx.model.image_tokens,
                     uncond_row=ctx.templates.unconditional(1))
@@ -103,6 +104,12 @@ def run(ctx, graphdef, params, stage):
   shown = [k * ipc + j for k in range(len(row_specs) // ipc) for j in range(min(per_row, ipc))]
   grid.save_grid(ctx.path("grids", f"{stage}.png"), images[shown], ncols=min(per_row, ipc),
                  captions=[row_specs[i].text for i in shown], marks=[gen_correct[i] for i in shown])
-  return {"generation": judge.category_accuracy(list(gen_correct), row_specs),
-          "understanding": judge.category_accuracy(und_correct, und_specs),
-          "intrinsic_reward": mean_reward}
+  out = {"generation": judge.category_accuracy(list(gen_correct), row_specs),
+         "understanding": judge.category_accuracy(und_correct, und_specs),
+         "intrinsic_reward": mean_reward}
+  if not set(ctx.gvu_specs) & set(ctx.pretrain_specs):
+    # The GvU stage's own prompts, never paired with an image: how far the
+    # intrinsic reward moved generation where it trained (not held out from GvU).
+    _, specs, correct, _ = generation(ctx, graphdef, params, scorer, ctx.gvu_specs)
+    out["generation_gvu_prompts"] = judge.category_accuracy(list(correct), specs)
+  return out
