@@ -11,7 +11,6 @@ Two kinds of run:
 """
 
 import dataclasses
-import json
 import os
 from typing import NamedTuple
 
@@ -84,14 +83,11 @@ class Context:
     path = config.checkpoint
     m = convert.read_converted_config(path)
     expect = config.get("expect_model", "any")
-    if expect != "any":
-      want = presets.janus(expect)
-      for key in ("lm", "vision", "vq", "image_token_embed"):
-        a, b = (json.loads(json.dumps(x.to_dict() if hasattr(x, "to_dict") else x))
-                for x in (want[key], m[key]))
-        if a != b:
-          raise InputError(f"checkpoint={path} is not {expect}: {key} is {b}, expected {a} "
-                           "(set --config.expect_model=any to run it anyway)")
+    diff = presets.janus_difference(expect, m) if expect != "any" else None
+    if diff:
+      key, want, got = diff
+      raise InputError(f"checkpoint={path} is not {expect}: {key} is {got}, expected {want} "
+                       "(set --config.expect_model=any to run it anyway)")
     m.update(dict(config.model_options))       # run-time choices: dtype, remat, prompt room
     tokenizer = janus_text.load_tokenizer(path)
     prompts = read_prompts(config.data.prompts)

@@ -147,14 +147,12 @@ def read_model_config(src: epath.Path, model="auto"):
     raise InputError(f"{path}: not valid JSON ({e})") from None
   found = model_config_from_json(cfg, str(path))
   if model != "auto":
-    preset = presets.janus(model)
-    for key in ("lm", "vision", "vq", "image_token_embed"):
-      want, got = preset[key], found[key]
-      want, got = (w.to_dict() if hasattr(w, "to_dict") else w for w in (want, got))
-      if want != got:
-        raise InputError(f"{path}: --model={model} expects {key}={want}, the checkpoint "
-                         f"has {got}")
-    found.template = preset.template
+    diff = presets.janus_difference(model, found)
+    if diff:
+      key, want, got = diff
+      raise InputError(f"{path}: --model={model} expects {key}={want}, the checkpoint "
+                       f"has {got}")
+    found.template = presets.JANUS_TEMPLATE[model]
   return found
 
 
@@ -458,8 +456,9 @@ def convert(src, dst, model="auto", dtype="bfloat16", force=False, log=print):
 
 
 # Orbax copies what it saves, so the weights are written in groups of about this
-# many bytes, one Orbax checkpoint each (params/000, params/001, ...): the host
-# then holds the model plus one group, not two models.
+# many bytes, one Orbax checkpoint each (params/000, params/001, ...; which
+# weights are in which group is in params/groups.json): the host then holds the
+# model plus one group, not two models.
 SAVE_GROUP_BYTES = 1 << 30
 
 
@@ -472,36 +471,38 @@ def _flat(tree, prefix=()):
       yield prefix + (key,), value
 
 
-def _groups(tree):
-  group, size = [], 0
-  for path, value in _flat(tree):
-    nbytes = int(np.prod(value.shape)) * np.dtype(value.dtype).itemsize
-    if group and size + nbytes > SAVE_GROUP_BYTES:
-      yield group
-      group, size = [], 0
-    group.append((path, value))
-    size += nbytes
-  if group:
-    yield group
-
-
 def _key(path):
   return "/".join(str(p) for p in path)
 
 
 def save_params(directory: epath.Path, tree):
   from gvu_jax import checkpoint   # orbax; imported late so --help stays fast
-  for i, group in enumerate(_groups(tree)):
+  groups, size = [[]], 0
+  for path, value in _flat(tree):
+    if groups[-1] and size + value.nbytes > SAVE_GROUP_BYTES:
+      groups.append([])
+      size = 0
+    groups[-1].append((path, value))
+    size += value.nbytes
+  for i, group in enumerate(groups):
     checkpoint.save_frozen(str(directory / f"{i:03d}"), {_key(p): v for p, v in group})
+  (directory / "groups.json").write_text(json.dumps([[_key(p) for p, _ in g] for g in groups]))
 
 
 def load_params(directory: epath.Path, like):
-  """Inverse of save_params: the groups restored into the structure of `like`."""
+  """Inverse of save_params: the weights restored into the structure (and the
+  dtypes: Orbax casts) of `like`."""
   from gvu_jax import checkpoint
+  leaves = {_key(p): v for p, v in _flat(like)}
+  groups = json.loads((directory / "groups.json").read_text())
+  if sorted(sum(groups, [])) != sorted(leaves):
+    missing = sorted(set(leaves) - set(sum(groups, [])))
+    raise InputError(f"{directory}: the stored weights do not fit this model "
+                     f"(e.g. {missing[0] if missing else 'extra weights stored'})")
   stored = {}
-  for i, group in enumerate(_groups(like)):
+  for i, keys in enumerate(groups):
     stored.update(checkpoint.load_frozen(str(directory / f"{i:03d}"),
-                                         {_key(p): v for p, v in group}))
+                                         {k: leaves[k] for k in keys}))
   out = {}
   for path, _ in _flat(like):
     _place(out, path, stored[_key(path)])
@@ -529,9 +530,9 @@ def load(path, dtype=None, like_model=None, param_dtype=None):
   if dtype:
     m.dtype = dtype
   path = epath.Path(path)
-  stored = param_dtype or DTYPES[json.loads((path / DONE_FILE).read_text())["dtype"]]
+  stored = DTYPES[json.loads((path / DONE_FILE).read_text())["dtype"]]
   _, like = build.abstract(m)
-  like = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, stored), like)
+  like = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, param_dtype or stored), like)
   return m, load_params(path / "params", like)
 
 

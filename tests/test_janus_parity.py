@@ -235,6 +235,20 @@ def test_converted_tree_matches_the_model_definition(converted):
     assert (converted["original"] / name).exists()
 
 
+def test_grouped_bfloat16_save_restores_in_any_dtype(sources, converted, tmp_path, monkeypatch):
+  monkeypatch.setattr(convert, "SAVE_GROUP_BYTES", 20_000)   # many groups, even this small
+  dst = tmp_path / "bf16"
+  convert.convert(str(sources["transformers"]), str(dst), dtype="bfloat16", log=lambda *_: None)
+  assert len(list((dst / "params").iterdir())) > 3
+  _, low = convert.load(str(dst))
+  _, high = convert.load(str(dst), param_dtype=np.float32)
+  _, full = convert.load(str(converted["transformers"]))
+  for a, b, c in zip(jax.tree.leaves(low), jax.tree.leaves(high), jax.tree.leaves(full)):
+    assert a.dtype == jnp.bfloat16 and b.dtype == np.float32
+    np.testing.assert_array_equal(np.asarray(a, np.float32), b)
+    np.testing.assert_array_equal(np.asarray(np.asarray(c).astype(jnp.bfloat16), np.float32), b)
+
+
 def test_convert_cli_check(sources, tmp_path):
   dst = tmp_path / "dst"
   run = subprocess.run([sys.executable, "-m", "gvu_jax.convert", f"--src={sources['original']}",
@@ -339,6 +353,10 @@ def test_bad_inputs(sources, tmp_path):
   src = _copy(sources["original"], tmp_path / "missing_shard")
   os.remove(src / "pytorch_model-00002-of-00002.bin")
   _fails(src, tmp_path / "d1", r"index.json names pytorch_model-00002-of-00002.bin, which is missing")
+  src = _copy(sources["original"], tmp_path / "no_index")
+  os.remove(src / "pytorch_model.bin.index.json")
+  _fails(src, tmp_path / "d0", r"found 2 shards \(pytorch_model-00001-of-00002.bin, ...\) but no "
+                               r"pytorch_model.bin.index.json")
 
   src = _copy(sources["transformers"], tmp_path / "no_tok")
   os.remove(src / "tokenizer.json")

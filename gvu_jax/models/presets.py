@@ -1,8 +1,11 @@
 """Model presets as ml_collections configs (the `model` block of a recipe)."""
 
+import json
+
 import ml_collections
 
 from gvu_jax import text
+from gvu_jax.errors import InputError
 from gvu_jax.data import world
 
 
@@ -43,7 +46,7 @@ JANUS_TEMPLATE = {"janus_1_3b": "janus_1_3b", "janus_pro_1b": "deepseek",
 def janus(name):
   """A published Janus model's config: `janus_1_3b`, `janus_pro_1b` or `janus_pro_7b`."""
   if name not in _JANUS_LM:
-    raise ValueError(f"unknown Janus preset {name!r}; expected one of {list(_JANUS_LM)}")
+    raise InputError(f"unknown Janus preset {name!r}; expected one of {list(_JANUS_LM)}")
   hidden, layers, heads, intermediate = _JANUS_LM[name]
   return janus_config(
       lm=dict(vocab_size=102400, hidden=hidden, layers=layers, heads=heads, kv_heads=heads,
@@ -57,6 +60,18 @@ def janus(name):
       image_token_embed=hidden, template=JANUS_TEMPLATE[name])
 
 
+def janus_difference(name, m):
+  """The first weight-shaping key where the model block `m` differs from preset
+  `name`, as (key, preset's value, m's value); None if they agree."""
+  want = janus(name)
+  for key in ("lm", "vision", "vq", "image_token_embed"):
+    a, b = (json.loads(json.dumps(x.to_dict() if hasattr(x, "to_dict") else x))
+            for x in (want[key], m[key]))
+    if a != b:
+      return key, a, b
+  return None
+
+
 def janus_config(lm, vision, vq, image_token_embed, template="deepseek"):
   """The `model` block for any Janus-family size (also used for converted odd sizes)."""
   # Janus generates as many tokens as the understanding encoder has patches, and
@@ -64,7 +79,7 @@ def janus_config(lm, vision, vq, image_token_embed, template="deepseek"):
   side = vision["image_size"] // vision["patch_size"]
   downsample = 2 ** (len(vq["channel_multiplier"]) - 1)
   if side * downsample != vision["image_size"]:
-    raise ValueError(f"a {side}x{side} VQ grid decodes to {side * downsample} px, but the "
+    raise InputError(f"a {side}x{side} VQ grid decodes to {side * downsample} px, but the "
                      f"understanding encoder reads {vision['image_size']} px")
   return ml_collections.ConfigDict(dict(
       family="janus",
