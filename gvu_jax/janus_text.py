@@ -24,7 +24,7 @@ import PIL.Image
 import tokenizers
 
 from gvu_jax.errors import InputError
-from gvu_jax.text import UnderstandingBatch
+from gvu_jax.text import checked_prompt, left_padded, understanding_batch
 
 BOS, EOS, PAD = "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜▁pad▁｜>"
 BOI, EOI, IMG = "<begin_of_image>", "<end_of_image>", "<image_placeholder>"
@@ -84,10 +84,7 @@ class JanusTemplates:
     unk = getattr(self.tok.model, "unk_token", None)
     if unk is not None and self.tok.token_to_id(unk) in ids:
       raise InputError(f"prompt {text!r}: has characters the tokenizer maps to {unk!r}")
-    if len(ids) > self.max_prompt_tokens:
-      raise InputError(f"prompt {text!r} is {len(ids)} tokens; the context leaves room for "
-                       f"{self.max_prompt_tokens} (config model.max_prompt_tokens)")
-    return ids
+    return checked_prompt(text, ids, self.max_prompt_tokens)
 
   @property
   def generation_length(self):
@@ -95,12 +92,8 @@ class JanusTemplates:
 
   def generation(self, texts):
     """Left-padded generation prompts: (ids [B, P], valid [B, P])."""
-    p = self.generation_length
-    ids = np.full((len(texts), p), self.pad_id, np.int32)
-    for b, text in enumerate(texts):
-      seq = self._gen_head + self.encode_prompt(text) + self._gen_tail
-      ids[b, p - len(seq):] = seq
-    return ids, ids != self.pad_id
+    return left_padded([self._gen_head + self.encode_prompt(t) + self._gen_tail for t in texts],
+                       self.generation_length, self.pad_id)
 
   def unconditional(self, batch):
     """CFG's unconditional rows: [B, P] of pads ending in <bos> <begin_of_image>,
@@ -129,19 +122,10 @@ class JanusTemplates:
 
   def understanding(self, texts):
     """Right-padded understanding queries with the prompts as the answer."""
-    prefix = self._und_prefix
-    answers = [self.encode_prompt(t) for t in texts]
-    answer_len = self.max_prompt_tokens + 1
-    ids = np.full((len(texts), len(prefix) + answer_len), self.pad_id, np.int32)
-    answer_mask = np.zeros((len(texts), answer_len), bool)
-    for b, ans in enumerate(answers):
-      seq = prefix + ans + [self.ids[EOS]]
-      ids[b, :len(seq)] = seq
-      answer_mask[b, :len(ans)] = True
-    return UnderstandingBatch(ids=ids, valid=ids != self.pad_id,
-                              image_slots=ids == self.image_token_id,
-                              answer_start=len(prefix), answer_mask=answer_mask,
-                              answer_len=answer_len)
+    return understanding_batch(self._und_prefix, [self.encode_prompt(t) for t in texts],
+                               eos_id=self.ids[EOS], pad_id=self.pad_id,
+                               image_token_id=self.image_token_id,
+                               max_answer_tokens=self.max_prompt_tokens)
 
 
 def load_preprocessor_config(path):

@@ -51,6 +51,39 @@ class UnderstandingBatch:
             "answer_mask": self.answer_mask, "answer_start": self.answer_start}
 
 
+def checked_prompt(text, ids, max_prompt_tokens):
+  """`ids` (the prompt's tokens), or an error if the prompt is empty or too long."""
+  if not ids:
+    raise InputError("empty prompt")
+  if len(ids) > max_prompt_tokens:
+    raise InputError(f"prompt {text!r} is {len(ids)} tokens; the context leaves room for "
+                     f"{max_prompt_tokens} (config model.max_prompt_tokens)")
+  return ids
+
+
+def understanding_batch(prefix, answers, *, eos_id, pad_id, image_token_id, max_answer_tokens):
+  """Right-padded rows `prefix + answer + [eos]`, one per answer (token ids),
+  with the answer tokens marked; every batch has the same length."""
+  answer_len = max_answer_tokens + 1
+  ids = np.full((len(answers), len(prefix) + answer_len), pad_id, np.int32)
+  answer_mask = np.zeros((len(answers), answer_len), bool)
+  for b, ans in enumerate(answers):
+    seq = list(prefix) + list(ans) + [eos_id]
+    ids[b, :len(seq)] = seq
+    answer_mask[b, :len(ans)] = True
+  return UnderstandingBatch(ids=ids, valid=ids != pad_id, image_slots=ids == image_token_id,
+                            answer_start=len(prefix), answer_mask=answer_mask,
+                            answer_len=answer_len)
+
+
+def left_padded(seqs, length, pad_id):
+  """Token lists -> (ids [B, length] int32 left-padded, valid [B, length])."""
+  ids = np.full((len(seqs), length), pad_id, np.int32)
+  for b, seq in enumerate(seqs):
+    ids[b, length - len(seq):] = seq
+  return ids, ids != pad_id
+
+
 class Templates:
   """Encodes prompts for generation and understanding with fixed, config-chosen
   lengths, so every batch has the same shape (one compilation)."""
@@ -67,12 +100,7 @@ class Templates:
     if self.ids[UNK] in ids:
       words = [w for w, i in zip(text.split(), ids) if i == self.ids[UNK]]
       raise InputError(f"prompt {text!r}: words not in the tokenizer's vocabulary: {words}")
-    if not ids:
-      raise InputError("empty prompt")
-    if len(ids) > self.max_prompt_tokens:
-      raise InputError(f"prompt {text!r} is {len(ids)} tokens; the context leaves room for "
-                       f"{self.max_prompt_tokens} (config model.max_prompt_tokens)")
-    return ids
+    return checked_prompt(text, ids, self.max_prompt_tokens)
 
   @property
   def generation_length(self):
@@ -80,13 +108,9 @@ class Templates:
 
   def generation(self, texts):
     """Left-padded generation prompts: (ids [B, P], valid [B, P])."""
-    p = self.generation_length
-    ids = np.full((len(texts), p), self.pad_id, np.int32)
-    for b, text in enumerate(texts):
-      seq = [self.ids[BOS], self.ids[USER], *self.encode_prompt(text),
-             self.ids[ASSISTANT], self.ids[BOI]]
-      ids[b, p - len(seq):] = seq
-    return ids, ids != self.pad_id
+    return left_padded([[self.ids[BOS], self.ids[USER], *self.encode_prompt(t),
+                         self.ids[ASSISTANT], self.ids[BOI]] for t in texts],
+                       self.generation_length, self.pad_id)
 
   def unconditional(self, batch):
     """CFG's unconditional rows: only <bos> and <begin_of_image> are real."""
@@ -100,15 +124,7 @@ class Templates:
               *[self.image_token_id] * self.image_tokens, self.ids[EOI],
               *self.tok.encode(UNDERSTANDING_QUERY, add_special_tokens=False).ids,
               self.ids[ASSISTANT]]
-    answers = [self.encode_prompt(t) for t in texts]
-    answer_len = self.max_prompt_tokens + 1
-    ids = np.full((len(texts), len(prefix) + answer_len), self.pad_id, np.int32)
-    answer_mask = np.zeros((len(texts), answer_len), bool)
-    for b, ans in enumerate(answers):
-      seq = prefix + ans + [self.ids[EOS]]
-      ids[b, :len(seq)] = seq
-      answer_mask[b, :len(ans)] = True
-    return UnderstandingBatch(ids=ids, valid=ids != self.pad_id,
-                              image_slots=ids == self.image_token_id,
-                              answer_start=len(prefix), answer_mask=answer_mask,
-                              answer_len=answer_len)
+    return understanding_batch(prefix, [self.encode_prompt(t) for t in texts],
+                               eos_id=self.ids[EOS], pad_id=self.pad_id,
+                               image_token_id=self.image_token_id,
+                               max_answer_tokens=self.max_prompt_tokens)
