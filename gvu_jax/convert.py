@@ -124,13 +124,14 @@ def _from_original(cfg, name):
     raise InputError(f"{name}: gen_vision_config.cls {gen.get('cls')!r} is not 'VQ-16'")
   gp = gen.get("params", {})
   vq = dict(_VQ16, num_embeddings=gp.get("image_token_size", 16384),
-            embed_dim=gp.get("n_embed", 8),
-            **{k: gp[k] for k in _VQ16 if k in gp})
+            embed_dim=gp.get("n_embed", 8))
+  vq.update({k: gp[k] for k in _VQ16 if k in gp})   # explicit sizes (odd models, tests)
   head = _need(cfg, "gen_head_config", name).get("params", {})
   for key, params in (("aligner_config", _need(cfg, "aligner_config", name).get("params", {})),
                       ("gen_aligner_config", cfg.get("gen_aligner_config", {}).get("params", {}))):
     if params.get("projector_type", "mlp_gelu") != "mlp_gelu" or params.get("depth", 2) != 2:
       raise InputError(f"{name}: {key} must be a depth-2 'mlp_gelu' projector")
+  # Janus-1.3B's config cannot be told from Pro-1B's: --model=janus_1_3b sets its template.
   template = "janus_1_3b" if "1.3B" in str(cfg.get("_name_or_path", "")) else "deepseek"
   return presets.janus_config(lm, vision, vq,
                               image_token_embed=head.get("image_token_embed", lm["hidden"]),
