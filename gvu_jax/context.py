@@ -69,13 +69,9 @@ class Context:
       splits = world.split_specs(d.split_seed, d.heldout_fraction, d.gvu_fraction)
     except ValueError as e:
       raise InputError(str(e)) from None
-    return cls(config=config, model=m, workdir=workdir, tokenizer=tokenizer,
-               templates=text.Templates(tokenizer, m.image_tokens, m.max_prompt_tokens),
-               pretrain_specs=splits.pretrain,
-               gvu_specs=splits.gvu or splits.pretrain, heldout_specs=splits.heldout,
-               image_tokenizer=build.image_tokenizer(m),
-               reward_weights=reward.token_weight_table(
-                   tokenizer, dict(config.reward.token_weights), m.lm.vocab_size))
+    return cls._with(config, m, workdir, tokenizer,
+                     text.Templates(tokenizer, m.image_tokens, m.max_prompt_tokens),
+                     splits.pretrain, splits.gvu or splits.pretrain, splits.heldout)
 
   @classmethod
   def _for_checkpoint(cls, config, workdir):
@@ -90,12 +86,17 @@ class Context:
                        "(set --config.expect_model=any to run it anyway)")
     m.update(dict(config.model_options))       # run-time choices: dtype, remat, prompt room
     tokenizer = janus_text.load_tokenizer(path)
-    prompts = read_prompts(config.data.prompts)
+    templates = janus_text.JanusTemplates(tokenizer, m.image_tokens, m.max_prompt_tokens,
+                                          style=m.template)
+    return cls._with(config, m, workdir, tokenizer, templates,
+                     [], read_prompts(config.data.prompts), [])
+
+  @classmethod
+  def _with(cls, config, m, workdir, tokenizer, templates, pretrain, gvu, heldout):
+    """The context; the image tokenizer and reward weights follow from the rest."""
     return cls(config=config, model=m, workdir=workdir, tokenizer=tokenizer,
-               templates=janus_text.JanusTemplates(tokenizer, m.image_tokens,
-                                                   m.max_prompt_tokens, style=m.template),
-               pretrain_specs=[], gvu_specs=prompts, heldout_specs=[],
-               image_tokenizer=build.image_tokenizer(m),
+               templates=templates, pretrain_specs=pretrain, gvu_specs=gvu,
+               heldout_specs=heldout, image_tokenizer=build.image_tokenizer(m),
                reward_weights=reward.token_weight_table(
                    tokenizer, dict(config.reward.token_weights), m.lm.vocab_size))
 

@@ -25,6 +25,7 @@ import re
 import sys
 import time
 
+import jax
 import ml_dtypes
 import numpy as np
 from absl import app, flags, logging
@@ -44,12 +45,9 @@ DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16": np.f
 
 # ---------------------------------------------------------------- model config
 
-_SIGLIP = {"siglip_large_patch16_384": dict(image_size=384, patch_size=16, width=1024,
-                                            layers=24, heads=16, mlp_ratio=4.0)}
+_SIGLIP = {"siglip_large_patch16_384": presets.SIGLIP_LARGE_384}
 # LlamaGen's VQ-16 (the only `gen_vision_config.cls` the Janus releases use).
-_VQ16 = dict(embed_dim=8, num_embeddings=16384, latent_channels=256, in_channels=3,
-             out_channels=3, base_channels=128, channel_multiplier=(1, 1, 2, 2, 4),
-             num_res_blocks=2)
+_VQ16 = presets.VQ16
 
 
 def model_config_from_json(cfg: dict, name="config.json"):
@@ -115,9 +113,11 @@ def _from_original(cfg, name):
   if model_name not in _SIGLIP and "width" not in vp:
     raise InputError(f"{name}: vision_config.params.model_name {model_name!r} is unknown "
                      f"(expected one of {list(_SIGLIP)})")
-  s = {**_SIGLIP.get(model_name, {}), **vp}   # explicit sizes override the named model
+  named = _SIGLIP.get(model_name, presets.SIGLIP_LARGE_384)
+  s = {**named, **vp}   # explicit sizes override the named model
+  ratio = vp.get("mlp_ratio", named["mlp_dim"] / named["width"])
   vision = dict(image_size=s["image_size"], patch_size=s["patch_size"], width=s["width"],
-                layers=s["layers"], heads=s["heads"], mlp_dim=int(s["width"] * s["mlp_ratio"]),
+                layers=s["layers"], heads=s["heads"], mlp_dim=int(s["width"] * ratio),
                 norm_eps=1e-6)
   gen = _need(cfg, "gen_vision_config", name)
   if gen.get("cls", "VQ-16") != "VQ-16":
@@ -402,15 +402,9 @@ def convert_tensors(m, named_arrays, dtype, source="checkpoint"):
   elif missing:
     raise InputError(f"{source}: missing tensor {missing[0]}"
                      + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
-  vq_params = vq_lib.params_from_torch(vq_tensors, vq_cfg)
-  tree["vq"] = _cast(vq_params, dtype)
+  tree["vq"] = jax.tree.map(lambda x: x.astype(dtype),
+                            vq_lib.params_from_torch(vq_tensors, vq_cfg))
   return tree
-
-
-def _cast(tree, dtype):
-  if isinstance(tree, dict):
-    return {k: _cast(v, dtype) for k, v in tree.items()}
-  return np.asarray(tree).astype(dtype)
 
 
 # --------------------------------------------------------------------- driver
@@ -525,7 +519,6 @@ def load(path, dtype=None, like_model=None, param_dtype=None):
   `param_dtype`: Orbax casts while restoring). `dtype` sets the config's compute
   dtype; `like_model` is a model block to use instead of the stored one (same
   weights, other run-time options)."""
-  import jax
   from gvu_jax.models import build
   m = read_converted_config(path) if like_model is None else like_model
   if dtype:

@@ -44,14 +44,13 @@ def _setup(ctx, base_params):
   checkpoint.check_model_config(ctx.path("gvu"), signature)
   graphdef, _ = build.abstract(ctx.model, **overrides)
   roles = lora.Roles(c.lora.enabled)
-  frozen = base_params
+  frozen = base_params   # a converted checkpoint is itself the reference: nothing to copy
   reference_path = ctx.path("gvu", "reference")
-  if config.get("checkpoint"):
-    pass   # the converted checkpoint is the reference; nothing to copy
-  elif os.path.exists(reference_path):   # a resumed run keeps the reference it started with
-    frozen = checkpoint.load_frozen(reference_path, base_params)
-  else:
-    checkpoint.save_frozen(reference_path, base_params)
+  if not config.get("checkpoint"):
+    if os.path.exists(reference_path):   # a resumed run keeps the reference it started with
+      frozen = checkpoint.load_frozen(reference_path, base_params)
+    else:
+      checkpoint.save_frozen(reference_path, base_params)
   if c.lora.enabled:
     trainable = build.create_adapters(ctx.model, config.seed + 1, **overrides)
   else:   # fp32 master weights; a copy, since the state is donated and the reference stays
@@ -140,7 +139,8 @@ def run(ctx, base_params):
 
     samples, t_rollout = _timed(sampler, policy, ids, valid, key)
     pixels, t_decode = _timed(decode, policy, samples.codes)
-    query = ctx.templates.understanding(rows).arrays()
+    query = {k: np.repeat(v, g, 0) if isinstance(v, np.ndarray) else v   # encode once per prompt
+             for k, v in ctx.templates.understanding(texts).arrays().items()}
     (rewards, token_logp), t_reward = _timed(reward_fn, state["trainable"], frozen, pixels, query)
     used = rewards
     if config.reward.kind == "shuffled":

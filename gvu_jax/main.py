@@ -49,10 +49,10 @@ def run(config, workdir):
     if config.mode != "gvu":
       raise InputError(f"config.mode={config.mode}: a converted checkpoint runs mode=gvu "
                        "(there is no judge for real images yet)")
-  ctx = context.Context.create(config, workdir)
-  if config.get("checkpoint"):
+    ctx = context.Context.create(config, workdir)
     gvu.run(ctx, ctx.load_base()[1])
     return
+  ctx = context.Context.create(config, workdir)
   if config.mode == "pretrain":
     pretrain.run(ctx)
     return

@@ -34,6 +34,7 @@ def hf_config(m, image_token_id, pad_token_id=None):
               intermediate_size=lm.intermediate, num_hidden_layers=lm.layers,
               num_attention_heads=lm.heads, num_key_value_heads=lm.kv_heads,
               rms_norm_eps=lm.norm_eps, max_position_embeddings=lm.max_position,
+              # transformers 5 reads rope_parameters, 4.x reads rope_theta
               rope_parameters={"rope_type": "default", "rope_theta": lm.rope_theta},
               rope_theta=lm.rope_theta, attention_bias=False, mlp_bias=False,
               tie_word_embeddings=False, pad_token_id=pad_token_id)

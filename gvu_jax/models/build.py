@@ -55,12 +55,9 @@ class VQTokenizer:
     """codes [B, N] -> pixels [B, H, W, 3], clipped to [-1, 1] as an image is."""
     return jnp.clip(model.vq.decode(codes).astype(jnp.float32), -1.0, 1.0)
 
-  def encode(self, pixels, model):
-    return model.vq.encode(pixels)
-
 
 def image_tokenizer(model_cfg):
-  """-> an object with decode(codes, model) (and encode(pixels, model))."""
+  """-> an object with decode(codes, model): image tokens -> pixels in [-1, 1]."""
   if model_cfg.image_tokenizer == "cells":
     return CellTokenizer()
   if model_cfg.image_tokenizer == "vq16":

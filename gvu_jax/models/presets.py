@@ -38,6 +38,12 @@ _JANUS_LM = {  # hidden, layers, heads, intermediate
     "janus_pro_7b": (4096, 30, 32, 11008),
 }
 JANUS_PRESETS = tuple(_JANUS_LM)
+# The understanding encoder (SigLIP-L/16 at 384 px) and the VQ-16 of every release.
+SIGLIP_LARGE_384 = dict(image_size=384, patch_size=16, width=1024, layers=24, heads=16,
+                        mlp_dim=4096, norm_eps=1e-6)
+VQ16 = dict(embed_dim=8, num_embeddings=16384, latent_channels=256, in_channels=3,
+            out_channels=3, base_channels=128, channel_multiplier=(1, 1, 2, 2, 4),
+            num_res_blocks=2)
 # The chat template each published checkpoint was trained with (gvu_jax/janus_text.py).
 JANUS_TEMPLATE = {"janus_1_3b": "janus_1_3b", "janus_pro_1b": "deepseek",
                   "janus_pro_7b": "deepseek"}
@@ -52,12 +58,7 @@ def janus(name):
       lm=dict(vocab_size=102400, hidden=hidden, layers=layers, heads=heads, kv_heads=heads,
               intermediate=intermediate, rope_theta=10000.0, norm_eps=1e-6,
               max_position=16384),
-      vision=dict(image_size=384, patch_size=16, width=1024, layers=24, heads=16,
-                  mlp_dim=4096, norm_eps=1e-6),
-      vq=dict(embed_dim=8, num_embeddings=16384, latent_channels=256, in_channels=3,
-              out_channels=3, base_channels=128, channel_multiplier=(1, 1, 2, 2, 4),
-              num_res_blocks=2),
-      image_token_embed=hidden, template=JANUS_TEMPLATE[name])
+      vision=SIGLIP_LARGE_384, vq=VQ16, image_token_embed=hidden, template=JANUS_TEMPLATE[name])
 
 
 def janus_difference(name, m):
