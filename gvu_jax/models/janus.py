@@ -4,7 +4,8 @@ tokens through gen_embed / gen_aligner / gen_head (text -> image).
 
 The two uses this project needs are pure functions of the model:
   `image_logits`  - teacher-forced image-token logits given a prompt (T2I loss, GRPO)
-  `text_logits`   - text logits of a query with an image in it (captioning loss, reward)
+  `text_logits`   - text logits of a query with an image in it (captioning loss,
+                    and the reward via `text_hidden`)
 Sampling (gvu_jax/sampling.py) drives the same pieces step by step over a KV cache.
 """
 
@@ -34,7 +35,8 @@ class JanusConfig:
   def from_config(cls, c, **lm_overrides):
     """From an ml_collections model config (see configs/); `lm_overrides` set
     run-time options such as LoRA or remat that are not part of the weights."""
-    lm = dict(c.lm, dtype=c.dtype, remat=c.get("remat", False), **lm_overrides)
+    lm = dict(c.lm, dtype=c.dtype, remat=c.get("remat", False),
+              attention=c.get("attention", "xla"), **lm_overrides)
     if "lora_targets" in lm:
       lm["lora_targets"] = tuple(lm["lora_targets"])
     vq = None
@@ -88,10 +90,13 @@ def positions_from_valid(valid):
 
 
 def causal_mask(valid):
-  """[B, T] validity -> [B, T, T]: query t reads real keys s <= t."""
+  """[B, T] validity -> [B, T, T]: query t reads keys s <= t of its own kind: real
+  tokens read real tokens, padding reads padding. Real rows are the causal mask
+  over real tokens; padding rows (whose outputs nobody reads) are never empty,
+  so no kernel sees a row with nothing to attend to (models/attention.py)."""
   t = valid.shape[1]
   causal = jnp.tril(jnp.ones((t, t), bool))
-  return causal[None] & valid[:, None, :]
+  return causal[None] & (valid[:, :, None] == valid[:, None, :])
 
 
 def image_logits(model: JanusUMM, prompt_ids, prompt_valid, codes):
@@ -109,9 +114,13 @@ def image_logits(model: JanusUMM, prompt_ids, prompt_valid, codes):
   return model.image_head(hidden[:, -n:])
 
 
-def text_logits(model: JanusUMM, ids, valid, image_slots, pixels):
-  """Logits of a right-padded understanding sequence whose image slots are filled
-  with the encoder features of `pixels`. Returns float32 [B, T, vocab]."""
+def text_hidden(model: JanusUMM, ids, valid, image_slots, pixels):
+  """Final hidden states [B, T, hidden] of a right-padded understanding sequence
+  whose image slots are filled with the encoder features of `pixels`."""
   x = model.embed_query(ids, image_slots, pixels)
-  hidden, _ = model.lm(x, positions_from_valid(valid), causal_mask(valid))
-  return model.text_head(hidden)
+  return model.lm(x, positions_from_valid(valid), causal_mask(valid))[0]
+
+
+def text_logits(model: JanusUMM, ids, valid, image_slots, pixels):
+  """Text logits [B, T, vocab] (float32) of every position of an understanding sequence."""
+  return model.text_head(text_hidden(model, ids, valid, image_slots, pixels))

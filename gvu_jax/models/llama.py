@@ -12,6 +12,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from gvu_jax.models import attention as attention_lib
+from gvu_jax.models.attention import attention
 from gvu_jax.models.layers import Dense
 
 LORA_TARGETS_ALL = ("q", "k", "v", "o", "gate", "up", "down")
@@ -30,9 +32,13 @@ class LlamaConfig:
   max_position: int = 16384
   dtype: str = "float32"          # compute dtype; master weights stay float32
   remat: bool = False
+  attention: str = "xla"        # gvu_jax/models/attention.py: xla | dot_product | cudnn | splash | auto
   lora_rank: int = 0
   lora_alpha: float = 1.0
   lora_targets: tuple = LORA_TARGETS_ALL
+
+  def __post_init__(self):
+    attention_lib.check(self.attention)
 
   @property
   def head_dim(self):
@@ -64,18 +70,6 @@ def rope(x, positions, theta):
   return out.astype(x.dtype)
 
 
-def attention(q, k, v, mask):
-  """Softmax attention in float32. q: [B,T,H,D], k/v: [B,S,Hkv,D], mask: [B,T,S]."""
-  groups = q.shape[2] // k.shape[2]
-  if groups > 1:  # grouped-query attention: share each kv head across `groups` q heads
-    k, v = jnp.repeat(k, groups, axis=2), jnp.repeat(v, groups, axis=2)
-  scores = jnp.einsum("bthd,bshd->bhts", q, k, preferred_element_type=jnp.float32)
-  scores = scores / jnp.sqrt(jnp.float32(q.shape[-1]))
-  scores = jnp.where(mask[:, None], scores, jnp.finfo(jnp.float32).min)
-  probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-  return jnp.einsum("bhts,bshd->bthd", probs, v)
-
-
 def _projection(cfg, name, din, dout, rngs):
   """A bias-free projection, with a LoRA adapter when `name` is a LoRA target."""
   rank = cfg.lora_rank if name in cfg.lora_targets else 0
@@ -102,12 +96,14 @@ class Attention(nnx.Module):
     k = self.k(x).reshape(b, t, cfg.kv_heads, cfg.head_dim)
     v = self.v(x).reshape(b, t, cfg.kv_heads, cfg.head_dim)
     q, k = rope(q, positions, cfg.rope_theta), rope(k, positions, cfg.rope_theta)
+    k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)   # heads first: [B, Hkv, T, D]
     if cache is not None:
-      start = (0, write_index, 0, 0)
+      start = (0, 0, write_index, 0)
       k = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), start)
       v = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), start)
       cache = {"k": k, "v": v}
-    out = attention(q, k, v, mask).reshape(b, t, cfg.heads * cfg.head_dim)
+    out = attention(q, k, v, mask, cfg.attention, full_pass=cache is None)
+    out = out.reshape(b, t, cfg.heads * cfg.head_dim)
     return self.o(out), cache
 
 
@@ -174,7 +170,7 @@ class Decoder(nnx.Module):
 
   def init_cache(self, batch, length, dtype=None):
     cfg = self.cfg
-    shape = (batch, length, cfg.kv_heads, cfg.head_dim)
+    shape = (batch, cfg.kv_heads, length, cfg.head_dim)   # heads first (models/attention.py)
     dtype = dtype or jnp.dtype(cfg.dtype)
     return [{"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
             for _ in range(cfg.layers)]

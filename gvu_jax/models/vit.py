@@ -8,8 +8,8 @@ import jax.numpy as jnp
 from einops import rearrange
 from flax import nnx
 
+from gvu_jax.models.attention import xla_attention
 from gvu_jax.models.layers import Dense, gelu
-from gvu_jax.models.llama import attention
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,10 +42,11 @@ class Block(nnx.Module):
 
   def __call__(self, x):
     b, n, _ = x.shape
-    q, k, v = rearrange(self.qkv(self.norm1(x)), "b n (three h d) -> three b n h d",
+    q, k, v = rearrange(self.qkv(self.norm1(x)), "b n (three h d) -> three b h n d",
                         three=3, h=self.heads)
     full = jnp.ones((b, n, n), bool)
-    x = x + self.proj(attention(q, k, v, full).reshape(b, n, -1))
+    out = xla_attention(q.transpose(0, 2, 1, 3), k, v, full)   # k, v heads first
+    x = x + self.proj(out.reshape(b, n, -1))
     return x + self.fc2(gelu(self.fc1(self.norm2(x))))
 
 
