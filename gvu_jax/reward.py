@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gvu_jax.errors import InputError
-from gvu_jax.models.janus import text_logits
+from gvu_jax.models.janus import text_hidden
 
 AGGREGATIONS = ("geo_mean_prob", "prob", "mean_logprob", "weighted")
 
@@ -21,11 +21,13 @@ def answer_token_logprobs(model, ids, valid, image_slots, pixels, answer_mask, a
   """l[b, i] = log p(answer token i | image, query, answer tokens < i); 0 where masked.
 
   Answer token i sits at position answer_start + i and is predicted by the
-  logits at the position before it.
+  logits at the position before it. Only those L positions go through the
+  vocabulary head (the other T - L would cost T/L times the head's FLOPs).
   """
   length = answer_mask.shape[1]
-  logits = text_logits(model, ids, valid, image_slots, pixels)
-  logits = jax.lax.dynamic_slice_in_dim(logits, answer_start - 1, length, axis=1)
+  hidden = text_hidden(model, ids, valid, image_slots, pixels)
+  hidden = jax.lax.dynamic_slice_in_dim(hidden, answer_start - 1, length, axis=1)
+  logits = model.text_head(hidden)
   targets = jax.lax.dynamic_slice_in_dim(ids, answer_start, length, axis=1)
   logp = jnp.take_along_axis(jax.nn.log_softmax(logits), targets[..., None], -1)[..., 0]
   return jnp.where(answer_mask, logp, 0.0)

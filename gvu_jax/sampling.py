@@ -68,6 +68,20 @@ def filter_logits(logits, cfg: SamplingConfig):
   return logits
 
 
+def sample_categorical(key, logits):
+  """One draw per row from softmax(logits), by inverting the CDF with one uniform
+  per row. (jax.random.categorical draws one Gumbel per vocabulary entry: 16384
+  random numbers per row per step, 11 ms of a 75 ms CPU decode step at 32 rows;
+  this takes 3 ms.) Tokens with zero probability are never drawn."""
+  probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+  cdf = jnp.cumsum(probs, axis=-1)
+  u = jax.random.uniform(key, logits.shape[:-1] + (1,)) * cdf[..., -1:]
+  index = jnp.sum(cdf <= u, axis=-1)
+  # u * total can round up to total: fall back to the last token with mass.
+  last = logits.shape[-1] - 1 - jnp.argmax(probs[..., ::-1] > 0, axis=-1)
+  return jnp.minimum(index, last)
+
+
 @dataclasses.dataclass
 class Samples:
   codes: jax.Array          # [B*G, N] int32, prompt-major (rows of prompt b: b*G .. b*G+G-1)
@@ -96,7 +110,7 @@ def sample_image_tokens(model, ids, valid, uncond_ids, uncond_valid, key, cache,
       uncond = logits[rows:]
       guided = uncond + cfg.cfg_weight * (cond - uncond)
     filtered = filter_logits(guided, cfg)
-    code = jax.random.categorical(step_key, filtered, axis=-1)
+    code = sample_categorical(step_key, filtered)
     pick = lambda lg: jnp.take_along_axis(jax.nn.log_softmax(lg), code[:, None], -1)[:, 0]
     return code.astype(jnp.int32), pick(cond), pick(filtered)
 
@@ -126,6 +140,16 @@ def sample_image_tokens(model, ids, valid, uncond_ids, uncond_valid, key, cache,
   return Samples(*out), cache
 
 
+def in_compute_dtype(params, graphdef):
+  """The float weights cast once to the model's compute dtype (bfloat16 in the real
+  recipes), so each of the N decode steps reads 2 bytes per weight, not 4."""
+  dtype = jnp.dtype(nnx.merge(graphdef, params).cfg.lm.dtype)
+  if dtype == jnp.float32:
+    return params
+  return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating)
+                      else x, params)
+
+
 class Sampler:
   """Jit-compiled sampler for a fixed batch shape; owns and donates its KV cache.
 
@@ -142,7 +166,7 @@ class Sampler:
 
     def run(params, ids, valid, key, cache):
       self._traces += 1   # runs once per trace, i.e. per compilation
-      model = nnx.merge(graphdef, params)
+      model = nnx.merge(graphdef, in_compute_dtype(params, graphdef))
       ids, valid = jnp.repeat(ids, group_size, 0), jnp.repeat(valid, group_size, 0)
       rows = ids.shape[0]
       uncond_ids = jnp.broadcast_to(self.uncond_ids, (rows,) + self.uncond_ids.shape[-1:])
@@ -163,6 +187,12 @@ class Sampler:
       self._cache, self._cache_shape = self._new_cache(params, *shape), shape
     samples, self._cache = self._run(params, ids, valid, key, self._cache)
     return samples
+
+  def lower(self, params, ids, valid, key):
+    """The jitted sampler lowered for these (possibly abstract) arguments, for AOT
+    compilation and its cost and memory analysis."""
+    cache = jax.eval_shape(lambda p: self._new_cache(p, *ids.shape), params)
+    return self._run.lower(params, ids, valid, key, cache)
 
   def compilations(self):
     """How many times the sampler has been traced and compiled (one per batch shape)."""
