@@ -10,6 +10,11 @@ Presets:
            excluded), temperature 1, min_p 0.03, CFG off.
   t2i_r1   the T2I-R1-like peer recipe: full fine-tuning, G=8, beta 0.01, lr 1e-6,
            CFG 5 in the rollout, 1600 steps.
+  small    `mode=bench` on random weights of a 78 M-parameter Janus (presets.janus_small)
+           in float32: the CPU benchmark (gvu_jax/bench.py).
+
+Benchmarks: `--config.mode=bench --config.random_init=True` times this recipe's
+model and GvU step on random weights (see gvu_jax/bench.py and `bench` below).
 
 The model block comes from the checkpoint (`expect_model` guards against pointing
 at the wrong one); `model_options` are run-time choices. GvU prompts: `data.prompts`
@@ -24,14 +29,17 @@ MODEL = "janus_pro_7b"
 
 def get_config(arg=None, model=MODEL):
   preset = arg or "lora"
-  if preset not in ("lora", "t2i_r1"):
-    raise ValueError(f"unknown preset {preset!r}; expected one of ['lora', 't2i_r1']")
+  if preset not in ("lora", "t2i_r1", "small"):
+    raise ValueError(f"unknown preset {preset!r}; expected one of ['lora', 't2i_r1', 'small']")
   c = ml_collections.ConfigDict()
   c.mode = "gvu"
   c.seed = 0
   c.checkpoint = ""               # required: a directory written by gvu_jax.convert
   c.expect_model = model          # or "any"
-  c.model_options = dict(dtype="bfloat16", remat=True, max_prompt_tokens=64)
+  c.random_init = False           # mode=bench only: random weights of expect_model's shapes
+  # attention: auto = cuDNN flash on GPU, Pallas splash on TPU, XLA elsewhere
+  # (gvu_jax/models/attention.py); xla | dot_product | cudnn | splash to force one.
+  c.model_options = dict(dtype="bfloat16", remat=True, max_prompt_tokens=64, attention="auto")
   c.data = dict(prompts="world")
 
   c.gvu = dict(steps=1000, prompts_per_step=16, group_size=2, mu=1, grad_accum=1,
@@ -46,8 +54,20 @@ def get_config(arg=None, model=MODEL):
   c.reward = dict(kind="intrinsic", aggregation="geo_mean_prob", judge="policy",
                   token_weights={})
 
+  # mode=bench (gvu_jax/bench.py): sampler batch sizes (prompts; CFG doubles the
+  # rows), the reward batch, and how many of its images x answer_tokens reference
+  # passes to time (0 = all); the GRPO step uses the gvu block above.
+  c.bench = dict(sampler_batches=(16, 64), cfg_weight=5.0, prompt_tokens=32, vq_images=16,
+                 reward_images=16, reward_answer_tokens=16, reference_forwards=0, repeats=3,
+                 transformers=True, analysis_only=False)
+
   if preset == "t2i_r1":
     c.gvu.update(steps=1600, group_size=8, prompts_per_step=4, beta=0.01)
     c.gvu.lora.enabled = False
     c.gvu.sampling.update(min_p=0.0, cfg_weight=5.0)
+  if preset == "small":
+    c.update(mode="bench", random_init=True, expect_model="janus_small")
+    c.model_options.update(dtype="float32", remat=False)
+    c.gvu.update(prompts_per_step=2, group_size=4)
+    c.bench.update(sampler_batches=(4,), reward_images=4, reference_forwards=16, repeats=2)
   return c

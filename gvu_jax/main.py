@@ -1,8 +1,9 @@
 """gvu_jax entry point.
 
   python -m gvu_jax.main --config=configs/synthetic.py[:preset] --workdir=DIR \
-      [--config.mode=all|pretrain|eval|gvu] [--config.a.b=value ...]
+      [--config.mode=all|pretrain|eval|gvu|bench] [--config.a.b=value ...]
 
+mode=bench times the model and the GvU step (gvu_jax/bench.py).
 mode=all (the default) runs pretrain -> eval -> gvu -> eval and writes
 WORKDIR/report.json; each stage resumes from, or skips to, what WORKDIR holds.
 mode=pretrain and mode=gvu train one stage; mode=eval evaluates the finished
@@ -24,7 +25,7 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe file[:preset].
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and reports.")
 
-MODES = ("all", "pretrain", "eval", "gvu")
+MODES = ("all", "pretrain", "eval", "gvu", "bench")
 
 
 def check_workdir(workdir):
@@ -42,6 +43,10 @@ def run(config, workdir):
   if config.mode not in MODES:
     raise InputError(f"config.mode: unknown {config.mode!r}; expected one of {list(MODES)}")
   check_workdir(workdir)
+  if config.mode == "bench":
+    from gvu_jax import bench
+    bench.run(config, workdir)
+    return
   if "checkpoint" in config:   # a recipe for a converted checkpoint (configs/janus_*.py)
     if not config.checkpoint:
       raise InputError("config.checkpoint is required: a directory written by "

@@ -6,6 +6,7 @@ saves them (safetensors) and as the original deepseek release is laid out
 (pytorch_model*.bin with the original names), convert both and compare.
 """
 
+import importlib.util
 import json
 import os
 import re
@@ -395,3 +396,62 @@ def test_existing_dst_needs_force(sources, tmp_path):
   with pytest.raises(InputError, match="not a gvu_jax conversion"):
     convert.convert(str(sources["transformers"]), str(dst), force=True, log=lambda *_: None)
   assert (dst / "notes.txt").read_text() == "keep me"
+
+
+# --- bench mode ---------------------------------------------------------------
+
+
+def _bench_config(converted, **bench):
+  spec = importlib.util.spec_from_file_location(
+      "recipe", os.path.join(ROOT, "configs", "janus_pro_1b.py"))
+  recipe = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(recipe)
+  c = recipe.get_config("small")
+  c.update(checkpoint=str(converted["transformers"]), random_init=False)
+  c.bench.update(sampler_batches=(2,), vq_images=2, reward_images=2, reward_answer_tokens=3,
+                 reference_forwards=0, repeats=1, **bench)
+  return c
+
+
+def test_bench_on_a_converted_checkpoint(converted, tmp_path, capsys):
+  """mode=bench (smoke, no timing asserts): every section measured, transformers
+  timed beside ours, and the reward's one pass equal to the reference algorithm."""
+  from gvu_jax import bench
+  r = bench.run(_bench_config(converted), str(tmp_path))
+  assert json.loads((tmp_path / "bench.json").read_text()) == json.loads(json.dumps(r))
+  s = r["sampler"]["2"]
+  assert s["rows"] == 4 and s["seconds"] > 0 and s["speedup_vs_transformers"] > 0
+  assert r["sampler_speedup_vs_transformers"] == s["speedup_vs_transformers"]
+  w = r["reward"]
+  assert w["reference_forwards"] == w["reference_forwards_timed"] == 6
+  assert w["max_abs_diff_vs_reference"] < 1e-5
+  assert r["reward_speedup_vs_reference"] == w["speedup_vs_reference"] > 0
+  g = r["grpo"]
+  assert g["lora"] and g["rows"] == 8 and 0 < g["mfu"] and g["model_tflop"] > 0
+  assert all(x["peak_bytes"] > 0 for x in (s, w, g, r["vq_decode"]))
+  assert "| sampler (2), 2 prompts x G=1, CFG 5, 4 rows |" in capsys.readouterr().out
+
+
+def test_bench_analysis_only_compiles_without_running(converted, tmp_path):
+  from gvu_jax import bench
+  r = bench.run(_bench_config(converted, analysis_only=True), str(tmp_path))
+  rollout = r["sampler"]["rollout"]      # the recipe's GvU rollout: 2 prompts x G=4
+  assert (rollout["prompts"], rollout["group_size"], rollout["rows"]) == (2, 4, 8)
+  assert "seconds" not in rollout and rollout["peak_bytes"] > 0
+  assert r["largest_peak_bytes"] == max(
+      x["peak_bytes"] for x in (rollout, r["vq_decode"], r["reward"], r["grpo"]))
+
+
+def test_bench_needs_janus_weights(converted, tmp_path):
+  from gvu_jax import bench
+  c = _bench_config(converted)
+  c.update(checkpoint="", random_init=False)
+  with pytest.raises(InputError, match="mode=bench needs weights: --config.random_init=True"):
+    bench.run(c, str(tmp_path))
+  synthetic = subprocess.run(
+      [sys.executable, "-m", "gvu_jax.main", "--config=configs/synthetic.py:mini",
+       "--config.mode=bench", f"--workdir={tmp_path}"],
+      capture_output=True, text=True, cwd=ROOT, timeout=600)
+  assert synthetic.returncode == 2
+  assert synthetic.stderr.strip().splitlines()[-1].startswith(
+      "error: mode=bench runs on a Janus recipe")

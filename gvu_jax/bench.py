@@ -1,0 +1,491 @@
+"""Benchmarks at real shapes: the sampler, VQ decode, the reward and the GRPO
+update, with XLA's cost and memory analysis, beside transformers when installed.
+
+  python -m gvu_jax.main --config=configs/janus_pro_1b.py:small --config.mode=bench \
+      --workdir=/tmp/bench                      # CPU-sized (78 M parameters)
+  python -m gvu_jax.main --config=configs/janus_pro_1b.py:t2i_r1 --config.mode=bench \
+      --config.random_init=True --config.model_options.attention=auto --workdir=DIR
+  python -m gvu_jax.main --config=configs/janus_pro_7b.py:lora --config.mode=bench \
+      --config.random_init=True --config.gvu.group_size=8 \
+      --config.bench.analysis_only=True --workdir=DIR   # compile only: does it fit?
+
+Weights are random (`random_init=True`, the shapes of `expect_model`) or a
+converted checkpoint (`checkpoint=DIR`). Prints a table, writes WORKDIR/bench.json.
+
+  sampler    ms per image-token step and images/s for B prompts with CFG (2B rows),
+             prefill included. roofline = (bytes each step must move: the weights
+             in the compute dtype + the KV cache of the tokens so far) / (measured
+             copy bandwidth) / (measured step time).
+  vq_decode  seconds to decode `vq_images` images.
+  reward     the intrinsic reward (vision encoder + ONE decoder pass), against one
+             plain decoder pass of the same length and against the reference
+             algorithm: one pass per answer token, one image at a time (timed on
+             `reference_forwards` of the images x tokens passes, scaled to all).
+  grpo       one update of the recipe's GvU step (gvu block: LoRA or full, G, remat).
+             MFU = analytic model FLOPs / time / device peak; model FLOPs count
+             the matmuls and attention of the forward pass (QK and PV over the full
+             square) times 3 for full fine-tuning (forward + two backward matmuls)
+             or 2 for LoRA (the base weights get no gradient). XLA's own count
+             (`hlo_tflop`, remat recompute included) is reported beside it.
+  memory     peak bytes of each compiled function (`memory_analysis()`).
+"""
+
+import functools
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from gvu_jax import lora, rl
+from gvu_jax import reward as reward_lib
+from gvu_jax.errors import InputError
+from gvu_jax.models import build, presets
+from gvu_jax.models.janus import causal_mask, positions_from_valid
+from gvu_jax.sampling import Sampler, SamplingConfig, in_compute_dtype
+
+# Dense bf16 peak TFLOP/s by device kind (vendor specs); other devices use the
+# matmul throughput measured here.
+PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "TPU v4": 275.0,
+               "TPU v5 lite": 197.0, "TPU v5p": 459.0, "TPU v6 lite": 918.0}
+
+
+# --- The model ---------------------------------------------------------------------
+
+def model_block(config):
+  """The `model` block: the preset `expect_model` (random_init) or the checkpoint's."""
+  if "checkpoint" not in config:
+    raise InputError("mode=bench runs on a Janus recipe (configs/janus_pro_1b.py, "
+                     "configs/janus_pro_7b.py), not the embedded world")
+  if config.checkpoint:
+    from gvu_jax import convert
+    m = convert.read_converted_config(config.checkpoint)
+  elif config.get("random_init"):
+    m = presets.janus(config.expect_model)
+  else:
+    raise InputError("mode=bench needs weights: --config.random_init=True (random weights "
+                     "of expect_model's shapes) or --config.checkpoint=DIR")
+  m.update(dict(config.model_options))
+  return m
+
+
+def base_params(config, m, abstract):
+  """The frozen base weights, as a run holds them: a checkpoint in its stored dtype,
+  random weights in the compute dtype (as `convert --dtype` stores them)."""
+  if config.checkpoint:
+    from gvu_jax import convert
+    if abstract:
+      return jax.eval_shape(lambda: convert.load(config.checkpoint, like_model=m)[1])
+    return jax.tree.map(jnp.asarray, convert.load(config.checkpoint, like_model=m)[1])
+  dtype = jnp.dtype(m.dtype)
+  if abstract:
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, dtype), build.abstract(m)[1])
+  return jax.jit(lambda: jax.tree.map(lambda x: x.astype(dtype),
+                                      build.create(m, config.seed)[1]))()
+
+
+def count(tree):
+  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
+
+
+def decoder_matmul_params(m):
+  """Weights every decoder token multiplies with (the layers' projections)."""
+  lm = m.lm
+  head_dim = lm.hidden // lm.heads
+  attn = lm.hidden * head_dim * (2 * lm.heads + 2 * lm.kv_heads)
+  return lm.layers * (attn + 3 * lm.hidden * lm.intermediate)
+
+
+def gen_head_params(m):
+  hidden = m.image_token_embed or m.lm.hidden
+  return m.lm.hidden * hidden + hidden * m.codebook_size
+
+
+def forward_flops(m, rows, length, head_tokens):
+  """Matmul FLOPs of one decoder pass: projections, attention (QK and PV over the
+  full square) and the image head on `head_tokens` positions."""
+  linear = decoder_matmul_params(m) * length + gen_head_params(m) * head_tokens
+  attention = 2 * m.lm.layers * length * length * m.lm.hidden
+  return 2 * rows * (linear + attention)
+
+
+# --- Measuring ---------------------------------------------------------------------
+
+def seconds(fn, repeats):
+  """Fastest of `repeats` timed calls, after one untimed warm-up (compilation)."""
+  jax.block_until_ready(fn())
+  best = float("inf")
+  for _ in range(repeats):
+    tic = time.perf_counter()
+    jax.block_until_ready(fn())
+    best = min(best, time.perf_counter() - tic)
+  return best
+
+
+def analysis(compiled):
+  """-> {"peak_bytes", "hlo_tflop"} of a compiled function (None where unknown).
+  peak = arguments + outputs + temporaries - donated (aliased) buffers: what the
+  device holds while the function runs."""
+  out = {"peak_bytes": None, "hlo_tflop": None}
+  memory = compiled.memory_analysis()
+  if memory is not None:
+    out["peak_bytes"] = int(memory.argument_size_in_bytes + memory.output_size_in_bytes
+                            + memory.temp_size_in_bytes - memory.alias_size_in_bytes)
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  if cost and cost.get("flops"):
+    out["hlo_tflop"] = float(cost["flops"]) / 1e12
+  return out
+
+
+def copy_bandwidth_GBps(dtype):
+  """Read + write bytes per second of y = 2x over a large array."""
+  n = (1 << 26) if jax.default_backend() == "cpu" else (1 << 30)
+  x = jnp.ones((n,), dtype)
+  double = jax.jit(lambda x: x * 2)
+  return 2 * x.nbytes / seconds(lambda: double(x), 5) / 1e9
+
+
+def matmul_tflops(dtype):
+  n = 2048 if jax.default_backend() == "cpu" else 8192
+  a = jax.random.normal(jax.random.key(0), (n, n), dtype)
+  b = jax.random.normal(jax.random.key(1), (n, n), dtype)
+  mm = jax.jit(lambda a, b: a @ b)
+  return 2 * n ** 3 / seconds(lambda: mm(a, b), 5) / 1e12
+
+
+def peak_tflops(device, measured):
+  for name, tflops in PEAK_TFLOPS.items():
+    if name in device.device_kind:
+      return tflops, f"{name} spec, bf16 dense"
+  return measured, "measured matmul"
+
+
+# --- Inputs ------------------------------------------------------------------------
+
+def prompts(m, rows, length, rng):
+  """Random prompt ids [rows, length] (all valid) and the CFG unconditional row."""
+  ids = rng.integers(3, m.lm.vocab_size, (rows, length)).astype(np.int32)
+  uncond = np.zeros((1, length), np.int32)
+  uncond_valid = np.zeros((1, length), bool)
+  uncond_valid[:, [0, -1]] = True
+  return ids, np.ones_like(ids, bool), (uncond, uncond_valid)
+
+
+def understanding_query(m, images, answer_tokens, rng):
+  """A random understanding batch shaped like the Janus template: 8 text tokens,
+  the image slots, 8 text tokens, then the answer."""
+  n_img = (m.vision.image_size // m.vision.patch_size) ** 2
+  length = 16 + n_img + answer_tokens
+  ids = rng.integers(3, m.lm.vocab_size, (images, length)).astype(np.int32)
+  slots = np.zeros_like(ids, bool)
+  slots[:, 8:8 + n_img] = True
+  return {"ids": ids, "valid": np.ones_like(ids, bool), "image_slots": slots,
+          "answer_mask": np.ones((images, answer_tokens), bool),
+          "answer_start": length - answer_tokens}
+
+
+# --- The four measurements ---------------------------------------------------------
+
+def bench_sampler(graphdef, params, m, b, n_prompts, group_size, cfg, abstract, rng):
+  ids, valid, uncond = prompts(m, n_prompts, b.prompt_tokens, rng)
+  sampler = Sampler(graphdef, cfg, num_tokens=m.image_tokens, uncond_row=uncond,
+                    group_size=group_size)
+  out = analysis(sampler.lower(params, ids, valid, jax.random.key(0)).compile())
+  rows = n_prompts * group_size
+  cache_rows = rows * (2 if cfg.guided else 1)
+  itemsize = jnp.dtype(m.dtype).itemsize
+  weights = (decoder_matmul_params(m) + gen_head_params(m)) * itemsize
+  head_dim = m.lm.hidden // m.lm.heads
+  mean_context = b.prompt_tokens + m.image_tokens / 2
+  kv = 2 * m.lm.layers * cache_rows * mean_context * m.lm.kv_heads * head_dim * itemsize
+  out.update(prompts=n_prompts, group_size=group_size, cfg_weight=cfg.cfg_weight,
+             rows=cache_rows, bytes_per_step=float(weights + kv))
+  if not abstract:
+    t = seconds(lambda: sampler(params, ids, valid, jax.random.key(0)).codes, b.repeats)
+    out.update(seconds=t, ms_per_step=1000 * t / m.image_tokens, images_per_s=rows / t)
+  return out
+
+
+def bench_vq(graphdef, params, m, b, abstract, rng):
+  tokenizer = build.VQTokenizer()
+  decode = jax.jit(lambda p, codes: tokenizer.decode(codes, nnx.merge(graphdef, p)))
+  codes = rng.integers(0, m.codebook_size, (b.vq_images, m.image_tokens)).astype(np.int32)
+  out = analysis(decode.lower(params, codes).compile())
+  out["images"] = b.vq_images
+  if not abstract:
+    out["seconds"] = seconds(lambda: decode(params, codes), b.repeats)
+  return out
+
+
+def bench_reward(graphdef, params, m, b, images, abstract, rng):
+  query = understanding_query(m, images, b.reward_answer_tokens, rng)
+  size = m.vision.image_size
+  pixels = rng.uniform(-1, 1, (images, size, size, 3)).astype(np.float32)
+
+  @jax.jit
+  def reward(p, pixels, query):
+    return reward_lib.intrinsic_reward(nnx.merge(graphdef, p), pixels, query, "geo_mean_prob")
+
+  out = analysis(reward.lower(params, pixels, query).compile())
+  out["images"], out["length"] = images, query["ids"].shape[1]
+  if abstract:
+    return out
+  t_reward = seconds(lambda: reward(params, pixels, query), b.repeats)
+  token_logp = np.asarray(reward(params, pixels, query)[1])
+
+  # One plain decoder pass of the same length (embeddings in, answer logits out).
+  answer = slice(query["answer_start"] - 1, query["ids"].shape[1] - 1)
+
+  @jax.jit
+  def forward(p, ids, valid):
+    model = nnx.merge(graphdef, p)
+    hidden, _ = model.lm(model.lm.embed_tokens(ids), positions_from_valid(valid),
+                         causal_mask(valid))
+    return model.text_head(hidden[:, answer])
+
+  t_forward = seconds(lambda: forward(params, query["ids"], query["valid"]), b.repeats)
+
+  # The reference algorithm: per image, its query embedded once, then one pass
+  # per answer token reading that token's log-probability.
+  @jax.jit
+  def embed(p, ids, slots, pixels):
+    return nnx.merge(graphdef, p).embed_query(ids, slots, pixels)
+
+  @jax.jit
+  def one_token(p, x, valid, position, target):
+    model = nnx.merge(graphdef, p)
+    hidden, _ = model.lm(x, positions_from_valid(valid), causal_mask(valid))
+    logits = model.text_head(jax.lax.dynamic_index_in_dim(hidden, position, 1, False))
+    return jax.nn.log_softmax(logits)[0, target]
+
+  def reference_pass(i, j, embedded):
+    if i not in embedded:
+      embedded[i] = embed(params, query["ids"][i:i + 1], query["image_slots"][i:i + 1],
+                          pixels[i:i + 1])
+    position = query["answer_start"] - 1 + j
+    return float(one_token(params, embedded[i], query["valid"][i:i + 1], position,
+                           query["ids"][i, position + 1]))
+
+  pairs = [(i, j) for i in range(images) for j in range(b.reward_answer_tokens)]
+  timed_pairs = pairs[:b.reference_forwards or len(pairs)]
+  reference_pass(0, 0, {})    # compile
+  embedded = {}
+  tic = time.perf_counter()
+  reference = {(i, j): reference_pass(i, j, embedded) for i, j in timed_pairs}
+  t_reference = (time.perf_counter() - tic) * len(pairs) / len(timed_pairs)
+  diff = max(abs(reference[i, j] - float(token_logp[i, j])) for i, j in timed_pairs)
+  out.update(seconds=t_reward, forward_seconds=t_forward, reference_seconds=t_reference,
+             reference_forwards_timed=len(timed_pairs), reference_forwards=len(pairs),
+             vs_forward=t_reward / t_forward, speedup_vs_reference=t_reference / t_reward,
+             max_abs_diff_vs_reference=diff)
+  return out
+
+
+def bench_grpo(config, m, params, abstract, rng):
+  c = config.gvu
+  overrides = {}
+  if c.lora.enabled:
+    overrides = dict(lora_rank=c.lora.rank, lora_alpha=c.lora.alpha,
+                     lora_targets=tuple(c.lora.targets))
+  graphdef, _ = build.abstract(m, **overrides)
+  roles = lora.Roles(c.lora.enabled)
+  if c.lora.enabled:
+    make = lambda: build.create_adapters(m, config.seed + 1, **overrides)
+    trainable = jax.eval_shape(make) if abstract else make()
+  else:   # fp32 master weights, a copy of the (reference) base
+    to_fp32 = lambda p: jax.tree.map(lambda x: x.astype(jnp.float32), p)
+    trainable = jax.eval_shape(to_fp32, params) if abstract else jax.jit(to_fp32)(params)
+  tx = rl.make_optimizer(c, total_steps=c.steps)
+  opt_state = jax.eval_shape(tx.init, trainable) if abstract else tx.init(trainable)
+  state = {"trainable": trainable, "opt_state": opt_state, "step": jnp.int32(0),
+           "rng": jax.random.key_data(jax.random.key(0))}
+  rows = c.prompts_per_step * c.group_size
+  ids, valid, _ = prompts(m, rows, config.bench.prompt_tokens, rng)
+  batch = {"prompt_ids": ids, "prompt_valid": valid,
+           "codes": rng.integers(0, m.codebook_size, (rows, m.image_tokens)).astype(np.int32),
+           "advantages": rng.normal(size=rows).astype(np.float32),
+           "ref_logp": np.full((rows, m.image_tokens), -np.log(m.codebook_size), np.float32)}
+  step = rl.make_grpo_step(graphdef, roles, tx, clip_eps=c.clip_eps, beta=c.beta,
+                           grad_accum=c.grad_accum)
+  out = analysis(step.lower(state, params, batch).compile())
+  length = config.bench.prompt_tokens + m.image_tokens - 1
+  model_flops = (3 if not c.lora.enabled else 2) * forward_flops(m, rows, length,
+                                                                  m.image_tokens)
+  out.update(rows=rows, length=length, lora=bool(c.lora.enabled), remat=bool(m.remat),
+             grad_accum=c.grad_accum, trainable_params=count(trainable),
+             model_tflop=model_flops / 1e12)
+  if not abstract:
+    holder = {"state": state}
+
+    def one_step():
+      holder["state"], metrics = step(holder["state"], params, batch)
+      return metrics["loss"]
+
+    out["seconds"] = seconds(one_step, config.bench.repeats)
+  return out
+
+
+# --- transformers, same config, same process ------------------------------------------
+
+def transformers_sampler(m, b, batches):
+  """Seconds of transformers' Janus `generate` (image mode, CFG) per batch size, on
+  random weights of the same config: {B: seconds}, or None without transformers."""
+  try:
+    import torch
+    from transformers import DynamicCache, GenerationConfig, JanusForConditionalGeneration
+  except ImportError:
+    return None
+  from gvu_jax import parity
+  device = "cuda" if torch.cuda.is_available() else "cpu"
+  dtype = torch.bfloat16 if m.dtype == "bfloat16" else torch.float32
+  torch.manual_seed(0)
+  with torch.device(device):
+    model = JanusForConditionalGeneration(
+        parity.hf_config(m, image_token_id=m.lm.vocab_size - 5, pad_token_id=0))
+  model = model.to(dtype).eval()
+  generation = GenerationConfig(do_sample=True, guidance_scale=b.cfg_weight, pad_token_id=0,
+                                bos_token_id=1, max_new_tokens=m.image_tokens,
+                                generation_kwargs={"boi_token_id": 2})
+  sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+  out = {}
+  for n in batches:
+    ids = torch.randint(3, m.lm.vocab_size - 10, (n, b.prompt_tokens), device=device)
+    ids[:, 0], ids[:, -1] = 1, 2
+    def generate(cache=True):
+      # A DynamicCache where this transformers version takes one (its static-cache
+      # default breaks in image mode; transformers 5.2x no longer accepts it).
+      kwargs = dict(past_key_values=DynamicCache()) if cache else {}
+      return model.generate(ids, attention_mask=torch.ones_like(ids), generation_mode="image",
+                            generation_config=generation, **kwargs)
+
+    with torch.no_grad():
+      try:
+        generate()   # warm-up
+      except ValueError:
+        generate = functools.partial(generate, cache=False)
+        generate()
+      best = float("inf")
+      for _ in range(b.repeats):
+        sync()
+        tic = time.perf_counter()
+        generate()
+        sync()
+        best = min(best, time.perf_counter() - tic)
+    out[n] = best
+  del model
+  return out
+
+
+# --- The run -----------------------------------------------------------------------
+
+def run(config, workdir):
+  start = time.perf_counter()
+  log = lambda what: print(f"bench: {what} ({time.perf_counter() - start:.0f} s)", flush=True)
+  m = model_block(config)
+  b = config.bench
+  abstract = bool(b.analysis_only)
+  rng = np.random.default_rng(config.seed)
+  params = base_params(config, m, abstract)
+  graphdef, _ = build.abstract(m)
+  device = jax.devices()[0]
+  dtype = jnp.dtype(m.dtype)
+  report = {"device": str(device), "device_kind": device.device_kind,
+            "backend": jax.default_backend(), "jax": jax.__version__,
+            "model": config.checkpoint or config.expect_model, "params": count(params),
+            "dtype": m.dtype,            "attention": m.get("attention", "xla"), "remat": bool(m.remat),
+            "analysis_only": abstract}
+  if not abstract:
+    report["copy_GBps"] = copy_bandwidth_GBps(dtype)
+    report["matmul_tflops"] = matmul_tflops(dtype)
+  # The sampler, VQ and reward read the weights in the compute dtype (a LoRA policy
+  # would add its adapters; they are 0.1% of the bytes).
+  to_compute = lambda p: in_compute_dtype(p, graphdef)
+  sampler_params = jax.eval_shape(to_compute, params) if abstract else jax.jit(to_compute)(
+      params)
+
+  c = config.gvu
+  log("sampler")
+  if abstract:   # the recipe's own rollout: prompts_per_step x G samples, its sampling
+    report["sampler"] = {"rollout": bench_sampler(
+        graphdef, sampler_params, m, b, c.prompts_per_step, c.group_size,
+        SamplingConfig(**c.sampling), abstract, rng)}
+  else:
+    report["sampler"] = {str(n): bench_sampler(
+        graphdef, sampler_params, m, b, n, 1, SamplingConfig(cfg_weight=b.cfg_weight),
+        abstract, rng) for n in b.sampler_batches}
+  log("VQ decode")
+  report["vq_decode"] = bench_vq(graphdef, sampler_params, m, b, abstract, rng)
+  log("reward and the reference algorithm")
+  rollout = c.prompts_per_step * c.group_size
+  report["reward"] = bench_reward(graphdef, sampler_params, m, b,
+                                  rollout if abstract else b.reward_images, abstract, rng)
+  log("GRPO step")
+  report["grpo"] = bench_grpo(config, m, params, abstract, rng)
+
+  if not abstract:
+    for s in report["sampler"].values():
+      s["roofline"] = s["bytes_per_step"] / (report["copy_GBps"] * 1e9) / (
+          s["ms_per_step"] / 1000)
+    g = report["grpo"]
+    peak, source = peak_tflops(device, report["matmul_tflops"])
+    g.update(model_tflops=g["model_tflop"] / g["seconds"], peak_tflops=peak, peak_source=source)
+    g["mfu"] = g["model_tflops"] / peak
+    report["reward_speedup_vs_reference"] = report["reward"]["speedup_vs_reference"]
+    log("transformers sampler")
+    theirs = transformers_sampler(m, b, b.sampler_batches) if b.transformers else None
+    if theirs:
+      for n, t in theirs.items():
+        s = report["sampler"][str(n)]
+        s.update(transformers_seconds=t, transformers_ms_per_step=1000 * t / m.image_tokens,
+                 speedup_vs_transformers=t / s["seconds"])
+      report["sampler_speedup_vs_transformers"] = report["sampler"][
+          str(b.sampler_batches[-1])]["speedup_vs_transformers"]
+  peaks = [x["peak_bytes"] for x in (*report["sampler"].values(), report["vq_decode"],
+                                     report["reward"], report["grpo"]) if x["peak_bytes"]]
+  report["largest_peak_bytes"] = max(peaks) if peaks else None
+
+  text = json.dumps(report, indent=1)
+  with open(os.path.join(workdir, "bench.json"), "w") as f:
+    f.write(text)
+  print(table(report))
+  return report
+
+
+def table(r):
+  """The report as a markdown table."""
+  gb = lambda x: "-" if x is None else f"{x / 2**30:.2f} GiB"
+  num = lambda x, fmt: "-" if x is None else format(x, fmt)
+  lines = [f"bench: {r['model']} ({r['params'] / 1e6:.0f} M params, {r['dtype']}, "
+           f"attention {r['attention']}) on {r['device_kind']}"
+           + ("" if r["analysis_only"] else
+              f"; copy {r['copy_GBps']:.0f} GB/s, matmul {r['matmul_tflops']:.2f} TFLOP/s"),
+           "", "| what | time | rate | vs | peak memory |", "|---|---|---|---|---|"]
+  for n, s in r["sampler"].items():
+    rate = (f"{s['ms_per_step']:.2f} ms/step, {s['images_per_s']:.2f} img/s, "
+            f"{s['roofline']:.0%} of roofline") if "seconds" in s else "-"
+    vs = (f"{s['speedup_vs_transformers']:.2f}x transformers "
+          f"({s['transformers_ms_per_step']:.2f} ms/step)") if "transformers_seconds" in s else "-"
+    what = f"{s['prompts']} prompts x G={s['group_size']}, CFG {s['cfg_weight']:g}"
+    lines.append(f"| sampler ({n}), {what}, {s['rows']} rows | {num(s.get('seconds'), '.3f')} s"
+                 f" | {rate} | {vs} | {gb(s['peak_bytes'])} |")
+  v = r["vq_decode"]
+  lines.append(f"| VQ decode, {v['images']} images | {num(v.get('seconds'), '.3f')} s | - | - "
+               f"| {gb(v['peak_bytes'])} |")
+  w = r["reward"]
+  vs = (f"{w['vs_forward']:.2f}x one forward ({w['forward_seconds']:.3f} s); "
+        f"{w['speedup_vs_reference']:.1f}x faster than the reference "
+        f"({w['reference_seconds']:.2f} s)") if "seconds" in w else "-"
+  lines.append(f"| reward, {w['images']} images x {w['length']} tokens | "
+               f"{num(w.get('seconds'), '.3f')} s | - | {vs} | {gb(w['peak_bytes'])} |")
+  g = r["grpo"]
+  rate = (f"{g['model_tflops']:.2f} TFLOP/s, MFU {g['mfu']:.1%} of {g['peak_tflops']:.0f} "
+          f"({g['peak_source']})") if "seconds" in g else "-"
+  lines.append(f"| GRPO step, {g['rows']} rows x {g['length']} tokens, "
+               f"{'LoRA' if g['lora'] else 'full'}{', remat' if g['remat'] else ''} | "
+               f"{num(g.get('seconds'), '.3f')} s | {rate} | model {g['model_tflop']:.2f} "
+               f"TFLOP, XLA {num(g['hlo_tflop'], '.2f')} TFLOP | {gb(g['peak_bytes'])} |")
+  return "\n".join(lines)
