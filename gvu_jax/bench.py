@@ -27,7 +27,12 @@ converted checkpoint (`checkpoint=DIR`). Prints a table, writes WORKDIR/bench.js
              square) times 3 for full fine-tuning (forward + two backward matmuls)
              or 2 for LoRA (the base weights get no gradient). XLA's own count
              (`hlo_tflop`, remat recompute included) is reported beside it.
-  memory     peak bytes of each compiled function (`memory_analysis()`).
+  memory     peak bytes of each compiled function (`memory_analysis()`: arguments +
+             outputs + temporaries - donated), and an analytic model for the sampler
+             (weights + full KV cache) and the GRPO step (`grpo_bytes_model`). XLA's
+             CPU backend does not reuse per-layer temporaries the way the GPU and TPU
+             schedulers do, so on CPU its figure for a training step is far above
+             what an accelerator needs; use the model there.
 """
 
 import functools
@@ -43,6 +48,7 @@ from flax import nnx
 from gvu_jax import lora, rl
 from gvu_jax import reward as reward_lib
 from gvu_jax.errors import InputError
+from gvu_jax.models import attention as attention_lib
 from gvu_jax.models import build, presets
 from gvu_jax.models.janus import causal_mask, positions_from_valid
 from gvu_jax.sampling import Sampler, SamplingConfig, in_compute_dtype
@@ -110,6 +116,23 @@ def forward_flops(m, rows, length, head_tokens):
   linear = decoder_matmul_params(m) * length + gen_head_params(m) * head_tokens
   attention = 2 * m.lm.layers * length * length * m.lm.hidden
   return 2 * rows * (linear + attention)
+
+
+def grpo_bytes_model(m, rows, length, trainable, frozen_bytes, flash):
+  """Analytic device bytes of one GRPO step (per micro-batch of `rows`): the frozen
+  weights, the trainable fp32 weights with their gradient and two Adam moments,
+  the saved activations (each layer's input under remat, about 10 tensors of the
+  layer otherwise), one layer's forward+backward working set, its attention scores
+  (none with a flash kernel) and the image-head logits (logits, log-softmax and
+  their gradient in float32)."""
+  lm, item = m.lm, jnp.dtype(m.dtype).itemsize
+  tokens = rows * length
+  per_layer_saved = tokens * lm.hidden * item * (1 if m.remat else 10)
+  working = tokens * (3 * lm.intermediate + 6 * lm.hidden) * item * 2
+  scores = 0 if flash else 2 * rows * lm.heads * length * length * 4
+  logits = 3 * rows * m.image_tokens * m.codebook_size * 4
+  return int(frozen_bytes + 16 * trainable + lm.layers * per_layer_saved + working + scores
+             + logits)
 
 
 # --- Measuring ---------------------------------------------------------------------
@@ -202,8 +225,11 @@ def bench_sampler(graphdef, params, m, b, n_prompts, group_size, cfg, abstract, 
   head_dim = m.lm.hidden // m.lm.heads
   mean_context = b.prompt_tokens + m.image_tokens / 2
   kv = 2 * m.lm.layers * cache_rows * mean_context * m.lm.kv_heads * head_dim * itemsize
+  all_weights = sum(x.size * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(params))
+  full_cache = kv * (b.prompt_tokens + m.image_tokens - 1) / mean_context
   out.update(prompts=n_prompts, group_size=group_size, cfg_weight=cfg.cfg_weight,
-             rows=cache_rows, bytes_per_step=float(weights + kv))
+             rows=cache_rows, bytes_per_step=float(weights + kv),
+             model_bytes=int(all_weights + full_cache))
   if not abstract:
     t = seconds(lambda: sampler(params, ids, valid, jax.random.key(0)).codes, b.repeats)
     out.update(seconds=t, ms_per_step=1000 * t / m.image_tokens, images_per_s=rows / t)
@@ -315,9 +341,15 @@ def bench_grpo(config, m, params, abstract, rng):
   length = config.bench.prompt_tokens + m.image_tokens - 1
   model_flops = (3 if not c.lora.enabled else 2) * forward_flops(m, rows, length,
                                                                   m.image_tokens)
+  frozen_bytes = sum(x.size * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(params))
+  flash = attention_lib.resolve(m.get("attention", "xla"), m.dtype) in ("cudnn", "splash")
   out.update(rows=rows, length=length, lora=bool(c.lora.enabled), remat=bool(m.remat),
              grad_accum=c.grad_accum, trainable_params=count(trainable),
-             model_tflop=model_flops / 1e12)
+             model_tflop=model_flops / 1e12,
+             model_bytes=grpo_bytes_model(m, rows // c.grad_accum, length, count(trainable),
+                                          frozen_bytes, flash),
+             model_bytes_flash=grpo_bytes_model(m, rows // c.grad_accum, length,
+                                                 count(trainable), frozen_bytes, True))
   if not abstract:
     holder = {"state": state}
 
@@ -463,7 +495,8 @@ def table(r):
            f"attention {r['attention']}) on {r['device_kind']}"
            + ("" if r["analysis_only"] else
               f"; copy {r['copy_GBps']:.0f} GB/s, matmul {r['matmul_tflops']:.2f} TFLOP/s"),
-           "", "| what | time | rate | vs | peak memory |", "|---|---|---|---|---|"]
+           "", "| what | time | rate | vs | memory: XLA analysis (analytic model) |",
+           "|---|---|---|---|---|"]
   for n, s in r["sampler"].items():
     rate = (f"{s['ms_per_step']:.2f} ms/step, {s['images_per_s']:.2f} img/s, "
             f"{s['roofline']:.0%} of roofline") if "seconds" in s else "-"
@@ -471,7 +504,7 @@ def table(r):
           f"({s['transformers_ms_per_step']:.2f} ms/step)") if "transformers_seconds" in s else "-"
     what = f"{s['prompts']} prompts x G={s['group_size']}, CFG {s['cfg_weight']:g}"
     lines.append(f"| sampler ({n}), {what}, {s['rows']} rows | {num(s.get('seconds'), '.3f')} s"
-                 f" | {rate} | {vs} | {gb(s['peak_bytes'])} |")
+                 f" | {rate} | {vs} | {gb(s['peak_bytes'])} ({gb(s['model_bytes'])}) |")
   v = r["vq_decode"]
   lines.append(f"| VQ decode, {v['images']} images | {num(v.get('seconds'), '.3f')} s | - | - "
                f"| {gb(v['peak_bytes'])} |")
@@ -487,5 +520,6 @@ def table(r):
   lines.append(f"| GRPO step, {g['rows']} rows x {g['length']} tokens, "
                f"{'LoRA' if g['lora'] else 'full'}{', remat' if g['remat'] else ''} | "
                f"{num(g.get('seconds'), '.3f')} s | {rate} | model {g['model_tflop']:.2f} "
-               f"TFLOP, XLA {num(g['hlo_tflop'], '.2f')} TFLOP | {gb(g['peak_bytes'])} |")
+               f"TFLOP, XLA {num(g['hlo_tflop'], '.2f')} TFLOP | {gb(g['peak_bytes'])} "
+               f"({gb(g['model_bytes'])}; {gb(g['model_bytes_flash'])} with flash attention) |")
   return "\n".join(lines)

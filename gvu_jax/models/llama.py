@@ -13,7 +13,6 @@ import jax.numpy as jnp
 from flax import nnx
 
 from gvu_jax.models import attention as attention_lib
-from gvu_jax.models.attention import attention
 from gvu_jax.models.layers import Dense
 
 LORA_TARGETS_ALL = ("q", "k", "v", "o", "gate", "up", "down")
@@ -32,7 +31,7 @@ class LlamaConfig:
   max_position: int = 16384
   dtype: str = "float32"          # compute dtype; master weights stay float32
   remat: bool = False
-  attention: str = "xla"        # gvu_jax/models/attention.py: xla | dot_product | cudnn | splash | auto
+  attention: str = "xla"          # kernel, see models/attention.py (a run-time choice)
   lora_rank: int = 0
   lora_alpha: float = 1.0
   lora_targets: tuple = LORA_TARGETS_ALL
@@ -102,7 +101,7 @@ class Attention(nnx.Module):
       k = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), start)
       v = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), start)
       cache = {"k": k, "v": v}
-    out = attention(q, k, v, mask, cfg.attention, full_pass=cache is None)
+    out = attention_lib.attention(q, k, v, mask, cfg.attention, full_pass=cache is None)
     out = out.reshape(b, t, cfg.heads * cfg.head_dim)
     return self.o(out), cache
 
