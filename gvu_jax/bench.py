@@ -97,6 +97,10 @@ def count(tree):
   return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
 
 
+def nbytes(tree):
+  return int(sum(np.prod(x.shape) * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree)))
+
+
 def decoder_matmul_params(m):
   """Weights every decoder token multiplies with (the layers' projections)."""
   lm = m.lm
@@ -225,11 +229,10 @@ def bench_sampler(graphdef, params, m, b, n_prompts, group_size, cfg, abstract, 
   head_dim = m.lm.hidden // m.lm.heads
   mean_context = b.prompt_tokens + m.image_tokens / 2
   kv = 2 * m.lm.layers * cache_rows * mean_context * m.lm.kv_heads * head_dim * itemsize
-  all_weights = sum(x.size * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(params))
   full_cache = kv * (b.prompt_tokens + m.image_tokens - 1) / mean_context
   out.update(prompts=n_prompts, group_size=group_size, cfg_weight=cfg.cfg_weight,
              rows=cache_rows, bytes_per_step=float(weights + kv),
-             model_bytes=int(all_weights + full_cache))
+             model_bytes=int(nbytes(params) + full_cache))
   if not abstract:
     t = seconds(lambda: sampler(params, ids, valid, jax.random.key(0)).codes, b.repeats)
     out.update(seconds=t, ms_per_step=1000 * t / m.image_tokens, images_per_s=rows / t)
@@ -341,7 +344,7 @@ def bench_grpo(config, m, params, abstract, rng):
   length = config.bench.prompt_tokens + m.image_tokens - 1
   model_flops = (3 if not c.lora.enabled else 2) * forward_flops(m, rows, length,
                                                                   m.image_tokens)
-  frozen_bytes = sum(x.size * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(params))
+  frozen_bytes = nbytes(params)
   flash = attention_lib.resolve(m.get("attention", "xla"), m.dtype) in ("cudnn", "splash")
   out.update(rows=rows, length=length, lora=bool(c.lora.enabled), remat=bool(m.remat),
              grad_accum=c.grad_accum, trainable_params=count(trainable),
@@ -515,7 +518,7 @@ def table(r):
   lines.append(f"| reward, {w['images']} images x {w['length']} tokens | "
                f"{num(w.get('seconds'), '.3f')} s | - | {vs} | {gb(w['peak_bytes'])} |")
   g = r["grpo"]
-  rate = (f"{g['model_tflops']:.2f} TFLOP/s, MFU {g['mfu']:.1%} of {g['peak_tflops']:.0f} "
+  rate = (f"{g['model_tflops']:.3g} TFLOP/s, MFU {g['mfu']:.1%} of {g['peak_tflops']:.3g} "
           f"({g['peak_source']})") if "seconds" in g else "-"
   lines.append(f"| GRPO step, {g['rows']} rows x {g['length']} tokens, "
                f"{'LoRA' if g['lora'] else 'full'}{', remat' if g['remat'] else ''} | "

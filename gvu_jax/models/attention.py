@@ -76,7 +76,7 @@ def _dot_product(q, k, v, mask, implementation):
 def _splash_kernel(heads, length, interpret):
   from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
   from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
-  block = min(512, length)
+  block = next(b for b in (512, 256, SPLASH_BLOCK) if length % b == 0)   # tiles must divide it
   sizes = sk.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block,
                         block_q_dkv=block, block_kv_dkv=block, block_kv_dkv_compute=block,
                         block_q_dq=block, block_kv_dq=block)
