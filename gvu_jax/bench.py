@@ -411,7 +411,6 @@ def transformers_sampler(m, b, batches):
         sync()
         best = min(best, time.perf_counter() - tic)
     out[n] = best
-  del model
   return out
 
 
@@ -431,7 +430,7 @@ def run(config, workdir):
   report = {"device": str(device), "device_kind": device.device_kind,
             "backend": jax.default_backend(), "jax": jax.__version__,
             "model": config.checkpoint or config.expect_model, "params": count(params),
-            "dtype": m.dtype,            "attention": m.get("attention", "xla"), "remat": bool(m.remat),
+            "dtype": m.dtype, "attention": m.get("attention", "xla"), "remat": bool(m.remat),
             "analysis_only": abstract}
   if not abstract:
     report["copy_GBps"] = copy_bandwidth_GBps(dtype)

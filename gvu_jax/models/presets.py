@@ -49,7 +49,7 @@ JANUS_TEMPLATE = {"janus_1_3b": "janus_1_3b", "janus_pro_1b": "deepseek",
                   "janus_pro_7b": "deepseek"}
 
 
-# Not a release: every Janus part at about 1/4 width (81 M parameters, 256 image
+# Not a release: every Janus part at about 1/4 width (78 M parameters, 256 image
 # tokens at 256 px), for CPU benchmarks (`configs/janus_pro_1b.py:small`).
 JANUS_SMALL = "janus_small"
 
