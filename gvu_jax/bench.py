@@ -142,14 +142,16 @@ def grpo_bytes_model(m, rows, length, trainable, frozen_bytes, flash):
 # --- Measuring ---------------------------------------------------------------------
 
 def seconds(fn, repeats):
-  """Fastest of `repeats` timed calls, after one untimed warm-up (compilation)."""
-  jax.block_until_ready(fn())
+  """Fastest of `repeats` timed calls after one untimed warm-up, and the last
+  call's output. The functions timed here are compiled ahead of time (for their
+  analysis), so the warm-up compiles nothing."""
+  out = jax.block_until_ready(fn())
   best = float("inf")
   for _ in range(repeats):
     tic = time.perf_counter()
-    jax.block_until_ready(fn())
+    out = jax.block_until_ready(fn())
     best = min(best, time.perf_counter() - tic)
-  return best
+  return best, out
 
 
 def analysis(compiled):
@@ -173,7 +175,7 @@ def copy_bandwidth_GBps(dtype):
   n = (1 << 26) if jax.default_backend() == "cpu" else (1 << 30)
   x = jnp.ones((n,), dtype)
   double = jax.jit(lambda x: x * 2)
-  return 2 * x.nbytes / seconds(lambda: double(x), 5) / 1e9
+  return 2 * x.nbytes / seconds(lambda: double(x), 5)[0] / 1e9
 
 
 def matmul_tflops(dtype):
@@ -181,7 +183,7 @@ def matmul_tflops(dtype):
   a = jax.random.normal(jax.random.key(0), (n, n), dtype)
   b = jax.random.normal(jax.random.key(1), (n, n), dtype)
   mm = jax.jit(lambda a, b: a @ b)
-  return 2 * n ** 3 / seconds(lambda: mm(a, b), 5) / 1e12
+  return 2 * n ** 3 / seconds(lambda: mm(a, b), 5)[0] / 1e12
 
 
 def peak_tflops(device, measured):
@@ -221,7 +223,7 @@ def bench_sampler(graphdef, params, m, b, n_prompts, group_size, cfg, abstract, 
   ids, valid, uncond = prompts(m, n_prompts, b.prompt_tokens, rng)
   sampler = Sampler(graphdef, cfg, num_tokens=m.image_tokens, uncond_row=uncond,
                     group_size=group_size)
-  out = analysis(sampler.lower(params, ids, valid, jax.random.key(0)).compile())
+  out = analysis(sampler.compile(params, ids, valid, jax.random.key(0)))
   rows = n_prompts * group_size
   cache_rows = rows * (2 if cfg.guided else 1)
   itemsize = jnp.dtype(m.dtype).itemsize
@@ -234,7 +236,7 @@ def bench_sampler(graphdef, params, m, b, n_prompts, group_size, cfg, abstract, 
              rows=cache_rows, bytes_per_step=float(weights + kv),
              model_bytes=int(nbytes(params) + full_cache))
   if not abstract:
-    t = seconds(lambda: sampler(params, ids, valid, jax.random.key(0)).codes, b.repeats)
+    t, _ = seconds(lambda: sampler(params, ids, valid, jax.random.key(0)).codes, b.repeats)
     out.update(seconds=t, ms_per_step=1000 * t / m.image_tokens, images_per_s=rows / t)
   return out
 
@@ -243,10 +245,11 @@ def bench_vq(graphdef, params, m, b, abstract, rng):
   tokenizer = build.VQTokenizer()
   decode = jax.jit(lambda p, codes: tokenizer.decode(codes, nnx.merge(graphdef, p)))
   codes = rng.integers(0, m.codebook_size, (b.vq_images, m.image_tokens)).astype(np.int32)
-  out = analysis(decode.lower(params, codes).compile())
+  compiled = decode.lower(params, codes).compile()
+  out = analysis(compiled)
   out["images"] = b.vq_images
   if not abstract:
-    out["seconds"] = seconds(lambda: decode(params, codes), b.repeats)
+    out["seconds"] = seconds(lambda: compiled(params, codes), b.repeats)[0]
   return out
 
 
@@ -259,12 +262,13 @@ def bench_reward(graphdef, params, m, b, images, abstract, rng):
   def reward(p, pixels, query):
     return reward_lib.intrinsic_reward(nnx.merge(graphdef, p), pixels, query, "geo_mean_prob")
 
-  out = analysis(reward.lower(params, pixels, query).compile())
+  compiled = reward.lower(params, pixels, query).compile()
+  out = analysis(compiled)
   out["images"], out["length"] = images, query["ids"].shape[1]
   if abstract:
     return out
-  t_reward = seconds(lambda: reward(params, pixels, query), b.repeats)
-  token_logp = np.asarray(reward(params, pixels, query)[1])
+  t_reward, (_, token_logp) = seconds(lambda: compiled(params, pixels, query), b.repeats)
+  token_logp = np.asarray(token_logp)
 
   # One plain decoder pass of the same length (embeddings in, answer logits out).
   answer = slice(query["answer_start"] - 1, query["ids"].shape[1] - 1)
@@ -276,7 +280,7 @@ def bench_reward(graphdef, params, m, b, images, abstract, rng):
                          causal_mask(valid))
     return model.text_head(hidden[:, answer])
 
-  t_forward = seconds(lambda: forward(params, query["ids"], query["valid"]), b.repeats)
+  t_forward, _ = seconds(lambda: forward(params, query["ids"], query["valid"]), b.repeats)
 
   # The reference algorithm: per image, its query embedded once, then one pass
   # per answer token reading that token's log-probability.
@@ -340,7 +344,8 @@ def bench_grpo(config, m, params, abstract, rng):
            "ref_logp": np.full((rows, m.image_tokens), -np.log(m.codebook_size), np.float32)}
   step = rl.make_grpo_step(graphdef, roles, tx, clip_eps=c.clip_eps, beta=c.beta,
                            grad_accum=c.grad_accum)
-  out = analysis(step.lower(state, params, batch).compile())
+  compiled = step.lower(state, params, batch).compile()
+  out = analysis(compiled)
   length = config.bench.prompt_tokens + m.image_tokens - 1
   model_flops = (3 if not c.lora.enabled else 2) * forward_flops(m, rows, length,
                                                                   m.image_tokens)
@@ -357,10 +362,10 @@ def bench_grpo(config, m, params, abstract, rng):
     holder = {"state": state}
 
     def one_step():
-      holder["state"], metrics = step(holder["state"], params, batch)
+      holder["state"], metrics = compiled(holder["state"], params, batch)
       return metrics["loss"]
 
-    out["seconds"] = seconds(one_step, config.bench.repeats)
+    out["seconds"] = seconds(one_step, config.bench.repeats)[0]
   return out
 
 

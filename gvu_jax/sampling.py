@@ -162,6 +162,7 @@ class Sampler:
     self.uncond_ids, self.uncond_valid = (np.asarray(a) for a in uncond_row)
     self._graphdef = graphdef
     self._cache = None
+    self._compiled = {}   # batch shape -> executable compiled ahead of time (compile())
     self._traces = 0
 
     def run(params, ids, valid, key, cache):
@@ -185,14 +186,18 @@ class Sampler:
     shape = (ids.shape[0], ids.shape[1])
     if self._cache is None or self._cache_shape != shape:
       self._cache, self._cache_shape = self._new_cache(params, *shape), shape
-    samples, self._cache = self._run(params, ids, valid, key, self._cache)
+    run = self._compiled.get(shape, self._run)
+    samples, self._cache = run(params, ids, valid, key, self._cache)
     return samples
 
-  def lower(self, params, ids, valid, key):
-    """The jitted sampler lowered for these (possibly abstract) arguments, for AOT
-    compilation and its cost and memory analysis."""
+  def compile(self, params, ids, valid, key):
+    """Compiles ahead of time for this batch shape (arguments may be abstract) and
+    returns the executable, for its cost and memory analysis; later calls of this
+    shape run it instead of compiling again."""
     cache = jax.eval_shape(lambda p: self._new_cache(p, *ids.shape), params)
-    return self._run.lower(params, ids, valid, key, cache)
+    compiled = self._run.lower(params, ids, valid, key, cache).compile()
+    self._compiled[tuple(ids.shape)] = compiled
+    return compiled
 
   def compilations(self):
     """How many times the sampler has been traced and compiled (one per batch shape)."""
