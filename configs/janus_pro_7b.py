@@ -24,6 +24,8 @@ GenEval-style prompts). There is no judge for real images yet, so `mode` is gvu.
 
 import ml_collections
 
+from gvu_jax import sharding
+
 MODEL = "janus_pro_7b"
 
 
@@ -41,6 +43,11 @@ def get_config(arg=None, model=MODEL):
   # (gvu_jax/models/attention.py); xla | dot_product | cudnn | splash to force one.
   c.model_options = dict(dtype="bfloat16", remat=True, max_prompt_tokens=64, attention="auto")
   c.data = dict(prompts="world")
+  # Devices (gvu_jax/sharding.py; docs/scaling.md for each machine): FSDP over all of
+  # them shards the weights and optimizer state and splits the rows. prompts_per_step
+  # must divide by data x fsdp; past that, add tensor parallelism (--config.mesh.tensor).
+  c.mesh = sharding.mesh_config()
+  c.mesh.update(data=1, fsdp=-1)
 
   c.gvu = dict(steps=1000, prompts_per_step=16, group_size=2, mu=1, grad_accum=1,
                lr=1e-6, warmup_steps=0, schedule="constant", weight_decay=0.0,

@@ -9,6 +9,7 @@ GvU (GRPO on the model's own understanding likelihood) -> eval.
 
 import ml_collections
 
+from gvu_jax import sharding
 from gvu_jax.models import presets
 
 
@@ -21,6 +22,8 @@ def get_config(arg=None):
   c.mode = "all"                 # pretrain | eval | gvu | all
   c.seed = 0
   c.model = presets.synthetic("tiny")
+  # Devices: --config.mesh.data/fsdp/tensor (-1 = the rest); see gvu_jax/sharding.py.
+  c.mesh = sharding.mesh_config()
   # Prompt splits: held-out (eval only), GvU (text only, never paired with an image)
   # and the rest, paired with renders for pretraining.
   c.data = dict(split_seed=0, heldout_fraction=0.2, gvu_fraction=0.3)

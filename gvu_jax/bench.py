@@ -45,7 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from gvu_jax import lora, rl
+from gvu_jax import lora, rl, sharding
 from gvu_jax import reward as reward_lib
 from gvu_jax.errors import InputError
 from gvu_jax.models import attention as attention_lib
@@ -155,14 +155,9 @@ def seconds(fn, repeats):
 
 
 def analysis(compiled):
-  """-> {"peak_bytes", "hlo_tflop"} of a compiled function (None where unknown).
-  peak = arguments + outputs + temporaries - donated (aliased) buffers: what the
-  device holds while the function runs."""
-  out = {"peak_bytes": None, "hlo_tflop": None}
-  memory = compiled.memory_analysis()
-  if memory is not None:
-    out["peak_bytes"] = int(memory.argument_size_in_bytes + memory.output_size_in_bytes
-                            + memory.temp_size_in_bytes - memory.alias_size_in_bytes)
+  """-> {"peak_bytes" (sharding.peak_bytes), "hlo_tflop"} of a compiled function
+  (None where unknown)."""
+  out = {"peak_bytes": sharding.peak_bytes(compiled), "hlo_tflop": None}
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   if cost and cost.get("flops"):

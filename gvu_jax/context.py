@@ -14,7 +14,7 @@ import dataclasses
 import os
 from typing import NamedTuple
 
-from gvu_jax import janus_text, reward, text
+from gvu_jax import janus_text, reward, sharding, text
 from gvu_jax.data import world
 from gvu_jax.errors import InputError
 from gvu_jax.models import build, presets
@@ -54,6 +54,7 @@ class Context:
   heldout_specs: list         # evaluation only
   image_tokenizer: object
   reward_weights: object      # per-token-id weights for the `weighted` reward
+  layout: sharding.Layout     # the device mesh and where each array lives on it
 
   @classmethod
   def create(cls, config, workdir):
@@ -98,12 +99,13 @@ class Context:
                templates=templates, pretrain_specs=pretrain, gvu_specs=gvu,
                heldout_specs=heldout, image_tokenizer=build.image_tokenizer(m),
                reward_weights=reward.token_weight_table(
-                   tokenizer, dict(config.reward.token_weights), m.lm.vocab_size))
+                   tokenizer, dict(config.reward.token_weights), m.lm.vocab_size),
+               layout=sharding.Layout.from_config(config))
 
   def load_base(self):
     """The converted checkpoint -> (graphdef, params) of the base model."""
     from gvu_jax import convert
-    _, params = convert.load(self.config.checkpoint, like_model=self.model)
+    _, params = convert.load(self.config.checkpoint, like_model=self.model, layout=self.layout)
     graphdef, _ = build.abstract(self.model)
     return graphdef, params
 

@@ -514,11 +514,12 @@ def read_converted_config(path):
   return ml_collections.ConfigDict(json.loads((path / CONFIG_FILE).read_text()))
 
 
-def load(path, dtype=None, like_model=None, param_dtype=None):
+def load(path, dtype=None, like_model=None, param_dtype=None, layout=None):
   """A finished conversion -> (model config, parameters in the stored dtype, or
   `param_dtype`: Orbax casts while restoring). `dtype` sets the config's compute
   dtype; `like_model` is a model block to use instead of the stored one (same
-  weights, other run-time options)."""
+  weights, other run-time options); with a sharding.Layout each device reads
+  only its shards."""
   from gvu_jax.models import build
   m = read_converted_config(path) if like_model is None else like_model
   if dtype:
@@ -526,7 +527,9 @@ def load(path, dtype=None, like_model=None, param_dtype=None):
   path = epath.Path(path)
   stored = DTYPES[json.loads((path / DONE_FILE).read_text())["dtype"]]
   _, like = build.abstract(m)
-  like = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, param_dtype or stored), like)
+  shardings = layout.for_params(like) if layout else jax.tree.map(lambda _: None, like)
+  like = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, param_dtype or stored,
+                                                          sharding=sh), like, shardings)
   return m, load_params(path / "params", like)
 
 

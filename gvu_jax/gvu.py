@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from gvu_jax import checkpoint, lora, metrics, rl
+from gvu_jax import checkpoint, lora, metrics, rl, sharding
 from gvu_jax import reward as reward_lib
 from gvu_jax.data import batches
 from gvu_jax.errors import InputError, NonFiniteError
@@ -58,6 +58,7 @@ def _setup(ctx, base_params):
   tx = rl.make_optimizer(c, total_steps=c.steps)
   state = {"trainable": trainable, "opt_state": tx.init(trainable), "step": jnp.int32(0),
            "rng": jax.random.key_data(jax.random.key(config.seed))}
+  state, frozen = ctx.layout.put_params(state), ctx.layout.put_params(frozen)
   store = checkpoint.CheckpointStore(ctx.path("gvu", "checkpoints"), c.keep)
   return graphdef, roles, tx, state, frozen, store
 
@@ -95,6 +96,32 @@ def make_reward_fn(ctx, graphdef, roles):
   return jax.jit(reward_fn)
 
 
+def compile_ahead(ctx, sampler, grpo_step, state, frozen, roles):
+  """Compiles the rollout and the update for this run's shapes and mesh before the
+  first step and prints what each holds per device, so a batch that does not fit
+  fails in seconds, not after the first rollout. Returns the compiled update."""
+  c, layout = ctx.config.gvu, ctx.layout
+  rows, tokens = c.prompts_per_step * c.group_size, ctx.model.image_tokens
+  ids, valid = layout.put_batch(
+      ctx.templates.generation([ctx.gvu_specs[0].text] * c.prompts_per_step))
+  rollout = sampler.compile(roles.policy(state["trainable"], frozen), ids, valid,
+                            jax.random.key(0))
+  shapes = {"prompt_ids": ((rows, ids.shape[1]), jnp.int32),
+            "prompt_valid": ((rows, ids.shape[1]), jnp.bool_),
+            "codes": ((rows, tokens), jnp.int32), "advantages": ((rows,), jnp.float32),
+            "ref_logp": ((rows, tokens), jnp.float32)}
+  if c.mu > 1:
+    shapes["old_logp"] = shapes["ref_logp"]
+  batch = {k: jax.ShapeDtypeStruct(shape, dtype, sharding=layout.sharding(("batch",), shape))
+           for k, (shape, dtype) in shapes.items()}
+  update = grpo_step.lower(state, frozen, batch).compile()
+  if metrics.is_main_host():
+    mib = lambda compiled: f"{(sharding.peak_bytes(compiled) or 0) / 2**20:.1f} MiB"
+    print(f"gvu: mesh {layout.describe()}; per device: rollout {mib(rollout)}, "
+          f"update {mib(update)}")
+  return update
+
+
 def _timed(fn, *args):
   tic = time.perf_counter()
   out = jax.block_until_ready(fn(*args))
@@ -111,15 +138,16 @@ def run(ctx, base_params):
     print(f"gvu: resuming from step {latest}" if latest < c.steps else
           f"gvu: found a finished run at step {latest}; skipping")
 
-  g, n = c.group_size, c.prompts_per_step
+  g, n, layout = c.group_size, c.prompts_per_step, ctx.layout
+  layout.check_batch("gvu.prompts_per_step", n)
   sampler = Sampler(graphdef, SamplingConfig(**c.sampling), num_tokens=ctx.model.image_tokens,
-                    uncond_row=ctx.templates.unconditional(1), group_size=g)
+                    uncond_row=ctx.templates.unconditional(1), group_size=g, layout=layout)
   decode = jax.jit(lambda params, codes: ctx.image_tokenizer.decode(
       codes, nnx.merge(graphdef, params)))
   reward_fn = make_reward_fn(ctx, graphdef, roles)
   logp_fn = rl.make_logp_fn(graphdef, roles, with_policy=c.mu > 1)
   grpo_step = rl.make_grpo_step(graphdef, roles, tx, clip_eps=c.clip_eps, beta=c.beta,
-                                grad_accum=c.grad_accum)
+                                grad_accum=c.grad_accum, layout=layout, state=state)
   shuffle = jax.jit(rl.shuffle_within_groups, static_argnums=1)
   advantages = jax.jit(functools.partial(rl.group_advantages, group_size=g,
                                          scale_by_std=c.scale_advantages_by_std))
@@ -127,29 +155,36 @@ def run(ctx, base_params):
   base_key = jax.random.wrap_key_data(np.asarray(state["rng"]))   # state is donated
 
   start = int(state["step"]) // c.mu
+  if start < c.steps:
+    grpo_step = compile_ahead(ctx, sampler, grpo_step, state, frozen, roles)
   bar = metrics.progress(c.steps, "gvu", initial=start)
   nonfinite_in_a_row = 0
   for step in range(start, c.steps):
     specs = batches.prompt_batch(ctx.gvu_specs, n, batches.rng_for(config.seed, "gvu", step))
     texts = [s.text for s in specs]
     rows = [t for t in texts for _ in range(g)]
-    ids, valid = ctx.templates.generation(texts)
-    key = jax.random.fold_in(jax.random.fold_in(base_key, step), jax.process_index())
+    prompt = ctx.templates.generation(texts)
+    ids, valid = layout.put_batch(prompt)
+    # One key for the global batch, the same on every host (a jitted function's
+    # arguments must be); rows draw distinct numbers by their place in it.
+    key = jax.random.fold_in(jax.random.fold_in(base_key, step), 0)   # stream 0: rollout
     policy = roles.policy(state["trainable"], frozen)
 
     samples, t_rollout = _timed(sampler, policy, ids, valid, key)
     pixels, t_decode = _timed(decode, policy, samples.codes)
     query = {k: np.repeat(v, g, 0) if isinstance(v, np.ndarray) else v   # encode once per prompt
              for k, v in ctx.templates.understanding(texts).arrays().items()}
+    answer_mask, query = query["answer_mask"], layout.put_batch(query)
     (rewards, token_logp), t_reward = _timed(reward_fn, state["trainable"], frozen, pixels, query)
     used = rewards
     if config.reward.kind == "shuffled":
       used = shuffle(rewards, g, jax.random.fold_in(key, 1))
 
     tic = time.perf_counter()
-    batch = {"prompt_ids": np.repeat(ids, g, 0), "prompt_valid": np.repeat(valid, g, 0),
-             "codes": samples.codes, "advantages": advantages(used)}
-    batch.update(logp_fn(state["trainable"], frozen, batch))
+    batch = layout.put_batch({"prompt_ids": np.repeat(prompt[0], g, 0),
+                              "prompt_valid": np.repeat(prompt[1], g, 0),
+                              "codes": samples.codes, "advantages": advantages(used)})
+    batch = layout.put_batch(dict(batch, **logp_fn(state["trainable"], frozen, batch)))
     for _ in range(c.mu):
       state, m = grpo_step(state, frozen, batch)
     m = metrics.to_python(jax.block_until_ready(m))
@@ -159,22 +194,24 @@ def run(ctx, base_params):
     done = step + 1
     bar.update(1)
     if done % c.log_every == 0 or done == c.steps or m["skipped"]:
-      mask = query["answer_mask"]
-      token_lp = np.asarray(token_logp)[mask]
+      rewards = sharding.to_host(rewards)
+      token_lp = sharding.to_host(token_logp)[answer_mask]
       total = t_rollout + t_decode + t_reward + t_update
       m.update(reward_mean=float(np.mean(rewards)), reward_std=float(np.std(rewards)),
-               reward_group_std=float(np.asarray(rewards).reshape(-1, g).std(1).mean()),
+               reward_group_std=float(rewards.reshape(-1, g).std(1).mean()),
                token_logp_mean=float(token_lp.mean()), token_logp_min=float(token_lp.min()),
-               sampled_logp_mean=float(np.mean(samples.logp_sampled)),
+               sampled_logp_mean=float(np.mean(sharding.to_host(samples.logp_sampled))),
                time_rollout=t_rollout, time_decode=t_decode, time_reward=t_reward,
                time_update=t_update, images_per_s=n * g / total)
       writer.write(done, m)
       bar.set_postfix(reward=f"{m['reward_mean']:.3f}", kl=f"{m['kl']:.4f}",
                       img_s=f"{m['images_per_s']:.0f}")
     if c.grid_every and done % c.grid_every == 0:
-      captions = [f"{t} r={float(r):.2f}" for t, r in zip(rows, np.asarray(rewards))]
-      grid.save_grid(ctx.path("gvu", "grids", f"step_{done:06d}.png"),
-                     np.asarray(to_uint8(pixels))[:32], ncols=8, captions=captions[:32])
+      captions = [f"{t} r={float(r):.2f}" for t, r in zip(rows, sharding.to_host(rewards))]
+      images = sharding.to_host(to_uint8(pixels))[:32]   # on every host: the gather is collective
+      if metrics.is_main_host():
+        grid.save_grid(ctx.path("gvu", "grids", f"step_{done:06d}.png"), images, ncols=8,
+                       captions=captions[:32])
     if nonfinite_in_a_row >= c.max_nonfinite_steps:
       bar.close()
       store.close()

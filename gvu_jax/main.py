@@ -17,7 +17,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from gvu_jax import context, gvu, pretrain, report
+from gvu_jax import context, gvu, pretrain, report, sharding
 from gvu_jax.errors import InputError, NonFiniteError
 from gvu_jax.evaluation import evaluate
 
@@ -113,6 +113,7 @@ def main(argv):
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)   # Orbax logs every save at INFO
   try:
+    sharding.initialize_distributed()   # several hosts: before anything touches a device
     run(load_config(), _WORKDIR.value)
   except (InputError, NonFiniteError) as e:   # one line, no traceback
     print(f"error: {e}", file=sys.stderr)

@@ -16,8 +16,9 @@ from gvu_jax.models.janus import image_logits
 from gvu_jax.reward import answer_token_logprobs
 
 
-def make_train_step(graphdef, image_tokenizer, tx, answer_start):
-  """Pure (state, batch) -> (state, metrics), jit-compiled, state donated."""
+def make_train_step(graphdef, image_tokenizer, tx, answer_start, layout=None, state=None):
+  """Pure (state, batch) -> (state, metrics), jit-compiled, state donated (and kept
+  in its shardings, given a sharding.Layout)."""
 
   def loss_fn(params, batch):
     model = nnx.merge(graphdef, params)
@@ -37,7 +38,7 @@ def make_train_step(graphdef, image_tokenizer, tx, answer_start):
     return ({"params": params, "opt_state": opt_state, "step": state["step"] + 1},
             dict(aux, loss=loss, grad_norm=optax.tree.norm(grads)))
 
-  return jax.jit(step, donate_argnums=0)
+  return jax.jit(step, donate_argnums=0, out_shardings=rl.state_out_shardings(layout, state))
 
 
 def _setup(ctx):
@@ -45,7 +46,8 @@ def _setup(ctx):
   checkpoint.check_model_config(ctx.path("pretrain"), build.signature(ctx.model))
   graphdef, params = build.create(ctx.model, config.seed)
   tx = rl.make_optimizer(c, total_steps=c.steps)
-  state = {"params": params, "opt_state": tx.init(params), "step": jnp.int32(0)}
+  state = ctx.layout.put_params(
+      {"params": params, "opt_state": tx.init(params), "step": jnp.int32(0)})
   store = checkpoint.CheckpointStore(ctx.path("pretrain", "checkpoints"), c.keep)
   return graphdef, tx, state, store
 
@@ -80,14 +82,16 @@ def run(ctx):
     print(f"pretrain: resuming from step {latest}")
 
   answer_start = ctx.templates.understanding(["a photo of a circle"]).answer_start
-  train_step = make_train_step(graphdef, ctx.image_tokenizer, tx, answer_start)
+  ctx.layout.check_batch("pretrain.batch_size", c.batch_size)
+  train_step = make_train_step(graphdef, ctx.image_tokenizer, tx, answer_start,
+                               layout=ctx.layout, state=state)
   writer = metrics.MetricsWriter(ctx.path("pretrain", "metrics.jsonl"))
   start = int(state["step"])
   bar = metrics.progress(c.steps, "pretrain", initial=start)
   tic, seen = time.perf_counter(), 0
-  make_batch = lambda step: batches.supervised_batch(
+  make_batch = lambda step: ctx.layout.put_batch(batches.supervised_batch(
       ctx.templates, ctx.pretrain_specs, c.batch_size,
-      batches.rng_for(config.seed, "pretrain", step), c.cond_dropout)
+      batches.rng_for(config.seed, "pretrain", step), c.cond_dropout))
   for step, batch in zip(range(start, c.steps),
                          batches.prefetch(make_batch, range(start, c.steps))):
     state, m = train_step(state, batch)

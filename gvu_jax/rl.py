@@ -78,9 +78,10 @@ def make_optimizer(c, total_steps):
                      optax.adamw(schedule, b1=0.9, b2=0.95, weight_decay=c.weight_decay))
 
 
-def make_grpo_step(graphdef, roles, tx, *, clip_eps, beta, grad_accum):
+def make_grpo_step(graphdef, roles, tx, *, clip_eps, beta, grad_accum, layout=None, state=None):
   """Returns step(state, frozen, batch) -> (state, metrics), pure and jit-compiled
-  with the state donated. `batch` holds prompt_ids, prompt_valid, codes,
+  with the state donated (and, given a sharding.Layout and the state, kept in the
+  layout's shardings). `batch` holds prompt_ids, prompt_valid, codes,
   advantages, ref_logp and old_logp (or no old_logp: mu=1 is exactly on-policy,
   so the old policy is the current one held constant)."""
 
@@ -118,7 +119,15 @@ def make_grpo_step(graphdef, roles, tx, *, clip_eps, beta, grad_accum):
     return dict(state, trainable=keep(trainable, state["trainable"]),
                 opt_state=keep(opt_state, state["opt_state"]), step=state["step"] + 1), metrics
 
-  return jax.jit(step, donate_argnums=0)
+  return jax.jit(step, donate_argnums=0, out_shardings=state_out_shardings(layout, state))
+
+
+def state_out_shardings(layout, state):
+  """out_shardings of a (state, metrics) step: the state where it already lives,
+  metrics replicated; None (the compiler's choice) without a layout."""
+  if layout is None:
+    return None
+  return layout.for_params(state), layout.replicated
 
 
 def make_logp_fn(graphdef, roles, with_policy):

@@ -22,6 +22,7 @@ from flax import nnx
 
 from gvu_jax.errors import InputError
 from gvu_jax.models.janus import causal_mask, positions_from_valid
+from gvu_jax.models.llama import CACHE_AXES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,8 +158,10 @@ class Sampler:
   <begin_of_image>) and returns G samples per prompt.
   """
 
-  def __init__(self, graphdef, cfg: SamplingConfig, *, num_tokens, uncond_row, group_size=1):
+  def __init__(self, graphdef, cfg: SamplingConfig, *, num_tokens, uncond_row, group_size=1,
+               layout=None):
     self.cfg, self.num_tokens, self.group_size = cfg, num_tokens, group_size
+    self.layout = layout   # sharding.Layout: the KV cache's rows and heads over the mesh
     self.uncond_ids, self.uncond_valid = (np.asarray(a) for a in uncond_row)
     self._graphdef = graphdef
     self._cache = None
@@ -177,10 +180,18 @@ class Sampler:
 
     self._run = jax.jit(run, donate_argnums=4)
 
-  def _new_cache(self, params, batch, prompt_len):
-    model = nnx.merge(self._graphdef, params)
+  def _new_cache(self, params, batch, prompt_len, abstract=False):
     rows = batch * self.group_size * (2 if self.cfg.guided else 1)
-    return model.lm.init_cache(rows, prompt_len + self.num_tokens - 1)
+    make = lambda p: nnx.merge(self._graphdef, p).lm.init_cache(
+        rows, prompt_len + self.num_tokens - 1)
+    shapes = jax.eval_shape(make, params)
+    shardings = None
+    if self.layout is not None:
+      shardings = jax.tree.map(lambda x: self.layout.sharding(CACHE_AXES, x.shape), shapes)
+    if abstract:
+      return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                          shapes, shardings or jax.tree.map(lambda _: None, shapes))
+    return jax.jit(make, out_shardings=shardings)(params)
 
   def __call__(self, params, ids, valid, key) -> Samples:
     shape = (ids.shape[0], ids.shape[1])
@@ -194,7 +205,7 @@ class Sampler:
     """Compiles ahead of time for this batch shape (arguments may be abstract) and
     returns the executable, for its cost and memory analysis; later calls of this
     shape run it instead of compiling again."""
-    cache = jax.eval_shape(lambda p: self._new_cache(p, *ids.shape), params)
+    cache = self._new_cache(params, *ids.shape, abstract=True)
     compiled = self._run.lower(params, ids, valid, key, cache).compile()
     self._compiled[tuple(ids.shape)] = compiled
     return compiled

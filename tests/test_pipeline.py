@@ -14,17 +14,7 @@ import pytest
 
 from gvu_jax import checkpoint
 from gvu_jax.data import world
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MINI = "--config=configs/synthetic.py:mini"
-
-
-def run_main(workdir, *args, check=True):
-  proc = subprocess.run([sys.executable, "-m", "gvu_jax.main", MINI, f"--workdir={workdir}",
-                         *args], cwd=REPO, capture_output=True, text=True)
-  if check and proc.returncode != 0:
-    raise AssertionError(f"main failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-  return proc
+from helpers_run import REPO, run_main
 
 
 def read_jsonl(path):
@@ -41,13 +31,6 @@ def snapshot(directory):
       with open(path, "rb") as f:
         out[os.path.relpath(path, directory)] = f.read()
   return out
-
-
-@pytest.fixture(scope="module")
-def full_run(tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp("mini"))
-  proc = run_main(workdir)
-  return workdir, proc
 
 
 def test_report_contract(full_run):

@@ -12,10 +12,12 @@ import jax
 import numpy as np
 from flax import nnx
 
+from gvu_jax import metrics
 from gvu_jax import reward as reward_lib
 from gvu_jax.data import batches, world
 from gvu_jax.evaluation import grid, judge
 from gvu_jax.sampling import Sampler, SamplingConfig
+from gvu_jax.sharding import to_host
 
 
 def padded_chunks(n, size):
@@ -57,16 +59,17 @@ def generation(ctx, graphdef, params, scorer, prompts=None):
   specs = balanced_prompts(prompts or ctx.heldout_specs, c.images_per_category)
   sampler = Sampler(graphdef, SamplingConfig(**c.sampling),
                     num_tokens=ctx.model.image_tokens,
-                    uncond_row=ctx.templates.unconditional(1))
+                    uncond_row=ctx.templates.unconditional(1), layout=ctx.layout)
+  put = ctx.layout.put_batch
   key = jax.random.key(ctx.config.seed)
   codes, rewards = [], []
   for i, (idx, real) in enumerate(padded_chunks(len(specs), c.batch_size)):
     texts = [specs[j].text for j in idx]
-    ids, valid = ctx.templates.generation(texts)
+    ids, valid = put(ctx.templates.generation(texts))
     out = sampler(params, ids, valid, jax.random.fold_in(key, i))
-    _, r = scorer(params, out.codes, ctx.templates.understanding(texts).arrays())
-    codes.append(np.asarray(out.codes)[:real])
-    rewards.append(np.asarray(r)[:real])
+    _, r = scorer(params, out.codes, put(ctx.templates.understanding(texts).arrays()))
+    codes.append(to_host(out.codes)[:real])
+    rewards.append(to_host(r)[:real])
   images = world.codes_to_image(np.concatenate(codes))
   correct = judge.judge_batch(images, specs)
   return images, specs, correct, float(np.concatenate(rewards).mean())
@@ -87,8 +90,8 @@ def understanding(ctx, params, scorer):
   scores = np.zeros(len(candidates))
   for idx, real in padded_chunks(len(candidates), c.batch_size):
     query = ctx.templates.understanding([candidates[j] for j in idx]).arrays()
-    total, _ = scorer(params, codes[idx], query)
-    scores[idx[:real]] = np.asarray(total)[:real]
+    total, _ = scorer(params, *ctx.layout.put_batch((codes[idx], query)))
+    scores[idx[:real]] = to_host(total)[:real]
   owner = np.asarray(owner)
   correct = [bool(scores[owner == i][0] > scores[owner == i][1:].max())
              for i in range(len(specs))]
@@ -96,14 +99,17 @@ def understanding(ctx, params, scorer):
 
 
 def run(ctx, graphdef, params, stage):
+  ctx.layout.check_batch("eval.batch_size", ctx.config.eval.batch_size)
   scorer = make_scorer(ctx, graphdef)
   images, row_specs, gen_correct, mean_reward = generation(ctx, graphdef, params, scorer)
   und_correct, und_specs = understanding(ctx, params, scorer)
   # The grid: the first few images of every category, one category per row.
   per_row, ipc = 8, ctx.config.eval.images_per_category
   shown = [k * ipc + j for k in range(len(row_specs) // ipc) for j in range(min(per_row, ipc))]
-  grid.save_grid(ctx.path("grids", f"{stage}.png"), images[shown], ncols=min(per_row, ipc),
-                 captions=[row_specs[i].text for i in shown], marks=[gen_correct[i] for i in shown])
+  if metrics.is_main_host():
+    grid.save_grid(ctx.path("grids", f"{stage}.png"), images[shown], ncols=min(per_row, ipc),
+                   captions=[row_specs[i].text for i in shown],
+                   marks=[gen_correct[i] for i in shown])
   out = {"generation": judge.category_accuracy(list(gen_correct), row_specs),
          "understanding": judge.category_accuracy(und_correct, und_specs),
          "intrinsic_reward": mean_reward}

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from gvu_jax import sharding
 from gvu_jax.models import attention as attention_lib
 from gvu_jax.models.layers import Dense
 
@@ -156,14 +157,17 @@ class Decoder(nnx.Module):
   def __call__(self, x, positions, mask, cache=None, write_index=None):
     """x: input embeddings [B, T, hidden]. Returns final-normed hidden states
     and the updated cache (a list with one {"k", "v"} per layer, or None)."""
+    rows = lambda x: sharding.constrain(x, ("batch", "length", "act_embed"))
+    x = rows(x)
     if cache is None:   # a full pass (training, reward): optionally rematerialized
       for layer in self.layers:
-        x = _remat_layer(layer, x, positions, mask) if self.cfg.remat else \
-            layer(x, positions, mask)[0]
+        x = rows(_remat_layer(layer, x, positions, mask) if self.cfg.remat else
+                 layer(x, positions, mask)[0])
       return self.final_norm(x), None
     new_cache = []      # sampling: no backward pass, nothing to rematerialize
     for layer, layer_cache in zip(self.layers, cache):
       x, c = layer(x, positions, mask, layer_cache, write_index)
+      x = rows(x)
       new_cache.append(c)
     return self.final_norm(x), new_cache
 
@@ -173,3 +177,6 @@ class Decoder(nnx.Module):
     dtype = dtype or jnp.dtype(cfg.dtype)
     return [{"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
             for _ in range(cfg.layers)]
+
+
+CACHE_AXES = ("batch", "kv_heads", "length", "head_dim")   # logical axes of init_cache arrays

@@ -1,0 +1,277 @@
+"""Where every array lives: the device mesh, logical axis names and the rules
+that map them onto the mesh (the MaxText / big_vision scheme).
+
+Mesh axes (`config.mesh`, -1 = the devices left over):
+  data    batch rows; weights replicated.
+  fsdp    batch rows too, and weights (plus optimizer state) split along their
+          `embed` axis and gathered layer by layer when used (ZeRO-3).
+  tensor  weights split along heads / mlp / vocab (Megatron); activations too.
+
+Every weight has logical axis names (PARAM_AXES, matched on the end of its path
+in the parameter dict, so optimizer moments and LoRA adapters follow their
+weight); `config.mesh.rules` maps names to mesh axes. A dimension the mesh axes
+do not divide stays whole (replicated) rather than failing.
+
+Activations are constrained at the decoder's layer boundaries (`constrain`),
+inside `with layout.active():`, to rows over (data, fsdp).
+"""
+
+import contextlib
+import dataclasses
+import math
+import os
+import re
+
+import jax
+import ml_collections
+import numpy as np
+from jax.experimental import mesh_utils, multihost_utils
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from gvu_jax.errors import InputError
+
+MESH_AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")
+
+# logical axis -> mesh axis (or axes). Names not listed stay replicated.
+DEFAULT_RULES = (
+    ("batch", ("data", "fsdp")),
+    ("embed", "fsdp"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("mlp", "tensor"),
+    ("vocab", "tensor"),
+)
+
+# Logical axes of every weight, by the end of its path (first match wins).
+# Biases take their kernel's output axis, LoRA A its input axis and LoRA B its
+# output axis (see `param_axes`). None: replicated whatever its rank (the VQ
+# convolutions, a few MB, are read whole by every device).
+PARAM_AXES = (
+    (r"lm/embed/embedding", ("vocab", "embed")),
+    (r"lm/lm_head/kernel", ("embed", "vocab")),
+    (r"attn/q/kernel", ("embed", "heads")),
+    (r"attn/(k|v)/kernel", ("embed", "kv_heads")),
+    (r"attn/o/kernel", ("heads", "embed")),
+    (r"mlp/(gate|up)/kernel", ("embed", "mlp")),
+    (r"mlp/down/kernel", ("mlp", "embed")),
+    (r"vision/blocks/\d+/qkv/kernel", ("embed", "heads")),
+    (r"vision/blocks/\d+/proj/kernel", ("heads", "embed")),
+    (r"vision/blocks/\d+/fc1/kernel", ("embed", "mlp")),
+    (r"vision/blocks/\d+/fc2/kernel", ("mlp", "embed")),
+    (r"vision/patch_embed/kernel", ("patch", "embed")),
+    (r"vision/pos_embed", ("position", "embed")),
+    (r"(aligner|gen_aligner|gen_head)/fc1/kernel", ("embed", "mlp")),
+    (r"(aligner|gen_aligner)/fc2/kernel", ("mlp", "embed")),
+    (r"gen_head/fc2/kernel", ("mlp", "vocab")),
+    (r"gen_embed/embedding", ("vocab", "code")),
+    (r"\w*norm\w*/(scale|bias)", ("norm",)),
+    (r"vq/.*", None),
+)
+_DERIVED = re.compile(r"(.*)/(bias|lora_a|lora_b)$")
+
+
+def mesh_config():
+  """The `mesh` block every recipe carries."""
+  return ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, rules=DEFAULT_RULES))
+
+
+def initialize_distributed(environ=None):
+  """jax.distributed.initialize() when this process is one of several (a TPU pod
+  slice, SLURM/Open MPI, or JAX_COORDINATOR_ADDRESS set by hand); a no-op on one
+  host. Must run before anything touches a device. Returns whether it did."""
+  env = os.environ if environ is None else environ
+  several = lambda key: int(env.get(key, "1") or "1") > 1
+  multi = (len([h for h in env.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]) > 1
+           or bool(env.get("JAX_COORDINATOR_ADDRESS")) or several("SLURM_NTASKS")
+           or several("OMPI_COMM_WORLD_SIZE"))
+  if multi and environ is None:
+    jax.distributed.initialize()
+  return multi
+
+
+def mesh_shape(mesh_cfg, device_count):
+  """{"data": n, ...} from the config, with -1 standing for the rest."""
+  sizes = {}
+  for axis in MESH_AXES:
+    value = mesh_cfg[axis]
+    if not isinstance(value, int) or (value < 1 and value != -1):
+      raise InputError(f"mesh.{axis}={value!r}: expected a positive integer or -1 (the rest)")
+    sizes[axis] = value
+  free = [a for a in MESH_AXES if sizes[a] == -1]
+  if len(free) > 1:
+    raise InputError(f"mesh: only one axis may be -1, got {', '.join('mesh.' + a for a in free)}")
+  fixed = math.prod(v for v in sizes.values() if v != -1)
+  if free:
+    if device_count % fixed:
+      raise InputError(f"mesh: {device_count} devices cannot be split into "
+                       f"{_shape_text(sizes)} (the fixed axes need a multiple of {fixed})")
+    sizes[free[0]] = device_count // fixed
+  if math.prod(sizes.values()) != device_count:
+    raise InputError(f"mesh: {_shape_text(sizes)} needs {math.prod(sizes.values())} devices, "
+                     f"this run has {device_count}")
+  return sizes
+
+
+def _shape_text(sizes):
+  return " ".join(f"{a}={v}" for a, v in sizes.items())
+
+
+def make_mesh(mesh_cfg, devices=None):
+  devices = list(jax.devices() if devices is None else devices)
+  shape = tuple(mesh_shape(mesh_cfg, len(devices)).values())
+  try:   # topology-aware order on TPU; plain order elsewhere
+    array = mesh_utils.create_device_mesh(shape, devices)
+  except Exception:  # noqa: BLE001 - CPU and GPU have no physical topology to respect
+    array = np.asarray(devices).reshape(shape)
+  return jax.sharding.Mesh(array, MESH_AXES,
+                           axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))
+
+
+def path_text(path):
+  return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))))
+                  for k in path)
+
+
+def param_axes(path, ndim):
+  """Logical axis names of the weight at `path` ("lm/layers/0/attn/q/kernel");
+  None for one with no entry (a scalar, a PRNG key, an unknown leaf)."""
+  derived = _DERIVED.match(path)
+  if derived:
+    base = param_axes(derived.group(1) + "/kernel", 2)
+    if base is None:
+      return param_axes_direct(path, ndim)
+    kind = derived.group(2)
+    return {"bias": base[-1:], "lora_a": (base[0], None), "lora_b": (None, base[-1])}[kind]
+  return param_axes_direct(path, ndim)
+
+
+def param_axes_direct(path, ndim):
+  for pattern, axes in PARAM_AXES:
+    if re.search(rf"(^|/){pattern}$", path):
+      return (None,) * ndim if axes is None else axes
+  return None
+
+
+def unnamed_params(params):
+  """Paths of weights PARAM_AXES does not name (should be none)."""
+  return [path_text(p) for p, x in jax.tree_util.tree_leaves_with_path(params)
+          if param_axes(path_text(p), np.ndim(x)) is None]
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+  """A mesh and the rules that place arrays on it."""
+  mesh: jax.sharding.Mesh
+  rules: tuple = DEFAULT_RULES
+
+  @classmethod
+  def from_config(cls, config, devices=None):
+    m = config.mesh
+    return cls(make_mesh(m, devices), tuple((k, v) for k, v in m.rules))
+
+  @property
+  def batch_devices(self):
+    return math.prod(self.mesh.shape[a] for a in BATCH_AXES)
+
+  def describe(self):
+    return _shape_text(dict(self.mesh.shape))
+
+  def spec(self, logical, shape):
+    """PartitionSpec for an array of `shape` with logical axis names `logical`."""
+    rules, used, out = dict(self.rules), set(), []
+    for name, size in zip(logical, shape):
+      target = rules.get(name)
+      axes = (target,) if isinstance(target, str) else tuple(target or ())
+      axes = tuple(a for a in axes if a not in used and self.mesh.shape[a] > 1)
+      if not axes or size % math.prod(self.mesh.shape[a] for a in axes):
+        out.append(None)
+        continue
+      used.update(axes)
+      out.append(axes[0] if len(axes) == 1 else axes)
+    return P(*out)
+
+  def sharding(self, logical, shape):
+    return NamedSharding(self.mesh, self.spec(logical, shape))
+
+  @property
+  def replicated(self):
+    return NamedSharding(self.mesh, P())
+
+  def for_params(self, tree):
+    """Shardings of a tree of weights, optimizer state or training state."""
+    def one(path, x):
+      axes = param_axes(path_text(path), np.ndim(x)) if np.ndim(x) else None
+      return self.replicated if axes is None else self.sharding(axes, np.shape(x))
+    return jax.tree_util.tree_map_with_path(one, tree)
+
+  def for_batch(self, tree):
+    """Rows over (data, fsdp); arrays whose rows the mesh does not divide, and
+    scalars, replicated."""
+    return jax.tree.map(
+        lambda x: self.sharding(("batch",), np.shape(x)) if np.ndim(x) else self.replicated,
+        tree)
+
+  def put_params(self, tree):
+    return jax.device_put(tree, self.for_params(tree))
+
+  def put_batch(self, tree):
+    """Host arrays of a global batch (the same on every host) -> global device
+    arrays: each host transfers only the rows its own devices hold. jax.Arrays
+    (outputs of an earlier step) are resharded on device where needed."""
+    def one(x, sharding):
+      if isinstance(x, jax.Array):
+        return jax.device_put(x, sharding)   # a no-op where it already lives there
+      if not isinstance(x, np.ndarray):      # a Python scalar stays one
+        return x
+      return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+    return jax.tree.map(one, tree, self.for_batch(tree))
+
+  def check_batch(self, key, rows):
+    """`rows` (a config's batch size) must split evenly over the batch devices."""
+    if rows % self.batch_devices:
+      raise InputError(f"{key}={rows}: not divisible by the mesh's batch devices "
+                       f"(data x fsdp = {self.batch_devices}, mesh {self.describe()})")
+
+  @contextlib.contextmanager
+  def active(self):
+    """Activation constraints (`constrain`) apply to functions traced inside."""
+    global _ACTIVE
+    previous, _ACTIVE = _ACTIVE, self
+    try:
+      yield self
+    finally:
+      _ACTIVE = previous
+
+
+_ACTIVE = None
+
+
+def constrain(x, logical):
+  """with_sharding_constraint by logical names, under the active layout (else x)."""
+  layout = _ACTIVE
+  if layout is None or layout.mesh.size == 1:
+    return x
+  return jax.lax.with_sharding_constraint(x, layout.sharding(logical, x.shape))
+
+
+def to_host(x):
+  """A (possibly multi-host) global array -> numpy on every host."""
+  if getattr(x, "is_fully_addressable", True):
+    return np.asarray(x)
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def peak_bytes(compiled):
+  """Bytes one device holds while a compiled function runs: arguments + outputs +
+  temporaries - donated (aliased) buffers; None where XLA does not say."""
+  memory = compiled.memory_analysis()
+  if memory is None:
+    return None
+  return int(memory.argument_size_in_bytes + memory.output_size_in_bytes
+             + memory.temp_size_in_bytes - memory.alias_size_in_bytes)
+
+
+def single_device():
+  """The layout of a run with no mesh config: the first device."""
+  return Layout(jax.sharding.Mesh(np.asarray(jax.devices()[:1]).reshape(1, 1, 1), MESH_AXES))
