@@ -1,0 +1,84 @@
+# shellcheck shell=bash
+# Helpers shared by launch/*.sh. Sourced, never run on its own.
+#
+# Conventions every launcher follows:
+#   - `run CMD ARGS...` is the only way a command with effects is started: with
+#     --dry-run it prints `+ CMD ARGS...` (each word shell-quoted) to stdout and
+#     runs nothing; otherwise it prints the same line to stderr and runs it.
+#   - `die MESSAGE` prints `error: MESSAGE` (one line) to stderr and exits 2.
+
+GVU_LAUNCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+GVU_ROOT=$(cd "$GVU_LAUNCH_DIR/.." && pwd)
+DRY_RUN=0
+
+die() {
+  printf 'error: %s\n' "$*" >&2
+  exit 2
+}
+
+warn() {
+  printf 'warning: %s\n' "$*" >&2
+}
+
+# The words, shell-quoted (printf %q, or single quotes where %q would need
+# backslashes), joined by single spaces: the line can be pasted into a shell.
+quote() {
+  local w q sq="'" out=""
+  for w in "$@"; do
+    printf -v q '%q' "$w"
+    if [[ $w =~ ^[-A-Za-z0-9_./:=,@%+]+$ ]]; then
+      q=$w
+    elif [[ $q != "$w" && $w != *[[:cntrl:]]* ]]; then
+      q="'${w//$sq/$sq\\$sq$sq}'"
+    fi
+    out+="${out:+ }$q"
+  done
+  printf '%s' "$out"
+}
+
+run() {
+  if ((DRY_RUN)); then
+    printf '+ %s\n' "$(quote "$@")"
+  else
+    printf '+ %s\n' "$(quote "$@")" >&2
+    "$@"
+  fi
+}
+
+# need VALUE FLAG ENVVAR: dies unless VALUE is set.
+need() {
+  [[ -n $1 ]] || die "$2 (or $3) is required"
+}
+
+# A source tarball of the working tree (no git metadata, caches or virtualenvs),
+# for hosts that cannot clone the repository.
+SOURCE_TARBALL="${TMPDIR:-/tmp}/gvu_jax_src.tgz"
+make_source_tarball() {
+  run tar -C "$GVU_ROOT" -czf "$SOURCE_TARBALL" \
+    --exclude=.git --exclude=__pycache__ --exclude='*.pyc' --exclude=.pytest_cache \
+    --exclude=.venv --exclude=venv --exclude=gvu_workdir --exclude=tpu_logs .
+}
+
+# The remote shell text that puts the code into DIR: a fresh clone (or a fast-forward
+# of an existing one) when REPO_URL is set, else the uploaded tarball ARCHIVE unpacked.
+# Usage: fetch_code_snippet DIR REPO_URL ARCHIVE
+fetch_code_snippet() {
+  local dir=$1 url=$2 archive=$3 qdir
+  qdir=$(quote "$dir")
+  if [[ -n $url ]]; then
+    printf 'if [ -d %s/.git ]; then git -C %s pull --ff-only; else git clone %s %s; fi' \
+      "$qdir" "$qdir" "$(quote "$url")" "$qdir"
+  else
+    printf 'mkdir -p %s && tar -xzf %s -C %s && rm -f %s' \
+      "$qdir" "$(quote "$archive")" "$qdir" "$(quote "$archive")"
+  fi
+}
+
+# True when any argument sets the device mesh (--config.mesh.X=... or --config.mesh=...).
+has_mesh_flag() {
+  local a
+  for a in "$@"; do
+    case $a in --config.mesh.* | --config.mesh=*) return 0 ;; esac
+  done
+  return 1
+}
