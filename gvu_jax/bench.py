@@ -122,21 +122,29 @@ def forward_flops(m, rows, length, head_tokens):
   return 2 * rows * (linear + attention)
 
 
-def grpo_bytes_model(m, rows, length, trainable, frozen_bytes, flash):
-  """Analytic device bytes of one GRPO step (per micro-batch of `rows`): the frozen
-  weights, the trainable fp32 weights with their gradient and two Adam moments,
-  the saved activations (each layer's input under remat, about 10 tensors of the
-  layer otherwise), one layer's forward+backward working set, its attention scores
-  (none with a flash kernel) and the image-head logits (logits, log-softmax and
-  their gradient in float32)."""
+def grpo_bytes_model(m, rows, length, trainable, frozen_bytes, flash, layout):
+  """Analytic bytes one device holds in one GRPO step (per micro-batch of `rows`):
+  the frozen weights, the trainable fp32 weights with their gradient and two Adam
+  moments (all split over fsdp x tensor), then, split over the batch devices, the
+  saved activations (each layer's input under remat, about 10 tensors of the layer
+  otherwise), one layer's forward+backward working set, its attention scores (none
+  with a flash kernel) and the image-head logits (logits, log-softmax and their
+  gradient in float32)."""
   lm, item = m.lm, jnp.dtype(m.dtype).itemsize
   tokens = rows * length
   per_layer_saved = tokens * lm.hidden * item * (1 if m.remat else 10)
   working = tokens * (3 * lm.intermediate + 6 * lm.hidden) * item * 2
   scores = 0 if flash else 2 * rows * lm.heads * length * length * 4
   logits = 3 * rows * m.image_tokens * m.codebook_size * 4
-  return int(frozen_bytes + 16 * trainable + lm.layers * per_layer_saved + working + scores
-             + logits)
+  weight_shards, row_shards = shards(layout)
+  return int((frozen_bytes + 16 * trainable) / weight_shards
+             + (lm.layers * per_layer_saved + working + scores + logits) / row_shards)
+
+
+def shards(layout):
+  """(ways the weights are split, ways the rows are split) on the layout's mesh."""
+  mesh = layout.mesh.shape
+  return mesh["fsdp"] * mesh["tensor"], layout.batch_devices
 
 
 # --- Measuring ---------------------------------------------------------------------
@@ -199,6 +207,19 @@ def prompts(m, rows, length, rng):
   return ids, np.ones_like(ids, bool), (uncond, uncond_valid)
 
 
+def place(layout, tree, abstract, batch=False):
+  """Arrays of `tree` on the layout's mesh (weights by their logical axes, or rows
+  over the batch axes); with `abstract`, ShapeDtypeStructs carrying the shardings."""
+  shardings = layout.for_batch(tree) if batch else layout.for_params(tree)
+  def one(x, sharding):
+    if not hasattr(x, "dtype"):   # a Python scalar (answer_start) stays one
+      return x
+    if abstract:
+      return jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=sharding)
+    return jax.device_put(x, sharding)
+  return jax.tree.map(one, tree, shardings)
+
+
 def understanding_query(m, images, answer_tokens, rng):
   """A random understanding batch shaped like the Janus template: 8 text tokens,
   the image slots, 8 text tokens, then the answer."""
@@ -214,10 +235,11 @@ def understanding_query(m, images, answer_tokens, rng):
 
 # --- The four measurements ---------------------------------------------------------
 
-def bench_sampler(graphdef, params, m, b, n_prompts, group_size, cfg, abstract, rng):
+def bench_sampler(graphdef, params, m, b, n_prompts, group_size, cfg, abstract, rng, layout):
   ids, valid, uncond = prompts(m, n_prompts, b.prompt_tokens, rng)
+  ids, valid = place(layout, (ids, valid), abstract, batch=True)
   sampler = Sampler(graphdef, cfg, num_tokens=m.image_tokens, uncond_row=uncond,
-                    group_size=group_size)
+                    group_size=group_size, layout=layout)
   out = analysis(sampler.compile(params, ids, valid, jax.random.key(0)))
   rows = n_prompts * group_size
   cache_rows = rows * (2 if cfg.guided else 1)
@@ -229,17 +251,18 @@ def bench_sampler(graphdef, params, m, b, n_prompts, group_size, cfg, abstract, 
   full_cache = kv * (b.prompt_tokens + m.image_tokens - 1) / mean_context
   out.update(prompts=n_prompts, group_size=group_size, cfg_weight=cfg.cfg_weight,
              rows=cache_rows, bytes_per_step=float(weights + kv),
-             model_bytes=int(nbytes(params) + full_cache))
+             model_bytes=int(nbytes(params) / shards(layout)[0] + full_cache / shards(layout)[1]))
   if not abstract:
     t, _ = seconds(lambda: sampler(params, ids, valid, jax.random.key(0)).codes, b.repeats)
     out.update(seconds=t, ms_per_step=1000 * t / m.image_tokens, images_per_s=rows / t)
   return out
 
 
-def bench_vq(graphdef, params, m, b, abstract, rng):
+def bench_vq(graphdef, params, m, b, abstract, rng, layout):
   tokenizer = build.VQTokenizer()
   decode = jax.jit(lambda p, codes: tokenizer.decode(codes, nnx.merge(graphdef, p)))
-  codes = rng.integers(0, m.codebook_size, (b.vq_images, m.image_tokens)).astype(np.int32)
+  codes = place(layout, rng.integers(0, m.codebook_size, (b.vq_images, m.image_tokens)).astype(
+      np.int32), abstract, batch=True)
   compiled = decode.lower(params, codes).compile()
   out = analysis(compiled)
   out["images"] = b.vq_images
@@ -248,21 +271,23 @@ def bench_vq(graphdef, params, m, b, abstract, rng):
   return out
 
 
-def bench_reward(graphdef, params, m, b, images, abstract, rng):
+def bench_reward(graphdef, params, m, b, images, abstract, rng, layout):
   query = understanding_query(m, images, b.reward_answer_tokens, rng)
   size = m.vision.image_size
   pixels = rng.uniform(-1, 1, (images, size, size, 3)).astype(np.float32)
+  placed_pixels, placed_query = place(layout, (pixels, query), abstract, batch=True)
 
   @jax.jit
   def reward(p, pixels, query):
     return reward_lib.intrinsic_reward(nnx.merge(graphdef, p), pixels, query, "geo_mean_prob")
 
-  compiled = reward.lower(params, pixels, query).compile()
+  compiled = reward.lower(params, placed_pixels, placed_query).compile()
   out = analysis(compiled)
   out["images"], out["length"] = images, query["ids"].shape[1]
   if abstract:
     return out
-  t_reward, (_, token_logp) = seconds(lambda: compiled(params, pixels, query), b.repeats)
+  t_reward, (_, token_logp) = seconds(lambda: compiled(params, placed_pixels, placed_query),
+                                      b.repeats)
   token_logp = np.asarray(token_logp)
 
   # One plain decoder pass of the same length (embeddings in, answer logits out).
@@ -313,7 +338,7 @@ def bench_reward(graphdef, params, m, b, images, abstract, rng):
   return out
 
 
-def bench_grpo(config, m, params, abstract, rng):
+def bench_grpo(config, m, params, abstract, rng, layout):
   c = config.gvu
   overrides = {}
   if c.lora.enabled:
@@ -329,16 +354,17 @@ def bench_grpo(config, m, params, abstract, rng):
     trainable = jax.eval_shape(to_fp32, params) if abstract else jax.jit(to_fp32)(params)
   tx = rl.make_optimizer(c, total_steps=c.steps)
   opt_state = jax.eval_shape(tx.init, trainable) if abstract else tx.init(trainable)
-  state = {"trainable": trainable, "opt_state": opt_state, "step": jnp.int32(0),
-           "rng": jax.random.key_data(jax.random.key(0))}
+  state = place(layout, {"trainable": trainable, "opt_state": opt_state, "step": jnp.int32(0),
+                         "rng": jax.random.key_data(jax.random.key(0))}, abstract)
   rows = c.prompts_per_step * c.group_size
   ids, valid, _ = prompts(m, rows, config.bench.prompt_tokens, rng)
   batch = {"prompt_ids": ids, "prompt_valid": valid,
            "codes": rng.integers(0, m.codebook_size, (rows, m.image_tokens)).astype(np.int32),
            "advantages": rng.normal(size=rows).astype(np.float32),
            "ref_logp": np.full((rows, m.image_tokens), -np.log(m.codebook_size), np.float32)}
+  batch = place(layout, batch, abstract, batch=True)
   step = rl.make_grpo_step(graphdef, roles, tx, clip_eps=c.clip_eps, beta=c.beta,
-                           grad_accum=c.grad_accum)
+                           grad_accum=c.grad_accum, layout=layout, state=state)
   compiled = step.lower(state, params, batch).compile()
   out = analysis(compiled)
   length = config.bench.prompt_tokens + m.image_tokens - 1
@@ -350,9 +376,9 @@ def bench_grpo(config, m, params, abstract, rng):
              grad_accum=c.grad_accum, trainable_params=count(trainable),
              model_tflop=model_flops / 1e12,
              model_bytes=grpo_bytes_model(m, rows // c.grad_accum, length, count(trainable),
-                                          frozen_bytes, flash),
+                                          frozen_bytes, flash, layout),
              model_bytes_flash=grpo_bytes_model(m, rows // c.grad_accum, length,
-                                                 count(trainable), frozen_bytes, True))
+                                                 count(trainable), frozen_bytes, True, layout))
   if not abstract:
     holder = {"state": state}
 
@@ -416,6 +442,29 @@ def transformers_sampler(m, b, batches):
 
 # --- The run -----------------------------------------------------------------------
 
+def measure(report, config, m, graphdef, params, sampler_params, abstract, rng, layout, log):
+  """The four measurements, into `report`."""
+  b, c = config.bench, config.gvu
+  log("sampler")
+  if abstract:   # the recipe's own rollout: prompts_per_step x G samples, its sampling
+    report["sampler"] = {"rollout": bench_sampler(
+        graphdef, sampler_params, m, b, c.prompts_per_step, c.group_size,
+        SamplingConfig(**c.sampling), abstract, rng, layout)}
+  else:
+    report["sampler"] = {str(n): bench_sampler(
+        graphdef, sampler_params, m, b, n, 1, SamplingConfig(cfg_weight=b.cfg_weight),
+        abstract, rng, layout) for n in b.sampler_batches}
+  log("VQ decode")
+  report["vq_decode"] = bench_vq(graphdef, sampler_params, m, b, abstract, rng, layout)
+  log("reward and the reference algorithm")
+  rollout = c.prompts_per_step * c.group_size
+  report["reward"] = bench_reward(graphdef, sampler_params, m, b,
+                                  rollout if abstract else b.reward_images, abstract, rng,
+                                  layout)
+  log("GRPO step")
+  report["grpo"] = bench_grpo(config, m, params, abstract, rng, layout)
+
+
 def run(config, workdir):
   start = time.perf_counter()
   log = lambda what: print(f"bench: {what} ({time.perf_counter() - start:.0f} s)", flush=True)
@@ -423,7 +472,8 @@ def run(config, workdir):
   b = config.bench
   abstract = bool(b.analysis_only)
   rng = np.random.default_rng(config.seed)
-  params = base_params(config, m, abstract)
+  layout = sharding.Layout.from_config(config) if "mesh" in config else sharding.single_device()
+  params = place(layout, base_params(config, m, abstract), abstract)
   graphdef, _ = build.abstract(m)
   device = jax.devices()[0]
   dtype = jnp.dtype(m.dtype)
@@ -431,35 +481,17 @@ def run(config, workdir):
             "backend": jax.default_backend(), "jax": jax.__version__,
             "model": config.checkpoint or config.expect_model, "params": count(params),
             "dtype": m.dtype, "attention": m.get("attention", "xla"), "remat": bool(m.remat),
-            "analysis_only": abstract}
+            "analysis_only": abstract, "mesh": layout.describe()}
   if not abstract:
     report["copy_GBps"] = copy_bandwidth_GBps(dtype)
     report["matmul_tflops"] = matmul_tflops(dtype)
   # The sampler, VQ and reward read the weights in the compute dtype (a LoRA policy
   # would add its adapters; they are 0.1% of the bytes).
   to_compute = lambda p: in_compute_dtype(p, graphdef)
-  sampler_params = jax.eval_shape(to_compute, params) if abstract else jax.jit(to_compute)(
-      params)
-
-  c = config.gvu
-  log("sampler")
-  if abstract:   # the recipe's own rollout: prompts_per_step x G samples, its sampling
-    report["sampler"] = {"rollout": bench_sampler(
-        graphdef, sampler_params, m, b, c.prompts_per_step, c.group_size,
-        SamplingConfig(**c.sampling), abstract, rng)}
-  else:
-    report["sampler"] = {str(n): bench_sampler(
-        graphdef, sampler_params, m, b, n, 1, SamplingConfig(cfg_weight=b.cfg_weight),
-        abstract, rng) for n in b.sampler_batches}
-  log("VQ decode")
-  report["vq_decode"] = bench_vq(graphdef, sampler_params, m, b, abstract, rng)
-  log("reward and the reference algorithm")
-  rollout = c.prompts_per_step * c.group_size
-  report["reward"] = bench_reward(graphdef, sampler_params, m, b,
-                                  rollout if abstract else b.reward_images, abstract, rng)
-  log("GRPO step")
-  report["grpo"] = bench_grpo(config, m, params, abstract, rng)
-
+  sampler_params = place(layout, jax.eval_shape(to_compute, params) if abstract else
+                         jax.jit(to_compute)(params), abstract)
+  with layout.active():
+    measure(report, config, m, graphdef, params, sampler_params, abstract, rng, layout, log)
   if not abstract:
     for s in report["sampler"].values():
       s["roofline"] = s["bytes_per_step"] / (report["copy_GBps"] * 1e9) / (
@@ -494,7 +526,8 @@ def table(r):
   gb = lambda x: "-" if x is None else f"{x / 2**30:.2f} GiB"
   num = lambda x, fmt: "-" if x is None else format(x, fmt)
   lines = [f"bench: {r['model']} ({r['params'] / 1e6:.0f} M params, {r['dtype']}, "
-           f"attention {r['attention']}) on {r['device_kind']}"
+           f"attention {r['attention']}) on {r['device_kind']}, mesh {r['mesh']}"
+           " (memory per device)"
            + ("" if r["analysis_only"] else
               f"; copy {r['copy_GBps']:.0f} GB/s, matmul {r['matmul_tflops']:.2f} TFLOP/s"),
            "", "| what | time | rate | vs | memory: XLA analysis (analytic model) |",
@@ -522,6 +555,6 @@ def table(r):
   lines.append(f"| GRPO step, {g['rows']} rows x {g['length']} tokens, "
                f"{'LoRA' if g['lora'] else 'full'}{', remat' if g['remat'] else ''} | "
                f"{num(g.get('seconds'), '.3f')} s | {rate} | model {g['model_tflop']:.2f} "
-               f"TFLOP, XLA {num(g['hlo_tflop'], '.2f')} TFLOP | {gb(g['peak_bytes'])} "
+               f"TFLOP, XLA {num(g['hlo_tflop'], '.2f')} TFLOP per device | {gb(g['peak_bytes'])} "
                f"({gb(g['model_bytes'])}; {gb(g['model_bytes_flash'])} with flash attention) |")
   return "\n".join(lines)

@@ -139,7 +139,7 @@ def run(ctx, base_params):
           f"gvu: found a finished run at step {latest}; skipping")
 
   g, n, layout = c.group_size, c.prompts_per_step, ctx.layout
-  layout.check_batch("gvu.prompts_per_step", n)
+  layout.check_batch("gvu.prompts_per_step x gvu.group_size", n * g)   # the rollout's rows
   sampler = Sampler(graphdef, SamplingConfig(**c.sampling), num_tokens=ctx.model.image_tokens,
                     uncond_row=ctx.templates.unconditional(1), group_size=g, layout=layout)
   decode = jax.jit(lambda params, codes: ctx.image_tokenizer.decode(

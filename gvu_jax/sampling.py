@@ -179,6 +179,19 @@ class Sampler:
                                  cfg=cfg, num_tokens=num_tokens)
 
     self._run = jax.jit(run, donate_argnums=4)
+    self._cast = jax.jit(lambda p: in_compute_dtype(p, graphdef))
+
+  def _weights(self, params, abstract=False):
+    """The weights as the decode loop reads them: in the compute dtype and placed
+    by the layout's rollout rules (sharding.Layout.for_rollout)."""
+    if self.layout is None:
+      return params
+    rollout = self.layout.for_rollout()
+    if abstract:
+      shapes = jax.eval_shape(self._cast, params)
+      return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                          shapes, rollout.for_params(shapes))
+    return jax.device_put(self._cast(params), rollout.for_params(params))
 
   def _new_cache(self, params, batch, prompt_len, abstract=False):
     rows = batch * self.group_size * (2 if self.cfg.guided else 1)
@@ -198,7 +211,7 @@ class Sampler:
     if self._cache is None or self._cache_shape != shape:
       self._cache, self._cache_shape = self._new_cache(params, *shape), shape
     run = self._compiled.get(shape, self._run)
-    samples, self._cache = run(params, ids, valid, key, self._cache)
+    samples, self._cache = run(self._weights(params), ids, valid, key, self._cache)
     return samples
 
   def compile(self, params, ids, valid, key):
@@ -206,7 +219,8 @@ class Sampler:
     returns the executable, for its cost and memory analysis; later calls of this
     shape run it instead of compiling again."""
     cache = self._new_cache(params, *ids.shape, abstract=True)
-    compiled = self._run.lower(params, ids, valid, key, cache).compile()
+    compiled = self._run.lower(self._weights(params, abstract=True), ids, valid, key,
+                               cache).compile()
     self._compiled[tuple(ids.shape)] = compiled
     return compiled
 

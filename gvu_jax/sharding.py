@@ -41,6 +41,7 @@ DEFAULT_RULES = (
     ("kv_heads", "tensor"),
     ("mlp", "tensor"),
     ("vocab", "tensor"),
+    ("table_rows", ("fsdp", "tensor")),
 )
 
 # Logical axes of every weight, by the end of its path (first match wins).
@@ -48,7 +49,9 @@ DEFAULT_RULES = (
 # output axis (see `param_axes`). None: replicated whatever its rank (the VQ
 # convolutions, a few MB, are read whole by every device).
 PARAM_AXES = (
-    (r"lm/embed/embedding", ("vocab", "embed")),
+    # Lookup tables split by rows only: a gather from a table split along its
+    # width would have to be replicated first (XLA's "involuntary full remat").
+    (r"(lm/embed|gen_embed)/embedding", ("table_rows", None)),
     (r"lm/lm_head/kernel", ("embed", "vocab")),
     (r"attn/q/kernel", ("embed", "heads")),
     (r"attn/(k|v)/kernel", ("embed", "kv_heads")),
@@ -64,7 +67,6 @@ PARAM_AXES = (
     (r"(aligner|gen_aligner|gen_head)/fc1/kernel", ("embed", "mlp")),
     (r"(aligner|gen_aligner)/fc2/kernel", ("mlp", "embed")),
     (r"gen_head/fc2/kernel", ("mlp", "vocab")),
-    (r"gen_embed/embedding", ("vocab", "code")),
     (r"\w*norm\w*/(scale|bias)", ("norm",)),
     (r"vq/.*", None),
 )
@@ -72,22 +74,38 @@ _DERIVED = re.compile(r"(.*)/(bias|lora_a|lora_b)$")
 
 
 def mesh_config():
-  """The `mesh` block every recipe carries."""
-  return ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, rules=DEFAULT_RULES))
+  """The `mesh` block every recipe carries. rollout_gathered: the sampler reads
+  weights gathered over fsdp (one all-gather per rollout instead of one per token
+  step; costs the unsplit weights' memory on every fsdp device)."""
+  return ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, rules=DEFAULT_RULES,
+                                        rollout_gathered=True))
 
 
 def initialize_distributed(environ=None):
-  """jax.distributed.initialize() when this process is one of several (a TPU pod
-  slice, SLURM/Open MPI, or JAX_COORDINATOR_ADDRESS set by hand); a no-op on one
-  host. Must run before anything touches a device. Returns whether it did."""
+  """jax.distributed.initialize() when this process is one of several; a no-op on
+  one host. Must run before anything touches a device. Returns the arguments it
+  passed (None: not distributed).
+
+  A TPU pod slice, SLURM and Open MPI are detected by JAX itself. By hand (any
+  cluster, or several processes on one machine): JAX_COORDINATOR_ADDRESS=host:port,
+  JAX_NUM_PROCESSES and JAX_PROCESS_ID on every process.
+  """
   env = os.environ if environ is None else environ
   several = lambda key: int(env.get(key, "1") or "1") > 1
-  multi = (len([h for h in env.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]) > 1
-           or bool(env.get("JAX_COORDINATOR_ADDRESS")) or several("SLURM_NTASKS")
-           or several("OMPI_COMM_WORLD_SIZE"))
-  if multi and environ is None:
-    jax.distributed.initialize()
-  return multi
+  if env.get("JAX_COORDINATOR_ADDRESS"):
+    args = dict(coordinator_address=env["JAX_COORDINATOR_ADDRESS"],
+                num_processes=int(env.get("JAX_NUM_PROCESSES", "1")),
+                process_id=int(env.get("JAX_PROCESS_ID", "0")))
+  elif (len([h for h in env.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]) > 1
+        or several("SLURM_NTASKS") or several("OMPI_COMM_WORLD_SIZE")):
+    args = {}
+  else:
+    return None
+  if environ is None:
+    if env.get("JAX_COORDINATOR_ADDRESS"):   # CPU processes talk through gloo
+      jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(**args)
+  return args
 
 
 def mesh_shape(mesh_cfg, device_count):
@@ -164,11 +182,26 @@ class Layout:
   """A mesh and the rules that place arrays on it."""
   mesh: jax.sharding.Mesh
   rules: tuple = DEFAULT_RULES
+  rollout_gathered: bool = True
 
   @classmethod
   def from_config(cls, config, devices=None):
     m = config.mesh
-    return cls(make_mesh(m, devices), tuple((k, v) for k, v in m.rules))
+    return cls(make_mesh(m, devices), tuple((k, v) for k, v in m.rules),
+               m.get("rollout_gathered", True))
+
+  def for_rollout(self):
+    """The layout the sampler reads weights in: without fsdp splits when
+    rollout_gathered (each of the N token steps reads every weight; gathering
+    them once per rollout replaces N all-gathers with one)."""
+    if not self.rollout_gathered or self.mesh.shape["fsdp"] == 1:
+      return self
+    def drop_fsdp(target):
+      axes = tuple(a for a in ((target,) if isinstance(target, str) else target or ())
+                   if a != "fsdp")
+      return axes or None
+    return dataclasses.replace(self, rules=tuple(
+        (name, target if name == "batch" else drop_fsdp(target)) for name, target in self.rules))
 
   @property
   def batch_devices(self):

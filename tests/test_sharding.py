@@ -4,6 +4,7 @@ sharded computations in a subprocess; XLA's device count is fixed at start-up)."
 
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -15,7 +16,7 @@ import helpers_model as hm
 from gvu_jax import sharding
 from gvu_jax.errors import InputError
 from gvu_jax.models import build, presets
-from helpers_run import REPO, run_main
+from helpers_run import REPO, main_command, main_env, run_main
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -91,7 +92,8 @@ def test_param_axes_of_derived_weights():
   assert sharding.param_axes("vision/blocks/0/norm1/bias", 1) == ("norm",)
   assert sharding.param_axes("vq/decoder/conv_in/kernel", 4) == (None,) * 4
   # optimizer moments follow their weight
-  assert sharding.param_axes("opt_state/1/0/mu/lm/embed/embedding", 2) == ("vocab", "embed")
+  assert sharding.param_axes("opt_state/1/0/mu/lm/layers/0/mlp/up/kernel", 2) == ("embed", "mlp")
+  assert sharding.param_axes("lm/embed/embedding", 2) == ("table_rows", None)
   assert sharding.param_axes("step", 0) is None
 
 
@@ -105,16 +107,27 @@ def test_spec_maps_names_and_keeps_indivisible_dims_whole():
   assert layout.spec(("norm",), (64,)) == P(None)
   # a mesh axis is used once per array
   assert layout.spec(("vocab", "heads"), (8, 8)) == P("tensor", None)
+  assert layout.spec(("table_rows", None), (64, 8)) == P(("fsdp", "tensor"), None)
+  # the rollout reads weights gathered over fsdp, rows still split
+  rollout = layout.for_rollout()
+  assert rollout.spec(("embed", "heads"), (64, 32)) == P(None, "tensor")
+  assert rollout.spec(("table_rows", None), (64, 8)) == P("tensor", None)
+  assert rollout.spec(("batch",), (16,)) == P(("data", "fsdp"))
+  assert sharding.Layout(FakeMesh(), rollout_gathered=False).for_rollout().spec(
+      ("embed", "heads"), (64, 32)) == P("fsdp", "tensor")
 
 
 def test_initialize_distributed_only_when_several_processes():
-  assert not sharding.initialize_distributed({})
-  assert not sharding.initialize_distributed({"TPU_WORKER_HOSTNAMES": "10.0.0.2",
-                                              "SLURM_NTASKS": "1"})
-  assert sharding.initialize_distributed({"TPU_WORKER_HOSTNAMES": "10.0.0.2,10.0.0.3"})
-  assert sharding.initialize_distributed({"SLURM_NTASKS": "4"})
-  assert sharding.initialize_distributed({"OMPI_COMM_WORLD_SIZE": "2"})
-  assert sharding.initialize_distributed({"JAX_COORDINATOR_ADDRESS": "10.0.0.2:1234"})
+  assert sharding.initialize_distributed({}) is None
+  assert sharding.initialize_distributed({"TPU_WORKER_HOSTNAMES": "10.0.0.2",
+                                          "SLURM_NTASKS": "1"}) is None
+  assert sharding.initialize_distributed({"TPU_WORKER_HOSTNAMES": "10.0.0.2,10.0.0.3"}) == {}
+  assert sharding.initialize_distributed({"SLURM_NTASKS": "4"}) == {}
+  assert sharding.initialize_distributed({"OMPI_COMM_WORLD_SIZE": "2"}) == {}
+  assert sharding.initialize_distributed(
+      {"JAX_COORDINATOR_ADDRESS": "10.0.0.2:1234", "JAX_NUM_PROCESSES": "2",
+       "JAX_PROCESS_ID": "1"}) == dict(coordinator_address="10.0.0.2:1234", num_processes=2,
+                                       process_id=1)
 
 
 # --- 8 fake devices ----------------------------------------------------------------
@@ -161,13 +174,13 @@ def test_checkpoint_saved_under_fsdp8_restores_under_tensor4(checks):
   assert int(checks["restore_step"]) == 5
 
 
-def test_mini_run_on_a_2x2x2_mesh_writes_the_same_report(full_run, tmp_path):
-  proc = run_main(str(tmp_path), "--config.mesh.data=2", "--config.mesh.fsdp=2",
-                  "--config.mesh.tensor=2", devices=8)
-  assert "gvu: mesh data=2 fsdp=2 tensor=2; per device: rollout" in proc.stdout
-  with open(os.path.join(full_run[0], "report.json")) as f:
+MESH_2X2X2 = ("--config.mesh.data=2", "--config.mesh.fsdp=2", "--config.mesh.tensor=2")
+
+
+def assert_same_report(workdir, reference_workdir):
+  with open(os.path.join(reference_workdir, "report.json")) as f:
     one = json.load(f)
-  with open(tmp_path / "report.json") as f:
+  with open(os.path.join(workdir, "report.json")) as f:
     mesh = json.load(f)
   assert list(mesh) == list(one)
   for stage in one:
@@ -177,3 +190,30 @@ def test_mini_run_on_a_2x2x2_mesh_writes_the_same_report(full_run, tmp_path):
         k: v for k, v in one[stage].items() if k != "intrinsic_reward"}
     assert mesh[stage]["intrinsic_reward"] == pytest.approx(one[stage]["intrinsic_reward"],
                                                             rel=1e-5)
+
+
+def test_mini_run_on_a_2x2x2_mesh_writes_the_same_report(full_run, tmp_path):
+  proc = run_main(str(tmp_path), *MESH_2X2X2, devices=8)
+  assert "gvu: mesh data=2 fsdp=2 tensor=2; per device: rollout" in proc.stdout
+  assert_same_report(tmp_path, full_run[0])
+
+
+def test_two_hosts_on_a_2x2x2_mesh_write_the_same_report(full_run, tmp_path):
+  """Two processes of 4 devices each, joined by jax.distributed (gloo on CPU), as
+  the hosts of a pod would be: one report, one metrics log, written by host 0."""
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    port = s.getsockname()[1]
+  procs = [subprocess.Popen(
+      main_command(str(tmp_path), *MESH_2X2X2), cwd=REPO, text=True,
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+      env=main_env(4, JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES="2",
+                   JAX_PROCESS_ID=str(i))) for i in range(2)]
+  outs = [p.communicate(timeout=900) for p in procs]
+  for p, (_, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-3000:]
+  assert "| mean intrinsic reward |" in outs[0][0] and "|" not in outs[1][0]
+  assert_same_report(tmp_path, full_run[0])
+  with open(tmp_path / "gvu" / "metrics.jsonl") as f, \
+       open(os.path.join(full_run[0], "gvu", "metrics.jsonl")) as g:
+    assert len(f.readlines()) == len(g.readlines())   # host 0 alone wrote it
