@@ -66,7 +66,8 @@ def get_config(arg=None, model=MODEL):
   # passes to time (0 = all); the GRPO step uses the gvu block above.
   c.bench = dict(sampler_batches=(16, 64), cfg_weight=5.0, prompt_tokens=32, vq_images=16,
                  reward_images=16, reward_answer_tokens=16, reference_forwards=0, repeats=3,
-                 transformers=True, analysis_only=False)
+                 transformers=True, analysis_only=False,
+                 machine="")   # analysis_only: estimate a step on v5e | v4 | h100 | h200 chips
 
   if preset == "t2i_r1":
     c.gvu.update(steps=1600, group_size=8, prompts_per_step=4, beta=0.01)

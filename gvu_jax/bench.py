@@ -8,6 +8,10 @@ update, with XLA's cost and memory analysis, beside transformers when installed.
   python -m gvu_jax.main --config=configs/janus_pro_7b.py:lora --config.mode=bench \
       --config.random_init=True --config.gvu.group_size=8 \
       --config.bench.analysis_only=True --workdir=DIR   # compile only: does it fit?
+  XLA_FLAGS=--xla_force_host_platform_device_count=64 python -m gvu_jax.main \
+      --config=configs/janus_pro_7b.py:lora --config.mode=bench --config.random_init=True \
+      --config.bench.analysis_only=True --config.mesh.fsdp=32 --config.mesh.tensor=2 \
+      --config.bench.machine=v5e --workdir=DIR     # a v5e-64 on paper (docs/scaling.md)
 
 Weights are random (`random_init=True`, the shapes of `expect_model`) or a
 converted checkpoint (`checkpoint=DIR`). Prints a table, writes WORKDIR/bench.json.
@@ -114,6 +118,16 @@ def gen_head_params(m):
   return m.lm.hidden * hidden + hidden * m.codebook_size
 
 
+def sampler_step_bytes(m, cache_rows, prompt_tokens):
+  """-> (weight bytes, KV-cache bytes at the mean context, full KV-cache bytes) that
+  a decode step over `cache_rows` rows reads, in the compute dtype."""
+  itemsize = jnp.dtype(m.dtype).itemsize
+  weights = (decoder_matmul_params(m) + gen_head_params(m)) * itemsize
+  per_token = 2 * m.lm.layers * cache_rows * m.lm.kv_heads * (m.lm.hidden // m.lm.heads) * itemsize
+  return (weights, per_token * (prompt_tokens + m.image_tokens / 2),
+          per_token * (prompt_tokens + m.image_tokens - 1))
+
+
 def forward_flops(m, rows, length, head_tokens):
   """Matmul FLOPs of one decoder pass: projections, attention (QK and PV over the
   full square) and the image head on `head_tokens` positions."""
@@ -196,6 +210,41 @@ def peak_tflops(device, measured):
   return measured, "measured matmul"
 
 
+# Per chip: dense bf16 FLOP/s, HBM bytes/s and HBM bytes (vendor specifications).
+MACHINES = {"v5e": (197e12, 819e9, 16 * 2**30), "v4": (275e12, 1228e9, 32 * 2**30),
+            "h100": (989e12, 3350e9, 80 * 2**30), "h200": (989e12, 4800e9, 141 * 2**30)}
+
+
+def estimate(report, m, prompt_tokens, machine, mfu=0.4):
+  """On-paper seconds of one GvU step of the analysed recipe on `machine` chips,
+  from the report's shapes and mesh:
+    rollout  N token steps, each reading the weights (gathered over fsdp, split over
+             tensor) and this chip's share of the KV cache at HBM bandwidth (decode
+             at a few rows per chip is memory-bound; the one all-gather per rollout
+             and the prefill are left out);
+    reward   one decoder pass over the understanding query (the vision encoder,
+             about 5% of it, left out) at `mfu` of peak;
+    update   the reference log-probs (one forward) and the GRPO step at `mfu`.
+  and whether the analytic per-chip memory fits its HBM."""
+  peak, bandwidth, hbm = MACHINES[machine]
+  mesh = {k: int(v) for k, v in (kv.split("=") for kv in report["mesh"].split())}
+  chips = mesh["data"] * mesh["fsdp"] * mesh["tensor"]
+  rollout, reward, grpo = report["sampler"]["rollout"], report["reward"], report["grpo"]
+  weights, kv, _ = sampler_step_bytes(m, rollout["rows"], prompt_tokens)
+  step_bytes = weights / mesh["tensor"] + kv / chips
+  rollout_s = m.image_tokens * step_bytes / bandwidth
+  at_mfu = lambda flops: flops / (chips * peak * mfu)
+  reward_s = at_mfu(forward_flops(m, reward["images"], reward["length"], 0))
+  update_s = at_mfu(forward_flops(m, grpo["rows"], grpo["length"], m.image_tokens)
+                    + grpo["model_tflop"] * 1e12)
+  peak_bytes = max(rollout["model_bytes"], grpo["model_bytes_flash"])
+  total = rollout_s + reward_s + update_s
+  return {"machine": machine, "chips": chips, "rollout_s": rollout_s, "reward_s": reward_s,
+          "update_s": update_s, "step_s": total,
+          "images_per_s": rollout["prompts"] * rollout["group_size"] / total,
+          "analytic_peak_bytes": peak_bytes, "fits": peak_bytes < 0.9 * hbm}
+
+
 # --- Inputs ------------------------------------------------------------------------
 
 def prompts(m, rows, length, rng):
@@ -243,12 +292,7 @@ def bench_sampler(graphdef, params, m, b, n_prompts, group_size, cfg, abstract, 
   out = analysis(sampler.compile(params, ids, valid, jax.random.key(0)))
   rows = n_prompts * group_size
   cache_rows = rows * (2 if cfg.guided else 1)
-  itemsize = jnp.dtype(m.dtype).itemsize
-  weights = (decoder_matmul_params(m) + gen_head_params(m)) * itemsize
-  head_dim = m.lm.hidden // m.lm.heads
-  mean_context = b.prompt_tokens + m.image_tokens / 2
-  kv = 2 * m.lm.layers * cache_rows * mean_context * m.lm.kv_heads * head_dim * itemsize
-  full_cache = kv * (b.prompt_tokens + m.image_tokens - 1) / mean_context
+  weights, kv, full_cache = sampler_step_bytes(m, cache_rows, b.prompt_tokens)
   out.update(prompts=n_prompts, group_size=group_size, cfg_weight=cfg.cfg_weight,
              rows=cache_rows, bytes_per_step=float(weights + kv),
              model_bytes=int(nbytes(params) / shards(layout)[0] + full_cache / shards(layout)[1]))
@@ -510,6 +554,10 @@ def run(config, workdir):
                  speedup_vs_transformers=t / s["seconds"])
       report["sampler_speedup_vs_transformers"] = report["sampler"][
           str(b.sampler_batches[-1])]["speedup_vs_transformers"]
+  if abstract and b.get("machine"):
+    if b.machine not in MACHINES:
+      raise InputError(f"bench.machine={b.machine!r}: expected one of {list(MACHINES)}")
+    report["estimate"] = estimate(report, m, b.prompt_tokens, b.machine)
   peaks = [x["peak_bytes"] for x in (*report["sampler"].values(), report["vq_decode"],
                                      report["reward"], report["grpo"]) if x["peak_bytes"]]
   report["largest_peak_bytes"] = max(peaks) if peaks else None
@@ -557,4 +605,11 @@ def table(r):
                f"{num(g.get('seconds'), '.3f')} s | {rate} | model {g['model_tflop']:.2f} "
                f"TFLOP, XLA {num(g['hlo_tflop'], '.2f')} TFLOP per device | {gb(g['peak_bytes'])} "
                f"({gb(g['model_bytes'])}; {gb(g['model_bytes_flash'])} with flash attention) |")
+  e = r.get("estimate")
+  if e:
+    lines.append(f"\non paper, {e['chips']} {e['machine']} chips: rollout {e['rollout_s']:.2f} s + "
+                 f"reward {e['reward_s']:.2f} s + update {e['update_s']:.2f} s = "
+                 f"{e['step_s']:.2f} s per step, {e['images_per_s']:.1f} images/s; analytic "
+                 f"memory {gb(e['analytic_peak_bytes'])} per chip "
+                 f"({'fits' if e['fits'] else 'does NOT fit'})")
   return "\n".join(lines)

@@ -434,12 +434,24 @@ def test_bench_on_a_converted_checkpoint(converted, tmp_path, capsys):
 
 def test_bench_analysis_only_compiles_without_running(converted, tmp_path):
   from gvu_jax import bench
-  r = bench.run(_bench_config(converted, analysis_only=True), str(tmp_path))
+  c = _bench_config(converted, analysis_only=True)
+  c.bench.machine = "h100"
+  r = bench.run(c, str(tmp_path))
   rollout = r["sampler"]["rollout"]      # the recipe's GvU rollout: 2 prompts x G=4
   assert (rollout["prompts"], rollout["group_size"], rollout["rows"]) == (2, 4, 8)
   assert "seconds" not in rollout and rollout["peak_bytes"] > 0
   assert r["largest_peak_bytes"] == max(
       x["peak_bytes"] for x in (rollout, r["vq_decode"], r["reward"], r["grpo"]))
+  # on paper: the rollout reads weights + KV cache image_tokens times at 3.35 TB/s
+  e, m = r["estimate"], bench.model_block(c)
+  weights, kv, _ = bench.sampler_step_bytes(m, 8, c.bench.prompt_tokens)
+  assert r["mesh"] == "data=1 fsdp=1 tensor=1" and e["chips"] == 1
+  assert e["rollout_s"] == pytest.approx(m.image_tokens * (weights + kv) / 3350e9)
+  assert e["step_s"] == pytest.approx(e["rollout_s"] + e["reward_s"] + e["update_s"])
+  assert e["images_per_s"] == pytest.approx(8 / e["step_s"]) and e["fits"]
+  c.bench.machine = "tpu9"
+  with pytest.raises(InputError, match=r"bench.machine='tpu9': expected one of \['v5e'"):
+    bench.run(c, str(tmp_path))
 
 
 def test_bench_needs_janus_weights(converted, tmp_path):
