@@ -155,10 +155,12 @@ def grpo_bytes_model(m, rows, length, trainable, frozen_bytes, flash, layout):
              + (lm.layers * per_layer_saved + working + scores + logits) / row_shards)
 
 
-def shards(layout):
-  """(ways the weights are split, ways the rows are split) on the layout's mesh."""
+def shards(layout, rollout=False):
+  """(ways the weights are split, ways the rows are split) on the layout's mesh; the
+  rollout's weights are split over tensor only (sharding.Layout.for_rollout)."""
   mesh = layout.mesh.shape
-  return mesh["fsdp"] * mesh["tensor"], layout.batch_devices
+  weights = mesh["tensor"] if rollout and layout.rollout_gathered else mesh["fsdp"] * mesh["tensor"]
+  return weights, layout.batch_devices
 
 
 # --- Measuring ---------------------------------------------------------------------
@@ -295,7 +297,8 @@ def bench_sampler(graphdef, params, m, b, n_prompts, group_size, cfg, abstract, 
   weights, kv, full_cache = sampler_step_bytes(m, cache_rows, b.prompt_tokens)
   out.update(prompts=n_prompts, group_size=group_size, cfg_weight=cfg.cfg_weight,
              rows=cache_rows, bytes_per_step=float(weights + kv),
-             model_bytes=int(nbytes(params) / shards(layout)[0] + full_cache / shards(layout)[1]))
+             model_bytes=int(nbytes(params) / shards(layout, rollout=True)[0]
+                             + full_cache / shards(layout)[1]))
   if not abstract:
     t, _ = seconds(lambda: sampler(params, ids, valid, jax.random.key(0)).codes, b.repeats)
     out.update(seconds=t, ms_per_step=1000 * t / m.image_tokens, images_per_s=rows / t)

@@ -45,6 +45,19 @@ run() {
   fi
 }
 
+# flag_value ARGS...: reads the flag at $1, `--flag=value` or `--flag value`, into
+# FLAG and VALUE; FLAG_ARGS is how many arguments it took (1 or 2).
+# shellcheck disable=SC2034  # FLAG, VALUE and FLAG_ARGS are read by the caller
+flag_value() {
+  if [[ $1 == *=* ]]; then
+    FLAG=${1%%=*} VALUE=${1#*=} FLAG_ARGS=1
+  else
+    FLAG=$1
+    [[ $# -ge 2 ]] || die "$FLAG needs a value"
+    VALUE=$2 FLAG_ARGS=2
+  fi
+}
+
 # need VALUE FLAG ENVVAR: dies unless VALUE is set.
 need() {
   [[ -n $1 ]] || die "$2 (or $3) is required"

@@ -54,23 +54,17 @@ while (($#)); do
     -h | --help) usage; exit 0 ;;
     --dry-run) DRY_RUN=1 ;;
     --*)
-      if [[ $1 == *=* ]]; then
-        flag=${1%%=*} value=${1#*=}
-      else
-        flag=$1
-        [[ $# -ge 2 ]] || die "$flag needs a value"
-        value=$2
-        shift
-      fi
-      case $flag in
-        --gpus) GPUS=$value ;;
-        --host) HOST=$value ;;
-        --config) CONFIG=$value ;;
-        --workdir) WORKDIR=$value ;;
-        --python) PYTHON=$value ;;
-        --repo) REPO=$value ;;
-        --remote-dir) REMOTE_DIR=$value ;;
-        *) die "unknown flag $flag (see --help)" ;;
+      flag_value "$@"
+      shift $((FLAG_ARGS - 1))
+      case $FLAG in
+        --gpus) GPUS=$VALUE ;;
+        --host) HOST=$VALUE ;;
+        --config) CONFIG=$VALUE ;;
+        --workdir) WORKDIR=$VALUE ;;
+        --python) PYTHON=$VALUE ;;
+        --repo) REPO=$VALUE ;;
+        --remote-dir) REMOTE_DIR=$VALUE ;;
+        *) die "unknown flag $FLAG (see --help)" ;;
       esac
       ;;
     -*) die "unknown flag $1 (see --help)" ;;

@@ -69,7 +69,7 @@ tpu_main() {
   REPO=${GVU_REPO:-} REMOTE_DIR=${GVU_REMOTE_DIR:-gvu_jax} PYTHON=${GVU_PYTHON:-}
   PYTHON_VERSION=${GVU_PYTHON_VERSION:-3.11} LOGS_DIR=${GVU_LOGS_DIR:-}
   EXTRA=()
-  local cmd="" flag value have_extra=0
+  local cmd="" have_extra=0
   while (($#)); do
     case $1 in
       --) shift; EXTRA=("$@"); have_extra=1; break ;;
@@ -77,28 +77,22 @@ tpu_main() {
       --dry-run) DRY_RUN=1 ;;
       --spot) SPOT=1 ;;
       --*)
-        if [[ $1 == *=* ]]; then
-          flag=${1%%=*} value=${1#*=}
-        else
-          flag=$1
-          [[ $# -ge 2 ]] || die "$flag needs a value"
-          value=$2
-          shift
-        fi
-        case $flag in
-          --name) NAME=$value ;;
-          --zone) ZONE=$value ;;
-          --type) TYPE=$value ;;
-          --version) VERSION=$value ;;
-          --project) PROJECT=$value ;;
-          --config) CONFIG=$value ;;
-          --workdir) WORKDIR=$value ;;
-          --repo) REPO=$value ;;
-          --remote-dir) REMOTE_DIR=$value ;;
-          --python) PYTHON=$value ;;
-          --python-version) PYTHON_VERSION=$value ;;
-          --logs-dir) LOGS_DIR=$value ;;
-          *) die "unknown flag $flag (see --help)" ;;
+        flag_value "$@"
+        shift $((FLAG_ARGS - 1))
+        case $FLAG in
+          --name) NAME=$VALUE ;;
+          --zone) ZONE=$VALUE ;;
+          --type) TYPE=$VALUE ;;
+          --version) VERSION=$VALUE ;;
+          --project) PROJECT=$VALUE ;;
+          --config) CONFIG=$VALUE ;;
+          --workdir) WORKDIR=$VALUE ;;
+          --repo) REPO=$VALUE ;;
+          --remote-dir) REMOTE_DIR=$VALUE ;;
+          --python) PYTHON=$VALUE ;;
+          --python-version) PYTHON_VERSION=$VALUE ;;
+          --logs-dir) LOGS_DIR=$VALUE ;;
+          *) die "unknown flag $FLAG (see --help)" ;;
         esac
         ;;
       -*) die "unknown flag $1 (see --help)" ;;
