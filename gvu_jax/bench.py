@@ -227,7 +227,8 @@ def estimate(report, m, prompt_tokens, machine, mfu=0.4):
     reward   one decoder pass over the understanding query (the vision encoder,
              about 5% of it, left out) at `mfu` of peak;
     update   the reference log-probs (one forward) and the GRPO step at `mfu`.
-  and whether the analytic per-chip memory fits its HBM."""
+  and whether the analytic per-chip memory (the larger of rollout + resident training
+  state and the update; flash attention) fits in 90% of its HBM."""
   peak, bandwidth, hbm = MACHINES[machine]
   mesh = {k: int(v) for k, v in (kv.split("=") for kv in report["mesh"].split())}
   chips = mesh["data"] * mesh["fsdp"] * mesh["tensor"]
@@ -239,11 +240,16 @@ def estimate(report, m, prompt_tokens, machine, mfu=0.4):
   reward_s = at_mfu(forward_flops(m, reward["images"], reward["length"], 0))
   update_s = at_mfu(forward_flops(m, grpo["rows"], grpo["length"], m.image_tokens)
                     + grpo["model_tflop"] * 1e12)
-  peak_bytes = max(rollout["model_bytes"], grpo["model_bytes_flash"])
+  # The training state stays on the chips while the rollout runs beside it.
+  state = (report["params"] * jnp.dtype(m.dtype).itemsize + 16 * grpo["trainable_params"]) / (
+      mesh["fsdp"] * mesh["tensor"])
+  rollout_peak = state + rollout["model_bytes"]
+  peak_bytes = max(rollout_peak, grpo["model_bytes_flash"])
   total = rollout_s + reward_s + update_s
   return {"machine": machine, "chips": chips, "rollout_s": rollout_s, "reward_s": reward_s,
           "update_s": update_s, "step_s": total,
           "images_per_s": rollout["prompts"] * rollout["group_size"] / total,
+          "rollout_peak_bytes": rollout_peak, "update_peak_bytes": grpo["model_bytes_flash"],
           "analytic_peak_bytes": peak_bytes, "fits": peak_bytes < 0.9 * hbm}
 
 

@@ -182,11 +182,12 @@ class Sampler:
     self._cast = jax.jit(lambda p: in_compute_dtype(p, graphdef))
 
   def _weights(self, params, abstract=False):
-    """The weights as the decode loop reads them: in the compute dtype and placed
-    by the layout's rollout rules (sharding.Layout.for_rollout)."""
-    if self.layout is None:
+    """The weights as the decode loop reads them: where the layout's rollout rules
+    differ from its own (sharding.Layout.for_rollout), cast to the compute dtype
+    and then gathered, so the gather moves half the bytes."""
+    rollout = self.layout.for_rollout() if self.layout is not None else None
+    if rollout is self.layout:   # nothing to gather: `run` casts inside the jit
       return params
-    rollout = self.layout.for_rollout()
     if abstract:
       shapes = jax.eval_shape(self._cast, params)
       return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),

@@ -11,6 +11,7 @@ import sys
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 import helpers_model as hm
@@ -44,7 +45,7 @@ def sample(lay, graphdef, params, ids, valid):
 
 def grpo(lay, graphdef, roles, trainable, frozen, batch):
   """One Adam step from the same state; -> the new trainable weights, flat."""
-  tx = rl.make_optimizer(hm_gvu_config(), total_steps=10)
+  tx = rl.make_optimizer(optimizer_config(), total_steps=10)
   trainable = jax.tree.map(jnp.copy, trainable)   # the state is donated
   state = lay.put_params({"trainable": trainable, "opt_state": tx.init(trainable),
                           "step": jnp.int32(0), "rng": jax.random.key_data(jax.random.key(0))})
@@ -58,8 +59,7 @@ def grpo(lay, graphdef, roles, trainable, frozen, batch):
   return flat(new["trainable"]), float(metrics["loss"]), same_place
 
 
-def hm_gvu_config():
-  import ml_collections
+def optimizer_config():
   return ml_collections.ConfigDict(dict(lr=1e-3, warmup_steps=0, schedule="constant",
                                         weight_decay=0.0, max_grad_norm=1.0))
 
@@ -93,7 +93,7 @@ def main(out_path, ckpt_dir):
 
   # A checkpoint saved under FSDP over 8 devices, restored under tensor parallelism
   # over 4 of them.
-  tx = rl.make_optimizer(hm_gvu_config(), total_steps=10)
+  tx = rl.make_optimizer(optimizer_config(), total_steps=10)
   saved = {"params": params, "opt_state": tx.init(params), "step": jnp.int32(5)}
   fsdp8, tensor4 = layout(fsdp=8), layout(devices=4, tensor=4)
   store = checkpoint.CheckpointStore(ckpt_dir, keep=1)
