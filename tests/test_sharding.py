@@ -192,28 +192,30 @@ def assert_same_report(workdir, reference_workdir):
                                                             rel=1e-5)
 
 
-def test_mini_run_on_a_2x2x2_mesh_writes_the_same_report(full_run, tmp_path):
-  proc = run_main(str(tmp_path), *MESH_2X2X2, devices=8)
-  assert "gvu: mesh data=2 fsdp=2 tensor=2; per device: rollout" in proc.stdout
-  assert_same_report(tmp_path, full_run[0])
-
-
-def test_two_hosts_on_a_2x2x2_mesh_write_the_same_report(full_run, tmp_path):
-  """Two processes of 4 devices each, joined by jax.distributed (gloo on CPU), as
-  the hosts of a pod would be: one report, one metrics log, written by host 0."""
+def test_mini_run_on_a_2x2x2_mesh_over_two_hosts_writes_the_same_report(full_run, tmp_path):
+  """The mini preset end to end on a 2x2x2 mesh of 8 devices held by two processes
+  of 4, joined by jax.distributed (gloo on CPU) as the hosts of a pod would be,
+  writes the report of the one-device run; host 0 alone prints and logs."""
   with socket.socket() as s:
     s.bind(("localhost", 0))
     port = s.getsockname()[1]
-  procs = [subprocess.Popen(
-      main_command(str(tmp_path), *MESH_2X2X2), cwd=REPO, text=True,
-      stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-      env=main_env(4, JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES="2",
-                   JAX_PROCESS_ID=str(i))) for i in range(2)]
-  outs = [p.communicate(timeout=900) for p in procs]
+  logs = [(tmp_path / f"host{i}.out", tmp_path / f"host{i}.err") for i in range(2)]
+  procs = []
+  for i, (out, err) in enumerate(logs):   # files, not pipes: a full pipe would stall
+    with open(out, "w") as o, open(err, "w") as e:   # one host inside a collective
+      procs.append(subprocess.Popen(
+          main_command(str(tmp_path / "run"), *MESH_2X2X2), cwd=REPO, stdout=o, stderr=e,
+          env=main_env(4, JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES="2",
+                       JAX_PROCESS_ID=str(i))))
+  for p in procs:
+    p.wait(timeout=900)
+  outs = [(out.read_text(), err.read_text()) for out, err in logs]
   for p, (_, err) in zip(procs, outs):
     assert p.returncode == 0, err[-3000:]
-  assert "| mean intrinsic reward |" in outs[0][0] and "|" not in outs[1][0]
-  assert_same_report(tmp_path, full_run[0])
-  with open(tmp_path / "gvu" / "metrics.jsonl") as f, \
+  assert "gvu: mesh data=2 fsdp=2 tensor=2; per device: rollout" in outs[0][0]
+  assert "| mean intrinsic reward |" in outs[0][0]
+  assert "|" not in outs[1][0] and "gvu: mesh" not in outs[1][0]
+  assert_same_report(tmp_path / "run", full_run[0])
+  with open(tmp_path / "run" / "gvu" / "metrics.jsonl") as f, \
        open(os.path.join(full_run[0], "gvu", "metrics.jsonl")) as g:
     assert len(f.readlines()) == len(g.readlines())   # host 0 alone wrote it
