@@ -18,8 +18,8 @@ model and GvU step on random weights (see gvu_jax/bench.py and `bench` below).
 
 The model block comes from the checkpoint (`expect_model` guards against pointing
 at the wrong one); `model_options` are run-time choices. GvU prompts: `data.prompts`
-is a text file with one prompt per line, or "world" (the embedded world's
-GenEval-style prompts). There is no judge for real images yet, so `mode` is gvu.
+is a prompt file (.txt one per line, .jsonl, .csv: gvu_jax/data/prompt_files.py),
+or "world" (the embedded world's GenEval-style prompts). There is no judge for real images yet, so `mode` is gvu.
 """
 
 import ml_collections

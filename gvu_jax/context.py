@@ -7,39 +7,25 @@ Two kinds of run:
   a converted checkpoint (configs/janus_*.py, `checkpoint=DIR` from
       `python -m gvu_jax.convert`): the model block is read from DIR, the
       tokenizer and templates are the checkpoint's, and GvU prompts come from
-      `data.prompts` (a text file, one prompt per line, or "world").
+      `data.prompts` (a .txt/.jsonl/.csv prompt file, or "world").
 """
 
 import dataclasses
 import os
-from typing import NamedTuple
 
 from gvu_jax import janus_text, reward, sharding, text
-from gvu_jax.data import world
+from gvu_jax.data import prompt_files, world
+from gvu_jax.data.prompt_files import Prompt
 from gvu_jax.errors import InputError
 from gvu_jax.models import build, presets
 
 
-class Prompt(NamedTuple):
-  """A prompt with no labels: GvU needs only its text (categories, when known,
-  balance the prompt batches)."""
-  text: str
-  category: str = "prompts"
-
-
 def read_prompts(source):
   """`data.prompts` -> [Prompt]: "world" (the embedded world's GenEval-style
-  training prompts) or a UTF-8 text file, one prompt per line ('#' = comment)."""
+  training prompts) or a prompt file (.txt, .jsonl, .csv: data/prompt_files.py)."""
   if source == "world":
     return [Prompt(s.text, s.category) for s in world.split_specs(0).pretrain]
-  if not os.path.isfile(source):
-    raise InputError(f"data.prompts={source}: no such file (one prompt per line, or 'world')")
-  with open(source, encoding="utf-8") as f:
-    prompts = [Prompt(line.strip()) for line in f
-               if line.strip() and not line.lstrip().startswith("#")]
-  if not prompts:
-    raise InputError(f"data.prompts={source}: the file holds no prompts")
-  return prompts
+  return prompt_files.read(source)
 
 
 @dataclasses.dataclass
