@@ -19,7 +19,8 @@ model and GvU step on random weights (see gvu_jax/bench.py and `bench` below).
 The model block comes from the checkpoint (`expect_model` guards against pointing
 at the wrong one); `model_options` are run-time choices. GvU prompts: `data.prompts`
 is a prompt file (.txt one per line, .jsonl, .csv: gvu_jax/data/prompt_files.py),
-or "world" (the embedded world's GenEval-style prompts). There is no judge for real images yet, so `mode` is gvu.
+or "world" (the embedded world's GenEval-style prompts). `mode` is gvu, or eval:
+images for GenEval's scorer (see `eval` below).
 """
 
 import ml_collections
@@ -60,6 +61,10 @@ def get_config(arg=None, model=MODEL):
                max_nonfinite_steps=5)
   c.reward = dict(kind="intrinsic", aggregation="geo_mean_prob", judge="policy",
                   token_weights={})
+  # mode=eval: images of eval.prompts (default: data.prompts) in GenEval's layout,
+  # WORKDIR/eval/{base,gvu}/geneval/, for the base model and the latest GvU policy.
+  c.eval = dict(prompts="", images_per_prompt=4, batch_size=4,
+                sampling=dict(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, cfg_weight=5.0))
 
   # mode=bench (gvu_jax/bench.py): sampler batch sizes (prompts; CFG doubles the
   # rows), the reward batch, and how many of its images x answer_tokens reference

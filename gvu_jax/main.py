@@ -4,6 +4,8 @@
       [--config.mode=all|pretrain|eval|gvu|bench] [--config.a.b=value ...]
 
 mode=bench times the model and the GvU step (gvu_jax/bench.py).
+A converted checkpoint (configs/janus_*.py) runs mode=gvu, or mode=eval: images
+of its prompts for GenEval's scorer (gvu_jax/evaluation/geneval_export.py).
 mode=all (the default) runs pretrain -> eval -> gvu -> eval and writes
 WORKDIR/report.json; each stage resumes from, or skips to, what WORKDIR holds.
 mode=pretrain and mode=gvu train one stage; mode=eval evaluates the finished
@@ -19,7 +21,7 @@ from ml_collections import config_flags
 
 from gvu_jax import context, gvu, pretrain, report, sharding
 from gvu_jax.errors import InputError, NonFiniteError
-from gvu_jax.evaluation import evaluate
+from gvu_jax.evaluation import evaluate, geneval_export
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe file[:preset].",
                                           lock_config=True)
@@ -51,11 +53,16 @@ def run(config, workdir):
     if not config.checkpoint:
       raise InputError("config.checkpoint is required: a directory written by "
                        "python -m gvu_jax.convert")
-    if config.mode != "gvu":
-      raise InputError(f"config.mode={config.mode}: a converted checkpoint runs mode=gvu "
-                       "(there is no judge for real images yet)")
+    if config.mode not in ("gvu", "eval"):
+      raise InputError(f"config.mode={config.mode}: a converted checkpoint runs mode=gvu, "
+                       "or mode=eval (images for GenEval's scorer)")
     ctx = context.Context.create(config, workdir)
-    gvu.run(ctx, ctx.load_base()[1])
+    graphdef, base = ctx.load_base()
+    if config.mode == "gvu":
+      gvu.run(ctx, base)
+      return
+    policy = gvu.load(ctx, base)   # the latest GvU policy in the workdir, if any
+    geneval_export.run(ctx, [("base", graphdef, base)] + ([("gvu", *policy)] if policy else []))
     return
   ctx = context.Context.create(config, workdir)
   if config.mode == "pretrain":

@@ -10,6 +10,7 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -277,6 +278,16 @@ def test_gvu_recipe_runs_on_a_converted_checkpoint(converted, tmp_path):
   assert [r["step"] for r in rows] == [1, 2]
   assert all(0 < r["reward_mean"] <= 1 and np.isfinite(r["loss"]) for r in rows)
   assert not (tmp_path / "run" / "gvu" / "reference").exists()   # the conversion is the reference
+  # mode=eval in the same workdir: GenEval folders for the base model and the policy
+  evaluated = subprocess.run(args + ["--config.mode=eval", "--config.eval.images_per_prompt=2",
+                                     "--config.eval.batch_size=2"],
+                             capture_output=True, text=True, cwd=ROOT, timeout=600)
+  assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+  for stage in ("base", "gvu"):
+    folders = tmp_path / "run" / "eval" / stage / "geneval"
+    assert sorted(p.name for p in folders.iterdir()) == ["00000", "00001"]
+    assert json.loads((folders / "00001" / "metadata.jsonl").read_text()) == {
+        "tag": "prompts", "prompt": "w8 w9"}
 
   for given, error in ((4, "error: config.checkpoint is required"),
                        (5, f"error: checkpoint={converted['transformers']} is not janus_pro_1b: "
@@ -284,6 +295,50 @@ def test_gvu_recipe_runs_on_a_converted_checkpoint(converted, tmp_path):
     wrong = subprocess.run(args[:given] + [f"--workdir={tmp_path / 'run2'}"],
                            capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert wrong.returncode == 2 and wrong.stderr.strip().splitlines()[-1].startswith(error)
+
+
+def test_eval_writes_the_geneval_layout_and_resumes(converted, tmp_path):
+  """mode=eval on the tiny conversion: GenEval's folder layout with each prompt's
+  metadata; an interrupted export resumes with the images an uninterrupted one
+  writes, and finished folders are not rewritten."""
+  from PIL import Image
+  prompts = tmp_path / "prompts.jsonl"
+  rows = [{"tag": "counting", "include": [{"class": "w5", "count": 2}], "prompt": "w5 w6 w7"},
+          {"prompt": "w8 w9"}, {"tag": "colors", "prompt": "w6"}]
+  prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
+  run = lambda workdir: subprocess.run(
+      [sys.executable, "-m", "gvu_jax.main", "--config=configs/janus_pro_1b.py:lora",
+       f"--config.checkpoint={converted['transformers']}", "--config.expect_model=any",
+       "--config.mode=eval", f"--config.eval.prompts={prompts}",
+       "--config.eval.images_per_prompt=2", "--config.eval.batch_size=2",
+       "--config.model_options.max_prompt_tokens=4", "--config.model_options.dtype=float32",
+       f"--workdir={workdir}"], capture_output=True, text=True, cwd=ROOT, timeout=600)
+  whole = run(tmp_path / "whole")
+  assert whole.returncode == 0, whole.stderr[-3000:]
+  out = tmp_path / "whole" / "eval" / "base" / "geneval"
+  assert sorted(p.name for p in out.iterdir()) == ["00000", "00001", "00002"]
+  expected = [dict(rows[0]), {"tag": "prompts", "prompt": "w8 w9"}, dict(rows[2])]
+  for i, meta in enumerate(expected):
+    assert json.loads((out / f"{i:05d}" / "metadata.jsonl").read_text()) == meta
+    samples = sorted((out / f"{i:05d}" / "samples").iterdir())
+    assert [p.name for p in samples] == ["0000.png", "0001.png"]
+    assert Image.open(samples[0]).size == (16, 16) and Image.open(samples[0]).mode == "RGB"
+  assert "score them with GenEval" in whole.stdout
+
+  # An export stopped after the first batch (prompts 0 and 1), with prompt 2's
+  # folder half written: the rerun finishes it as the whole run did.
+  resumed = tmp_path / "resumed" / "eval" / "base" / "geneval"
+  resumed.mkdir(parents=True)
+  for i in (0, 1):
+    shutil.copytree(out / f"{i:05d}", resumed / f"{i:05d}")
+  (resumed / "00002.partial" / "samples").mkdir(parents=True)
+  kept = (resumed / "00000" / "samples" / "0000.png").stat().st_mtime_ns
+  again = run(tmp_path / "resumed")
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert sorted(p.name for p in resumed.iterdir()) == ["00000", "00001", "00002"]
+  assert (resumed / "00000" / "samples" / "0000.png").stat().st_mtime_ns == kept
+  for name in ("metadata.jsonl", "samples/0000.png", "samples/0001.png"):
+    assert (resumed / "00002" / name).read_bytes() == (out / "00002" / name).read_bytes()
 
 
 # --- presets ----------------------------------------------------------------
