@@ -58,6 +58,40 @@ flag_value() {
   fi
 }
 
+# parse_args USAGE_FN SET_FLAG_FN [ARGS...]: the launchers' command line. One
+# subcommand into CMD; -h/--help runs USAGE_FN; --dry-run; each `--flag=value` or
+# `--flag value` goes to `SET_FLAG_FN --flag value`, each flag named in
+# BOOLEAN_FLAGS to `SET_FLAG_FN --flag 1` (SET_FLAG_FN returns 1 for a flag it
+# does not know); everything after `--` into EXTRA (HAVE_EXTRA=1).
+# shellcheck disable=SC2034  # CMD, EXTRA and HAVE_EXTRA are read by the caller
+parse_args() {
+  local usage=$1 set_flag=$2
+  shift 2
+  CMD="" HAVE_EXTRA=0 EXTRA=()
+  while (($#)); do
+    case $1 in
+      --) shift; EXTRA=("$@"); HAVE_EXTRA=1; break ;;
+      -h | --help) "$usage"; exit 0 ;;
+      --dry-run) DRY_RUN=1 ;;
+      --*)
+        if [[ " ${BOOLEAN_FLAGS:-} " == *" $1 "* ]]; then
+          FLAG=$1 VALUE=1
+        else
+          flag_value "$@"
+          shift $((FLAG_ARGS - 1))
+        fi
+        "$set_flag" "$FLAG" "$VALUE" || die "unknown flag $FLAG (see --help)"
+        ;;
+      -*) die "unknown flag $1 (see --help)" ;;
+      *)
+        [[ -z $CMD ]] || die "one subcommand at a time, got $CMD and $1"
+        CMD=$1
+        ;;
+    esac
+    shift
+  done
+}
+
 # need VALUE FLAG ENVVAR: dies unless VALUE is set.
 need() {
   [[ -n $1 ]] || die "$2 (or $3) is required"

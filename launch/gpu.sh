@@ -46,35 +46,20 @@ EOF
 GPUS=${GVU_GPUS:-} HOST=${GVU_HOST:-}
 CONFIG=${GVU_CONFIG:-configs/synthetic.py} WORKDIR=${GVU_WORKDIR:-gvu_workdir}
 PYTHON=${GVU_PYTHON:-python3} REPO=${GVU_REPO:-} REMOTE_DIR=${GVU_REMOTE_DIR:-gvu_jax}
-EXTRA=()
-cmd="" have_extra=0
-while (($#)); do
+set_flag() {
   case $1 in
-    --) shift; EXTRA=("$@"); have_extra=1; break ;;
-    -h | --help) usage; exit 0 ;;
-    --dry-run) DRY_RUN=1 ;;
-    --*)
-      flag_value "$@"
-      shift $((FLAG_ARGS - 1))
-      case $FLAG in
-        --gpus) GPUS=$VALUE ;;
-        --host) HOST=$VALUE ;;
-        --config) CONFIG=$VALUE ;;
-        --workdir) WORKDIR=$VALUE ;;
-        --python) PYTHON=$VALUE ;;
-        --repo) REPO=$VALUE ;;
-        --remote-dir) REMOTE_DIR=$VALUE ;;
-        *) die "unknown flag $FLAG (see --help)" ;;
-      esac
-      ;;
-    -*) die "unknown flag $1 (see --help)" ;;
-    *)
-      [[ -z $cmd ]] || die "one subcommand at a time, got $cmd and $1"
-      cmd=$1
-      ;;
+    --gpus) GPUS=$2 ;;
+    --host) HOST=$2 ;;
+    --config) CONFIG=$2 ;;
+    --workdir) WORKDIR=$2 ;;
+    --python) PYTHON=$2 ;;
+    --repo) REPO=$2 ;;
+    --remote-dir) REMOTE_DIR=$2 ;;
+    *) return 1 ;;
   esac
-  shift
-done
+}
+parse_args usage set_flag "$@"
+cmd=$CMD have_extra=$HAVE_EXTRA
 
 case $cmd in
   setup | run) ;;

@@ -59,6 +59,29 @@ Example:
 EOF
 }
 
+tpu_help() {
+  tpu_usage "$TPU_SCRIPT"
+}
+
+tpu_flag() {
+  case $1 in
+    --spot) SPOT=1 ;;
+    --name) NAME=$2 ;;
+    --zone) ZONE=$2 ;;
+    --type) TYPE=$2 ;;
+    --version) VERSION=$2 ;;
+    --project) PROJECT=$2 ;;
+    --config) CONFIG=$2 ;;
+    --workdir) WORKDIR=$2 ;;
+    --repo) REPO=$2 ;;
+    --remote-dir) REMOTE_DIR=$2 ;;
+    --python) PYTHON=$2 ;;
+    --python-version) PYTHON_VERSION=$2 ;;
+    --logs-dir) LOGS_DIR=$2 ;;
+    *) return 1 ;;
+  esac
+}
+
 tpu_main() {
   TPU_MODE=$1
   local script=$2
@@ -68,41 +91,10 @@ tpu_main() {
   CONFIG=${GVU_CONFIG:-configs/synthetic.py} WORKDIR=${GVU_WORKDIR:-gvu_workdir}
   REPO=${GVU_REPO:-} REMOTE_DIR=${GVU_REMOTE_DIR:-gvu_jax} PYTHON=${GVU_PYTHON:-}
   PYTHON_VERSION=${GVU_PYTHON_VERSION:-3.11} LOGS_DIR=${GVU_LOGS_DIR:-}
-  EXTRA=()
-  local cmd="" have_extra=0
-  while (($#)); do
-    case $1 in
-      --) shift; EXTRA=("$@"); have_extra=1; break ;;
-      -h | --help) tpu_usage "$script"; exit 0 ;;
-      --dry-run) DRY_RUN=1 ;;
-      --spot) SPOT=1 ;;
-      --*)
-        flag_value "$@"
-        shift $((FLAG_ARGS - 1))
-        case $FLAG in
-          --name) NAME=$VALUE ;;
-          --zone) ZONE=$VALUE ;;
-          --type) TYPE=$VALUE ;;
-          --version) VERSION=$VALUE ;;
-          --project) PROJECT=$VALUE ;;
-          --config) CONFIG=$VALUE ;;
-          --workdir) WORKDIR=$VALUE ;;
-          --repo) REPO=$VALUE ;;
-          --remote-dir) REMOTE_DIR=$VALUE ;;
-          --python) PYTHON=$VALUE ;;
-          --python-version) PYTHON_VERSION=$VALUE ;;
-          --logs-dir) LOGS_DIR=$VALUE ;;
-          *) die "unknown flag $FLAG (see --help)" ;;
-        esac
-        ;;
-      -*) die "unknown flag $1 (see --help)" ;;
-      *)
-        [[ -z $cmd ]] || die "one subcommand at a time, got $cmd and $1"
-        cmd=$1
-        ;;
-    esac
-    shift
-  done
+  BOOLEAN_FLAGS="--spot"
+  TPU_SCRIPT=$script
+  parse_args tpu_help tpu_flag "$@"
+  local cmd=$CMD have_extra=$HAVE_EXTRA
 
   case $cmd in
     create | setup | run | logs | delete | all) ;;
