@@ -56,25 +56,37 @@ def run(config, workdir):
     if config.mode not in ("gvu", "eval"):
       raise InputError(f"config.mode={config.mode}: a converted checkpoint runs mode=gvu, "
                        "or mode=eval (images for GenEval's scorer)")
-    ctx = context.Context.create(config, workdir)
-    graphdef, base = ctx.load_base()
-    if config.mode == "gvu":
-      gvu.run(ctx, base)
-      return
-    policy = gvu.load(ctx, base)   # the latest GvU policy in the workdir, if any
-    geneval_export.run(ctx, [("base", graphdef, base)] + ([("gvu", *policy)] if policy else []))
-    return
   ctx = context.Context.create(config, workdir)
-  if config.mode == "pretrain":
+  with ctx.layout.active():   # activation shardings apply to everything traced here
+    if "checkpoint" in config:
+      run_checkpoint(ctx)
+    else:
+      run_embedded(ctx)
+
+
+def run_checkpoint(ctx):
+  """GvU on a converted checkpoint, or GenEval images of it and of its GvU policy."""
+  graphdef, base = ctx.load_base()
+  if ctx.config.mode == "gvu":
+    gvu.run(ctx, base)
+    return
+  policy = gvu.load(ctx, base)   # the latest GvU policy in the workdir, if any
+  geneval_export.run(ctx, [("base", graphdef, base)] + ([("gvu", *policy)] if policy else []))
+
+
+def run_embedded(ctx):
+  """The embedded world: pretrain, GvU and their evaluations, as `mode` says."""
+  mode = ctx.config.mode
+  if mode == "pretrain":
     pretrain.run(ctx)
     return
-  if config.mode == "gvu":
+  if mode == "gvu":
     gvu.run(ctx, pretrain.load(ctx)[1])
     return
   # all: train what is missing, evaluating each stage; eval: evaluate what is there.
-  graphdef, params = (pretrain.run if config.mode == "all" else pretrain.load)(ctx)
+  graphdef, params = (pretrain.run if mode == "all" else pretrain.load)(ctx)
   report.add_stage(ctx, "pretrained", evaluate.run(ctx, graphdef, params, "pretrained"))
-  policy = gvu.run(ctx, params) if config.mode == "all" else gvu.load(ctx, params)
+  policy = gvu.run(ctx, params) if mode == "all" else gvu.load(ctx, params)
   if policy is not None:
     report.add_stage(ctx, "gvu", evaluate.run(ctx, *policy, "gvu"))
   report.show(ctx)

@@ -47,7 +47,7 @@ DEFAULT_RULES = (
 # Logical axes of every weight, by the end of its path (first match wins).
 # Biases take their kernel's output axis, LoRA A its input axis and LoRA B its
 # output axis (see `param_axes`). None: replicated whatever its rank (the VQ
-# convolutions, a few MB, are read whole by every device).
+# convolutions, 70 M parameters in Janus, read whole by every device).
 PARAM_AXES = (
     # Lookup tables split by rows only: a gather from a table split along its
     # width would have to be replicated first (XLA's "involuntary full remat").
