@@ -45,8 +45,8 @@ def get_config(arg=None, model=MODEL):
   c.model_options = dict(dtype="bfloat16", remat=True, max_prompt_tokens=64, attention="auto")
   c.data = dict(prompts="world")
   # Devices (gvu_jax/sharding.py; docs/scaling.md for each machine): FSDP over all of
-  # them shards the weights and optimizer state and splits the rows. prompts_per_step
-  # must divide by data x fsdp; past that, add tensor parallelism (--config.mesh.tensor).
+  # them shards the weights and optimizer state and splits the rows, which
+  # (prompts_per_step x group_size) must divide; past that, add --config.mesh.tensor.
   c.mesh = sharding.mesh_config()
   c.mesh.update(data=1, fsdp=-1)
 
