@@ -267,14 +267,9 @@ def prompts(m, rows, length, rng):
 def place(layout, tree, abstract, batch=False):
   """Arrays of `tree` on the layout's mesh (weights by their logical axes, or rows
   over the batch axes); with `abstract`, ShapeDtypeStructs carrying the shardings."""
-  shardings = layout.for_batch(tree) if batch else layout.for_params(tree)
-  def one(x, sharding):
-    if not hasattr(x, "dtype"):   # a Python scalar (answer_start) stays one
-      return x
-    if abstract:
-      return jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=sharding)
-    return jax.device_put(x, sharding)
-  return jax.tree.map(one, tree, shardings)
+  if abstract:
+    return layout.abstract(tree, batch)
+  return layout.put_batch(tree) if batch else layout.put_params(tree)
 
 
 def understanding_query(m, images, answer_tokens, rng):

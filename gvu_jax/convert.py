@@ -527,9 +527,9 @@ def load(path, dtype=None, like_model=None, param_dtype=None, layout=None):
   path = epath.Path(path)
   stored = DTYPES[json.loads((path / DONE_FILE).read_text())["dtype"]]
   _, like = build.abstract(m)
-  shardings = layout.for_params(like) if layout else jax.tree.map(lambda _: None, like)
-  like = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, param_dtype or stored,
-                                                          sharding=sh), like, shardings)
+  like = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, param_dtype or stored), like)
+  if layout:
+    like = layout.abstract(like)
   return m, load_params(path / "params", like)
 
 

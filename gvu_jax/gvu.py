@@ -112,8 +112,8 @@ def compile_ahead(ctx, sampler, grpo_step, state, frozen, roles):
             "ref_logp": ((rows, tokens), jnp.float32)}
   if c.mu > 1:
     shapes["old_logp"] = shapes["ref_logp"]
-  batch = {k: jax.ShapeDtypeStruct(shape, dtype, sharding=layout.sharding(("batch",), shape))
-           for k, (shape, dtype) in shapes.items()}
+  batch = layout.abstract({k: jax.ShapeDtypeStruct(shape, dtype)
+                           for k, (shape, dtype) in shapes.items()}, batch=True)
   update = grpo_step.lower(state, frozen, batch).compile()
   if metrics.is_main_host():
     mib = lambda compiled: f"{(sharding.peak_bytes(compiled) or 0) / 2**20:.1f} MiB"
@@ -184,7 +184,7 @@ def run(ctx, base_params):
     batch = layout.put_batch({"prompt_ids": np.repeat(prompt[0], g, 0),
                               "prompt_valid": np.repeat(prompt[1], g, 0),
                               "codes": samples.codes, "advantages": advantages(used)})
-    batch = layout.put_batch(dict(batch, **logp_fn(state["trainable"], frozen, batch)))
+    batch.update(layout.put_batch(logp_fn(state["trainable"], frozen, batch)))
     for _ in range(c.mu):
       state, m = grpo_step(state, frozen, batch)
     m = metrics.to_python(jax.block_until_ready(m))

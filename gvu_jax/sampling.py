@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from gvu_jax import sharding
 from gvu_jax.errors import InputError
 from gvu_jax.models.janus import causal_mask, positions_from_valid
 from gvu_jax.models.llama import CACHE_AXES
@@ -189,9 +190,7 @@ class Sampler:
     if rollout is self.layout:   # nothing to gather: `run` casts inside the jit
       return params
     if abstract:
-      shapes = jax.eval_shape(self._cast, params)
-      return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                          shapes, rollout.for_params(shapes))
+      return rollout.abstract(jax.eval_shape(self._cast, params))
     return jax.device_put(self._cast(params), rollout.for_params(params))
 
   def _new_cache(self, params, batch, prompt_len, abstract=False):
@@ -203,8 +202,7 @@ class Sampler:
     if self.layout is not None:
       shardings = jax.tree.map(lambda x: self.layout.sharding(CACHE_AXES, x.shape), shapes)
     if abstract:
-      return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                          shapes, shardings or jax.tree.map(lambda _: None, shapes))
+      return sharding.abstract(shapes, shardings)
     return jax.jit(make, out_shardings=shardings)(params)
 
   def __call__(self, params, ids, valid, key) -> Samples:

@@ -245,6 +245,11 @@ class Layout:
         lambda x: self.sharding(("batch",), np.shape(x)) if np.ndim(x) else self.replicated,
         tree)
 
+  def abstract(self, tree, batch=False):
+    """ShapeDtypeStructs of `tree` carrying the shardings put_params (or, with
+    `batch`, put_batch) would give it: arguments for lower() that allocate nothing."""
+    return abstract(tree, self.for_batch(tree) if batch else self.for_params(tree))
+
   def put_params(self, tree):
     return jax.device_put(tree, self.for_params(tree))
 
@@ -286,6 +291,15 @@ def constrain(x, logical):
   if layout is None or layout.mesh.size == 1:
     return x
   return jax.lax.with_sharding_constraint(x, layout.sharding(logical, x.shape))
+
+
+def abstract(tree, shardings=None):
+  """ShapeDtypeStructs of the arrays of `tree` (shardings: a matching tree, or
+  None); Python scalars stay as they are."""
+  if shardings is None:
+    shardings = jax.tree.map(lambda _: None, tree)
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=s)
+                      if hasattr(x, "dtype") else x, tree, shardings)
 
 
 def to_host(x):
