@@ -7,7 +7,7 @@ Two kinds of run:
   a converted checkpoint (configs/janus_*.py, `checkpoint=DIR` from
       `python -m gvu_jax.convert`): the model block is read from DIR, the
       tokenizer and templates are the checkpoint's, and GvU prompts come from
-      `data.prompts` (a .txt/.jsonl/.csv prompt file, or "world").
+      `data.prompts` (a .txt/.jsonl/.csv prompt file, a prompt dataset, or "world").
 """
 
 import dataclasses
@@ -20,12 +20,24 @@ from gvu_jax.errors import InputError
 from gvu_jax.models import build, presets
 
 
-def read_prompts(source):
-  """`data.prompts` -> [Prompt]: "world" (the embedded world's GenEval-style
-  training prompts) or a prompt file (.txt, .jsonl, .csv: data/prompt_files.py)."""
+def read_prompts(source, data):
+  """`data.prompts` (or `eval.prompts`) -> [Prompt]: "world" (the embedded world's
+  GenEval-style training prompts), a prompt file (.txt, .jsonl, .csv:
+  data/prompt_files.py) or a prompt dataset, NAME[:SPLIT] (data/builders.py),
+  read through tfds.data_source and grain; `data` says where TFDS keeps it."""
   if source == "world":
     return [Prompt(s.text, s.category) for s in world.split_specs(0).pretrain]
-  return prompt_files.read(source)
+  if os.path.splitext(source)[1].lower() in prompt_files.FORMATS or os.sep in source:
+    return prompt_files.read(source)
+  import grain                                  # (TFDS takes a second to import)
+  from gvu_jax.data import builders
+  if not builders.is_builder_spec(source):
+    raise InputError(f"prompts={source!r}: expected a prompt file "
+                     f"({', '.join(prompt_files.FORMATS)}), 'world', or one of the datasets "
+                     f"{sorted(builders.BUILDERS)} as NAME or NAME:SPLIT")
+  _, sources = builders.data_sources(source, data.get("tfds_dir") or None,
+                                     data.get("manual_dir") or None)
+  return [p for s in sources for p in grain.MapDataset.source(s).map(builders.to_prompt)]
 
 
 @dataclasses.dataclass
@@ -76,7 +88,7 @@ class Context:
     templates = janus_text.JanusTemplates(tokenizer, m.image_tokens, m.max_prompt_tokens,
                                           style=m.template)
     return cls._with(config, m, workdir, tokenizer, templates,
-                     [], read_prompts(config.data.prompts), [])
+                     [], read_prompts(config.data.prompts, config.data), [])
 
   @classmethod
   def _with(cls, config, m, workdir, tokenizer, templates, pretrain, gvu, heldout):

@@ -64,6 +64,6 @@ def test_bad_prompt_files_name_file_and_line(tmp_path, name, content, message):
 
 def test_missing_file_and_the_world(tmp_path):
   with pytest.raises(InputError, match="no such prompt file"):
-    context.read_prompts(str(tmp_path / "absent.txt"))
-  world = context.read_prompts("world")
+    context.read_prompts(str(tmp_path / "absent.txt"), {})
+  world = context.read_prompts("world", {})
   assert len(world) > 100 and {p.category for p in world} >= {"counting", "position"}

@@ -97,9 +97,10 @@ def one(rng, tag):
   raise InputError(f"geneval: unknown tag {tag!r}; expected one of {list(TAGS)}")
 
 
-def generate(per_tag, seed=0, tags=TAGS, exclude_prompts=()):
+def generate(per_tag, seed=0, tags=TAGS, exclude_prompts=(), at_most=False):
   """`per_tag` distinct prompts of each tag, in tag order; none in `exclude_prompts`
-  (e.g. a benchmark's held-out prompts)."""
+  (e.g. a benchmark's held-out prompts). A tag with fewer distinct prompts left
+  (single_object has 80 in all) is an error, or with `at_most` gives what it has."""
   rng = np.random.default_rng(seed)
   seen, out = set(exclude_prompts), []
   for tag in tags:
@@ -108,6 +109,8 @@ def generate(per_tag, seed=0, tags=TAGS, exclude_prompts=()):
       record = one(rng, tag)
       tries += 1
       if tries > 50 * per_tag + 1000:
+        if at_most:
+          break
         raise InputError(f"geneval: cannot make {per_tag} distinct {tag} prompts")
       if record["prompt"] not in seen:
         seen.add(record["prompt"])
