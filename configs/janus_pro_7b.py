@@ -18,9 +18,8 @@ model and GvU step on random weights (see gvu_jax/bench.py and `bench` below).
 
 The model block comes from the checkpoint (`expect_model` guards against pointing
 at the wrong one); `model_options` are run-time choices. GvU prompts: `data.prompts`
-is a prompt file (.txt one per line, .jsonl, .csv: gvu_jax/data/prompt_files.py),
-or "world" (the embedded world's GenEval-style prompts). `mode` is gvu, or eval:
-images for GenEval's scorer (see `eval` below).
+(see `data` below). `mode` is gvu, or eval: images for the benchmarks' own scorers
+(see `eval` below).
 """
 
 import ml_collections
@@ -43,7 +42,11 @@ def get_config(arg=None, model=MODEL):
   # attention: auto = cuDNN flash on GPU, Pallas splash on TPU, XLA elsewhere
   # (gvu_jax/models/attention.py); xla | dot_product | cudnn | splash to force one.
   c.model_options = dict(dtype="bfloat16", remat=True, max_prompt_tokens=64, attention="auto")
-  c.data = dict(prompts="world")
+  # GvU prompts: a prompt file, a dataset of gvu_jax/data/builders.py (the paper's:
+  # geneval_prompts, GenEval-style training prompts), or the embedded world's.
+  # Batches keep tags balanced; datasets live in tfds_dir ("" = TFDS's default)
+  # and are prepared from manual_dir (or by python -m gvu_jax.data.builders).
+  c.data = dict(prompts="world", balance_tags=True, tfds_dir="", manual_dir="")
   # Devices (gvu_jax/sharding.py; docs/scaling.md for each machine): FSDP over all of
   # them shards the weights and optimizer state and splits the rows, which
   # (prompts_per_step x group_size) must divide; past that, add --config.mesh.tensor.
@@ -61,9 +64,11 @@ def get_config(arg=None, model=MODEL):
                max_nonfinite_steps=5)
   c.reward = dict(kind="intrinsic", aggregation="geo_mean_prob", judge="policy",
                   token_weights={})
-  # mode=eval: images of eval.prompts (default: data.prompts) in GenEval's layout,
-  # WORKDIR/eval/{base,gvu}/geneval/, for the base model and the latest GvU policy.
-  c.eval = dict(prompts="", images_per_prompt=4, batch_size=4,
+  # mode=eval: images of eval.prompts (default: data.prompts) for the base model and
+  # the latest GvU policy, in WORKDIR/eval/{base,gvu}/<layout>/, the layout each
+  # benchmark's scorer reads: geneval | geneval_plus | t2i_compbench | dpg_bench
+  # (gvu_jax/evaluation/export.py); auto = the dataset's own, else GenEval's.
+  c.eval = dict(prompts="", layout="auto", images_per_prompt=4, batch_size=4,
                 sampling=dict(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, cfg_weight=5.0))
 
   # mode=bench (gvu_jax/bench.py): sampler batch sizes (prompts; CFG doubles the

@@ -19,7 +19,7 @@ from flax import nnx
 
 from gvu_jax import checkpoint, lora, metrics, rl, sharding
 from gvu_jax import reward as reward_lib
-from gvu_jax.data import batches
+from gvu_jax.data import pipeline
 from gvu_jax.errors import InputError, NonFiniteError
 from gvu_jax.evaluation import grid
 from gvu_jax.models import build
@@ -122,6 +122,17 @@ def compile_ahead(ctx, sampler, grpo_step, state, frozen, roles):
   return update
 
 
+def prompt_stream(ctx):
+  """The GvU prompts, gvu.prompts_per_step a step (data/pipeline.py): the
+  embedded world's per-step draws, or a grain pipeline over data.prompts."""
+  config = ctx.config
+  n = config.gvu.prompts_per_step
+  if not config.get("checkpoint"):
+    return pipeline.DrawnPrompts(ctx.gvu_specs, n, config.seed)
+  return pipeline.GrainPrompts(ctx.gvu_specs, n, config.seed, config.data.balance_tags,
+                               name=f"data.prompts={config.data.prompts}")
+
+
 def _timed(fn, *args):
   tic = time.perf_counter()
   out = jax.block_until_ready(fn(*args))
@@ -132,14 +143,15 @@ def run(ctx, base_params):
   """Runs (or resumes, or skips when finished) the GvU stage -> (graphdef, policy params)."""
   config, c = ctx.config, ctx.config.gvu
   graphdef, roles, tx, state, frozen, store = _setup(ctx, base_params)
-  latest = store.latest_step()
-  if latest is not None:
-    state, _ = store.restore(latest, state)
-    print(f"gvu: resuming from step {latest}" if latest < c.steps else
-          f"gvu: found a finished run at step {latest}; skipping")
-
   g, n, layout = c.group_size, c.prompts_per_step, ctx.layout
   layout.check_batch("gvu.prompts_per_step x gvu.group_size", n * g)   # the rollout's rows
+  prompts = prompt_stream(ctx)
+  latest = store.latest_step()
+  if latest is not None:
+    state, meta = store.restore(latest, state)
+    prompts.set_state(meta["data"])
+    print(f"gvu: resuming from step {latest}" if latest < c.steps else
+          f"gvu: found a finished run at step {latest}; skipping")
   sampler = Sampler(graphdef, SamplingConfig(**c.sampling), num_tokens=ctx.model.image_tokens,
                     uncond_row=ctx.templates.unconditional(1), group_size=g, layout=layout)
   decode = jax.jit(lambda params, codes: ctx.image_tokenizer.decode(
@@ -160,8 +172,7 @@ def run(ctx, base_params):
   bar = metrics.progress(c.steps, "gvu", initial=start)
   nonfinite_in_a_row = 0
   for step in range(start, c.steps):
-    specs = batches.prompt_batch(ctx.gvu_specs, n, batches.rng_for(config.seed, "gvu", step))
-    texts = [s.text for s in specs]
+    texts = [p.text for p in next(prompts)]
     rows = [t for t in texts for _ in range(g)]
     prompt = ctx.templates.generation(texts)
     ids, valid = layout.put_batch(prompt)
@@ -172,8 +183,7 @@ def run(ctx, base_params):
 
     samples, t_rollout = _timed(sampler, policy, ids, valid, key)
     pixels, t_decode = _timed(decode, policy, samples.codes)
-    query = {k: np.repeat(v, g, 0) if isinstance(v, np.ndarray) else v   # encode once per prompt
-             for k, v in ctx.templates.understanding(texts).arrays().items()}
+    query = ctx.templates.understanding(texts).arrays(repeat=g)   # encoded once per prompt
     answer_mask, query = query["answer_mask"], layout.put_batch(query)
     (rewards, token_logp), t_reward = _timed(reward_fn, state["trainable"], frozen, pixels, query)
     used = rewards
@@ -218,7 +228,7 @@ def run(ctx, base_params):
       raise NonFiniteError(f"gvu: {nonfinite_in_a_row} non-finite updates in a row at step "
                            f"{done}; stopped, last good checkpoint kept in {ctx.path('gvu')}")
     if done % c.checkpoint_every == 0 or done == c.steps:
-      store.save(done, state, {"data_position": done * n, "step": done})
+      store.save(done, state, {"data": prompts.get_state(), "step": done})
   bar.close()
   store.close()
   return graphdef, roles.policy(state["trainable"], frozen)

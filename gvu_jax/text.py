@@ -45,10 +45,13 @@ class UnderstandingBatch:
   answer_mask: np.ndarray   # [B, L] bool (prompt tokens; the <eos> after them is not marked)
   answer_len: int           # L = longest answer incl. <eos>
 
-  def arrays(self):
-    """What the reward and scoring functions take."""
-    return {"ids": self.ids, "valid": self.valid, "image_slots": self.image_slots,
-            "answer_mask": self.answer_mask, "answer_start": self.answer_start}
+  def arrays(self, repeat=1):
+    """What the reward and scoring functions take; each row `repeat` times (one
+    per image sampled for it)."""
+    rows = {"ids": self.ids, "valid": self.valid, "image_slots": self.image_slots,
+            "answer_mask": self.answer_mask}
+    return {**{k: np.repeat(v, repeat, 0) for k, v in rows.items()},
+            "answer_start": self.answer_start}
 
 
 def checked_prompt(text, ids, max_prompt_tokens):
