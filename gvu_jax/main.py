@@ -5,7 +5,7 @@
 
 mode=bench times the model and the GvU step (gvu_jax/bench.py).
 A converted checkpoint (configs/janus_*.py) runs mode=gvu, or mode=eval: images
-of its prompts for GenEval's scorer (gvu_jax/evaluation/geneval_export.py).
+of its prompts for the benchmarks' scorers (gvu_jax/evaluation/export.py).
 mode=all (the default) runs pretrain -> eval -> gvu -> eval and writes
 WORKDIR/report.json; each stage resumes from, or skips to, what WORKDIR holds.
 mode=pretrain and mode=gvu train one stage; mode=eval evaluates the finished
@@ -21,7 +21,7 @@ from ml_collections import config_flags
 
 from gvu_jax import context, gvu, pretrain, report, sharding
 from gvu_jax.errors import InputError, NonFiniteError
-from gvu_jax.evaluation import evaluate, geneval_export
+from gvu_jax.evaluation import evaluate, export
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe file[:preset].",
                                           lock_config=True)
@@ -55,7 +55,7 @@ def run(config, workdir):
                        "python -m gvu_jax.convert")
     if config.mode not in ("gvu", "eval"):
       raise InputError(f"config.mode={config.mode}: a converted checkpoint runs mode=gvu, "
-                       "or mode=eval (images for GenEval's scorer)")
+                       "or mode=eval (images for the benchmarks' own scorers)")
   ctx = context.Context.create(config, workdir)
   with ctx.layout.active():   # activation shardings apply to everything traced here
     if "checkpoint" in config:
@@ -65,13 +65,13 @@ def run(config, workdir):
 
 
 def run_checkpoint(ctx):
-  """GvU on a converted checkpoint, or GenEval images of it and of its GvU policy."""
+  """GvU on a converted checkpoint, or benchmark images of it and of its GvU policy."""
   graphdef, base = ctx.load_base()
   if ctx.config.mode == "gvu":
     gvu.run(ctx, base)
     return
   policy = gvu.load(ctx, base)   # the latest GvU policy in the workdir, if any
-  geneval_export.run(ctx, [("base", graphdef, base)] + ([("gvu", *policy)] if policy else []))
+  export.run(ctx, [("base", graphdef, base)] + ([("gvu", *policy)] if policy else []))
 
 
 def run_embedded(ctx):

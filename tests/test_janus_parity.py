@@ -323,7 +323,17 @@ def test_eval_writes_the_geneval_layout_and_resumes(converted, tmp_path):
     samples = sorted((out / f"{i:05d}" / "samples").iterdir())
     assert [p.name for p in samples] == ["0000.png", "0001.png"]
     assert Image.open(samples[0]).size == (16, 16) and Image.open(samples[0]).mode == "RGB"
-  assert "score them with GenEval" in whole.stdout
+  assert "evaluate_images.py" in whole.stdout and "(GenEval)" in whole.stdout
+  # the label-free metric beside the images: each prompt's mean intrinsic reward
+  rewards = [json.loads(l) for l in (out.parent / "geneval_rewards.jsonl").read_text().splitlines()]
+  assert [(r["index"], r["tag"]) for r in rewards] == [(0, "counting"), (1, "prompts"), (2, "colors")]
+  assert all(0 < r["reward"] <= 1 for r in rewards)
+  summary = json.loads((out.parent / "geneval_summary.json").read_text())
+  by_tag = {r["tag"]: r["reward"] for r in rewards}
+  assert summary["intrinsic_reward"] == pytest.approx(
+      {"overall": np.mean(list(by_tag.values())), **by_tag})
+  assert (out.parent / "geneval_grid.png").exists()
+  assert "| mean intrinsic reward | base |" in (tmp_path / "whole" / "eval" / "summary.md").read_text()
 
   # An export stopped after the first batch (prompts 0 and 1), with prompt 2's
   # folder half written: the rerun finishes it as the whole run did.
@@ -331,6 +341,8 @@ def test_eval_writes_the_geneval_layout_and_resumes(converted, tmp_path):
   resumed.mkdir(parents=True)
   for i in (0, 1):
     shutil.copytree(out / f"{i:05d}", resumed / f"{i:05d}")
+  (resumed.parent / "geneval_rewards.jsonl").write_text(
+      "".join(json.dumps(r) + "\n" for r in rewards[:2]))
   (resumed / "00002.partial" / "samples").mkdir(parents=True)
   kept = (resumed / "00000" / "samples" / "0000.png").stat().st_mtime_ns
   again = run(tmp_path / "resumed")
@@ -339,6 +351,34 @@ def test_eval_writes_the_geneval_layout_and_resumes(converted, tmp_path):
   assert (resumed / "00000" / "samples" / "0000.png").stat().st_mtime_ns == kept
   for name in ("metadata.jsonl", "samples/0000.png", "samples/0001.png"):
     assert (resumed / "00002" / name).read_bytes() == (out / "00002" / name).read_bytes()
+  assert (resumed.parent / "geneval_summary.json").read_text() == \
+      (out.parent / "geneval_summary.json").read_text().replace(str(tmp_path / "whole"),
+                                                                str(tmp_path / "resumed"))
+
+
+def test_eval_on_a_dataset_writes_its_benchmark_layout(converted, tmp_path):
+  """eval.prompts names a prompt dataset (prepared from manual_dir): T2I-CompBench's
+  layout, one folder per category, with the intrinsic reward per category."""
+  manual = tmp_path / "manual"
+  manual.mkdir()
+  for c in ("color", "shape", "texture", "spatial", "non_spatial", "complex"):
+    for split in ("train", "val"):
+      (manual / f"{c}_{split}.txt").write_text("w5 w6 w7\nw8 w9\n" if c != "shape" else "w10\n")
+  run = subprocess.run(
+      [sys.executable, "-m", "gvu_jax.main", "--config=configs/janus_pro_1b.py:lora",
+       f"--config.checkpoint={converted['transformers']}", "--config.expect_model=any",
+       "--config.mode=eval", "--config.eval.prompts=t2i_compbench:color_val+shape_val",
+       f"--config.data.tfds_dir={tmp_path / 'tfds'}", f"--config.data.manual_dir={manual}",
+       "--config.eval.images_per_prompt=2", "--config.eval.batch_size=2",
+       "--config.model_options.max_prompt_tokens=4", "--config.model_options.dtype=float32",
+       f"--workdir={tmp_path / 'run'}"], capture_output=True, text=True, cwd=ROOT, timeout=600)
+  assert run.returncode == 0, run.stderr[-3000:]
+  out = tmp_path / "run" / "eval" / "base" / "t2i_compbench"
+  assert sorted(os.listdir(out / "color" / "samples")) == [
+      "w5 w6 w7_000000.png", "w5 w6 w7_000001.png", "w8 w9_000000.png", "w8 w9_000001.png"]
+  assert sorted(os.listdir(out / "shape" / "samples")) == ["w10_000000.png", "w10_000001.png"]
+  summary = json.loads((out.parent / "t2i_compbench_summary.json").read_text())
+  assert summary["prompts"] == 3 and set(summary["intrinsic_reward"]) == {"overall", "color", "shape"}
 
 
 # --- presets ----------------------------------------------------------------

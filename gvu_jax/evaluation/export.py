@@ -1,0 +1,280 @@
+"""Images for the benchmarks' own scorers, from a converted checkpoint and the
+latest GvU policy of the workdir, with the mean intrinsic reward as a label-free
+metric beside them. WORKDIR/eval/<stage>/<layout>/ holds, per `eval.layout`:
+
+  geneval        <index:05d>/metadata.jsonl, <index:05d>/samples/<n:04d>.png
+                 (GenEval's evaluation/evaluate_images.py)
+  geneval_plus   Geneval++.jsonl and sample_<n>/<index>.png, index from 0, one
+                 complete image folder per sample (the GvU reference's
+                 evaluation/evaluation_geneval_plus.py reads <image_dir>/<index>.png)
+  t2i_compbench  <tag>/samples/<prompt>_<n:06d>.png (T2I-CompBench's scripts read
+                 examples/samples/; one folder per category)
+  dpg_bench      <id>.png: the images_per_prompt (at most 4) images tiled 2x2
+                 (DPG-Bench's compute_dpg_bench.py with --pic-num)
+
+and beside it <layout>_rewards.jsonl (each prompt's mean intrinsic reward),
+<layout>_summary.json (its mean per tag) and <layout>_grid.png (the first image
+of the first 32 prompts made by this run).
+
+Generation is batched over prompts and sharded over the mesh. Every file
+appears at once (written aside, then renamed), so an interrupted run resumes:
+prompts whose files are all there are kept, and a batch's key depends only on its
+place in the prompt list, so the rest come out as an uninterrupted run writes them.
+"""
+
+import json
+import os
+import shutil
+import time
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.experimental import multihost_utils
+from PIL import Image
+
+from gvu_jax import context, metrics, sharding
+from gvu_jax.errors import InputError
+from gvu_jax.evaluation import grid
+from gvu_jax.evaluation.evaluate import make_scorer, padded_chunks
+from gvu_jax.models.cell_tokenizer import to_uint8
+from gvu_jax.sampling import Sampler, SamplingConfig
+
+DATASET_LAYOUTS = {"geneval_prompts": "geneval", "geneval_plus": "geneval_plus",
+                   "t2i_compbench": "t2i_compbench", "dpg_bench": "dpg_bench"}
+
+
+def metadata(prompt):
+  """GenEval's metadata line of a prompt: what its source said, its tag and text."""
+  out = {k: json.loads(v) for k, v in prompt.meta}
+  out.update(tag=prompt.category, prompt=prompt.text)
+  return out
+
+
+def _save_png(path, image):
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  partial = path + ".partial"
+  Image.fromarray(image).save(partial, format="PNG")
+  os.replace(partial, path)
+
+
+class GenevalLayout:
+
+  def __init__(self, directory, per_prompt, prompts):
+    self.directory = directory
+
+  def done(self, i, prompt):
+    return os.path.isdir(os.path.join(self.directory, f"{i:05d}"))
+
+  def write(self, i, prompt, images):
+    """<index>/{metadata.jsonl, samples/NNNN.png}, the folder appearing at once."""
+    final = os.path.join(self.directory, f"{i:05d}")
+    partial = final + ".partial"
+    shutil.rmtree(partial, ignore_errors=True)   # left by an interrupted run
+    os.makedirs(os.path.join(partial, "samples"))
+    with open(os.path.join(partial, "metadata.jsonl"), "w", encoding="utf-8") as f:
+      f.write(json.dumps(metadata(prompt)) + "\n")
+    for n, image in enumerate(images):
+      Image.fromarray(image).save(os.path.join(partial, "samples", f"{n:04d}.png"))
+    os.replace(partial, final)
+
+  def scorer_hint(self):
+    return (f"python evaluation/evaluate_images.py {self.directory} "
+            f"--outfile {self.directory}_results.jsonl --model-path <detector>  (GenEval)")
+
+
+class _FilesLayout:
+  """Layouts where a prompt is a set of image files: done when all are there."""
+
+  def __init__(self, directory, per_prompt, prompts):
+    self.directory, self.per_prompt = directory, per_prompt
+
+  def done(self, i, prompt):
+    return all(os.path.isfile(p) for p in self.files(i, prompt))
+
+  def write(self, i, prompt, images):
+    for path, image in zip(self.files(i, prompt), images):
+      _save_png(path, image)
+
+
+class GenevalPlusLayout(_FilesLayout):
+
+  def __init__(self, directory, per_prompt, prompts):
+    super().__init__(directory, per_prompt, prompts)
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, "Geneval++.jsonl"), "w", encoding="utf-8") as f:
+      f.writelines(json.dumps(metadata(p)) + "\n" for p in prompts)
+
+  def files(self, i, prompt):
+    return [os.path.join(self.directory, f"sample_{n}", f"{i}.png")
+            for n in range(self.per_prompt)]
+
+  def scorer_hint(self):
+    return (f"evaluation/evaluation_geneval_plus.py (GvU) with meta_path "
+            f"{self.directory}/Geneval++.jsonl and image_dir {self.directory}/sample_0")
+
+
+class T2iCompbenchLayout(_FilesLayout):
+
+  def files(self, i, prompt):
+    name = prompt.text.replace("/", " ")
+    return [os.path.join(self.directory, prompt.category, "samples", f"{name}_{n:06d}.png")
+            for n in range(self.per_prompt)]
+
+  def scorer_hint(self):
+    return (f"T2I-CompBench's BLIPvqa_eval / UniDet_eval / CLIPScore_eval with "
+            f"{self.directory}/<category>/ as their examples/ folder")
+
+
+class DpgBenchLayout(_FilesLayout):
+
+  def __init__(self, directory, per_prompt, prompts):
+    if not 1 <= per_prompt <= 4:
+      raise InputError(f"eval.images_per_prompt={per_prompt}: DPG-Bench tiles at most 4 "
+                       "images 2x2 (its --pic-num)")
+    super().__init__(directory, per_prompt, prompts)
+
+  def files(self, i, prompt):
+    return [os.path.join(self.directory, f"{prompt.id}.png")]
+
+  def write(self, i, prompt, images):
+    if len(images) > 1:   # DPG-Bench crops (0,0), (r,0), (0,r), (r,r)
+      h, w, _ = images[0].shape
+      tile = np.zeros((2, 2, h, w, 3), np.uint8)
+      for n, image in enumerate(images):
+        tile[n // 2, n % 2] = image
+      images = [tile.transpose(0, 2, 1, 3, 4).reshape(2 * h, 2 * w, 3)]
+    super().write(i, prompt, images)
+
+  def scorer_hint(self):
+    h = "<image size>"
+    return (f"dpg_bench/compute_dpg_bench.py --image-root-path {self.directory} "
+            f"--resolution {h} --pic-num {self.per_prompt}  (DPG-Bench)")
+
+
+LAYOUTS = {"geneval": GenevalLayout, "geneval_plus": GenevalPlusLayout,
+           "t2i_compbench": T2iCompbenchLayout, "dpg_bench": DpgBenchLayout}
+
+
+def layout_name(c):
+  """`eval.layout`, with auto = the prompt dataset's own layout, else GenEval's."""
+  if c.layout == "auto":
+    return DATASET_LAYOUTS.get(c.prompts.split(":")[0], "geneval")
+  if c.layout not in LAYOUTS:
+    raise InputError(f"eval.layout={c.layout!r}: expected auto or one of {sorted(LAYOUTS)}")
+  return c.layout
+
+
+def _read_rewards(path):
+  if not os.path.isfile(path):
+    return {}
+  with open(path, encoding="utf-8") as f:
+    return {r["index"]: r for r in map(json.loads, f)}
+
+
+def export(ctx, graphdef, params, stage_dir, prompts):
+  """Writes every prompt not already in stage_dir/<layout> -> its summary dict."""
+  c = ctx.config.eval
+  name = layout_name(c)
+  directory = os.path.join(stage_dir, name)
+  per_prompt, batch = c.images_per_prompt, c.batch_size
+  ctx.layout.check_batch("eval.batch_size x eval.images_per_prompt", batch * per_prompt)
+  main_host = metrics.is_main_host()
+  if main_host:
+    os.makedirs(directory, exist_ok=True)
+  layout = LAYOUTS[name](directory, per_prompt, prompts) if main_host else None
+  done = lambda i: main_host and layout.done(i, prompts[i])
+  sampler = Sampler(graphdef, SamplingConfig(**c.sampling), num_tokens=ctx.model.image_tokens,
+                    uncond_row=ctx.templates.unconditional(1), group_size=per_prompt,
+                    layout=ctx.layout)
+  decode = jax.jit(lambda p, codes: to_uint8(ctx.image_tokenizer.decode(
+      codes, nnx.merge(graphdef, p))))
+  scorer = make_scorer(ctx, graphdef)
+  rewards_path = os.path.join(stage_dir, f"{name}_rewards.jsonl")
+  rewards = _read_rewards(rewards_path) if main_host else {}
+  key = jax.random.key(ctx.config.seed)
+  # Every host takes the same batches (the sampler is one global computation);
+  # host 0 decides what is left and writes.
+  todo = np.asarray([not done(i) or i not in rewards for i in range(len(prompts))])
+  todo = multihost_utils.broadcast_one_to_all(todo)
+  bar = metrics.progress(len(prompts), f"eval {os.path.basename(stage_dir)} {name}",
+                         initial=int((~todo).sum()))
+  tic, made, shown = time.perf_counter(), 0, []
+  for k, (idx, real) in enumerate(padded_chunks(len(prompts), batch)):
+    if not todo[idx[:real]].any():
+      continue
+    texts = [prompts[i].text for i in idx]
+    ids, valid = ctx.layout.put_batch(ctx.templates.generation(texts))
+    samples = sampler(params, ids, valid, jax.random.fold_in(key, k))
+    query = ctx.templates.understanding(texts).arrays(repeat=per_prompt)
+    _, r = scorer(params, samples.codes, ctx.layout.put_batch(query))
+    images = sharding.to_host(decode(params, samples.codes))
+    r = sharding.to_host(r).reshape(batch, per_prompt).mean(1)
+    if main_host:
+      with open(rewards_path, "a", encoding="utf-8") as f:
+        for row, i in enumerate(idx[:real]):
+          if not todo[i]:
+            continue
+          i = int(i)
+          mine = images[row * per_prompt:(row + 1) * per_prompt]
+          layout.write(i, prompts[i], mine)
+          rewards[i] = {"index": i, "tag": prompts[i].category, "reward": float(r[row])}
+          f.write(json.dumps(rewards[i]) + "\n")   # after the images: a line means done
+          if len(shown) < 32:
+            shown.append((mine[0], f"{prompts[i].text} r={r[row]:.2f}"))
+    n_new = int(todo[idx[:real]].sum())
+    made += n_new * per_prompt
+    bar.update(n_new)
+    bar.set_postfix(img_s=f"{made / (time.perf_counter() - tic):.2f}")
+  bar.close()
+  if not main_host:
+    return None
+  if shown:
+    grid.save_grid(os.path.join(stage_dir, f"{name}_grid.png"), [im for im, _ in shown],
+                   ncols=8, scale=max(1, 128 // shown[0][0].shape[0]),
+                   captions=[t for _, t in shown])
+  summary = summarize(prompts, rewards, per_prompt, directory, layout.scorer_hint())
+  with open(os.path.join(stage_dir, f"{name}_summary.json"), "w", encoding="utf-8") as f:
+    json.dump(summary, f, indent=1)
+  return summary
+
+
+def summarize(prompts, rewards, per_prompt, directory, scorer_hint):
+  """Mean intrinsic reward per tag and over tags (each tag weighs the same, as
+  GenEval's overall score)."""
+  by_tag = {}
+  for r in rewards.values():
+    by_tag.setdefault(r["tag"], []).append(r["reward"])
+  means = {t: float(np.mean(v)) for t, v in sorted(by_tag.items())}
+  return {"prompts": len(prompts), "images_per_prompt": per_prompt, "images": directory,
+          "scorer": scorer_hint,
+          "intrinsic_reward": {"overall": float(np.mean(list(means.values()))), **means}}
+
+
+def run(ctx, stages):
+  """`stages`: [(name, graphdef, params)] -> WORKDIR/eval/<name>/<layout>/ each, and
+  WORKDIR/eval/summary.md comparing their intrinsic rewards."""
+  c = ctx.config.eval
+  prompts = context.read_prompts(c.prompts or ctx.config.data.prompts, ctx.config.data)
+  summaries = {}
+  for stage, graphdef, params in stages:
+    summaries[stage] = export(ctx, graphdef, params, ctx.path("eval", stage), prompts)
+  if metrics.is_main_host():
+    table = summary_table(summaries)
+    with open(ctx.path("eval", "summary.md"), "w", encoding="utf-8") as f:
+      f.write(table + "\n")
+    print(table)
+    for stage, s in summaries.items():
+      print(f"eval: {stage}: {s['prompts']} prompts x {s['images_per_prompt']} images in "
+            f"{s['images']}; score them with {s['scorer']}")
+
+
+def summary_table(summaries):
+  stages = list(summaries)
+  tags = list(next(iter(summaries.values()))["intrinsic_reward"])
+  lines = ["| mean intrinsic reward | " + " | ".join(stages) + " |",
+           "|---" * (len(stages) + 1) + "|"]
+  for t in tags:
+    lines.append(f"| {t} | " + " | ".join(f"{summaries[s]['intrinsic_reward'].get(t, float('nan')):.4f}"
+                                          for s in stages) + " |")
+  return "\n".join(lines)
