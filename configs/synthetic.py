@@ -26,7 +26,8 @@ def get_config(arg=None):
   c.mesh = sharding.mesh_config()
   # Prompt splits: held-out (eval only), GvU (text only, never paired with an image)
   # and the rest, paired with renders for pretraining.
-  c.data = dict(split_seed=0, heldout_fraction=0.2, gvu_fraction=0.3)
+  c.data = dict(split_seed=0, heldout_fraction=0.2, gvu_fraction=0.3,
+                tfds_dir="", manual_dir="")   # where prompt datasets live (eval.prompts)
 
   # Supervised pretraining: teacher-forced text->image plus image->text captioning.
   c.pretrain = dict(steps=800, batch_size=32, lr=2e-3, warmup_steps=100, schedule="cosine",
@@ -36,7 +37,11 @@ def get_config(arg=None):
   # Held-out evaluation: generation judged on pixels, understanding as ranking
   # the true prompt among judge-verified distractors by the model's likelihood.
   c.eval = dict(images_per_category=64, num_distractors=4, batch_size=128,
-                sampling=dict(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, cfg_weight=1.0))
+                sampling=dict(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, cfg_weight=1.0),
+                # Also: images of these world prompts (a prompt file, or the gvu_world
+                # dataset) in a benchmark layout, judged, with their intrinsic reward
+                # (gvu_jax/evaluation/export.py): WORKDIR/eval/{pretrained,gvu}/.
+                prompts="", layout="auto", images_per_prompt=4)
 
   # GvU: GRPO on the intrinsic reward. No judge, labels or renders are used here.
   c.gvu = dict(steps=300, prompts_per_step=8, group_size=16, mu=1, grad_accum=1,

@@ -90,6 +90,8 @@ def run_embedded(ctx):
   if policy is not None:
     report.add_stage(ctx, "gvu", evaluate.run(ctx, *policy, "gvu"))
   report.show(ctx)
+  if ctx.config.eval.prompts:   # a prompt file or dataset of world prompts, judged
+    export.run(ctx, [("pretrained", graphdef, params)] + ([("gvu", *policy)] if policy else []))
 
 
 def parse_flags(argv):

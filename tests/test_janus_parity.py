@@ -265,7 +265,7 @@ def test_convert_cli_check(sources, tmp_path):
 def test_gvu_recipe_runs_on_a_converted_checkpoint(converted, tmp_path):
   """configs/janus_pro_1b.py:lora end to end on the tiny conversion (2 steps)."""
   prompts = tmp_path / "prompts.txt"
-  prompts.write_text("# GenEval-style\nw5 w6 w7\nw8 w9\n")
+  prompts.write_text("# GenEval-style\nw5 w6 w7\nw8 w9\nw10 w11\n")
   args = [sys.executable, "-m", "gvu_jax.main", "--config=configs/janus_pro_1b.py:lora",
           f"--config.checkpoint={converted['transformers']}", "--config.expect_model=any",
           f"--config.data.prompts={prompts}", "--config.gvu.steps=2",
@@ -278,6 +278,19 @@ def test_gvu_recipe_runs_on_a_converted_checkpoint(converted, tmp_path):
   assert [r["step"] for r in rows] == [1, 2]
   assert all(0 < r["reward_mean"] <= 1 and np.isfinite(r["loss"]) for r in rows)
   assert not (tmp_path / "run" / "gvu" / "reference").exists()   # the conversion is the reference
+  # Stopped after step 1 and resumed: the grain prompt stream continues from the
+  # state the checkpoint holds, and step 2 is the uninterrupted run's.
+  split = [a if not a.startswith("--workdir") else f"--workdir={tmp_path / 'split'}" for a in args]
+  for steps in (1, 2):
+    part = subprocess.run(split + [f"--config.gvu.steps={steps}"], capture_output=True, text=True,
+                          cwd=ROOT, timeout=600)
+    assert part.returncode == 0, part.stderr[-3000:]
+  assert "gvu: resuming from step 1" in part.stdout
+  untimed = lambda path: [{k: v for k, v in json.loads(l).items()
+                           if not k.startswith(("time_", "images_per_s"))}
+                          for l in path.read_text().splitlines()]
+  assert untimed(tmp_path / "split" / "gvu" / "metrics.jsonl") == untimed(
+      tmp_path / "run" / "gvu" / "metrics.jsonl")
   # mode=eval in the same workdir: GenEval folders for the base model and the policy
   evaluated = subprocess.run(args + ["--config.mode=eval", "--config.eval.images_per_prompt=2",
                                      "--config.eval.batch_size=2"],
@@ -285,7 +298,7 @@ def test_gvu_recipe_runs_on_a_converted_checkpoint(converted, tmp_path):
   assert evaluated.returncode == 0, evaluated.stderr[-3000:]
   for stage in ("base", "gvu"):
     folders = tmp_path / "run" / "eval" / stage / "geneval"
-    assert sorted(p.name for p in folders.iterdir()) == ["00000", "00001"]
+    assert sorted(p.name for p in folders.iterdir()) == ["00000", "00001", "00002"]
     assert json.loads((folders / "00001" / "metadata.jsonl").read_text()) == {
         "tag": "prompts", "prompt": "w8 w9"}
 
@@ -333,7 +346,7 @@ def test_eval_writes_the_geneval_layout_and_resumes(converted, tmp_path):
   assert summary["intrinsic_reward"] == pytest.approx(
       {"overall": np.mean(list(by_tag.values())), **by_tag})
   assert (out.parent / "geneval_grid.png").exists()
-  assert "| mean intrinsic reward | base |" in (tmp_path / "whole" / "eval" / "summary.md").read_text()
+  assert "| metric | tag | base |" in (tmp_path / "whole" / "eval" / "summary.md").read_text()
 
   # An export stopped after the first batch (prompts 0 and 1), with prompt 2's
   # folder half written: the rerun finishes it as the whole run did.

@@ -167,3 +167,37 @@ def test_checkpoint_store_round_trip(tmp_path):
   store.close()
   assert meta == {"data_position": 112}
   jax.tree.map(np.testing.assert_array_equal, restored, state)
+
+
+def test_eval_on_world_prompts_exports_and_judges(full_run, tmp_path):
+  """mode=eval with eval.prompts: GenEval-layout images of the file's world prompts
+  for both stages, each judged (the judge's verdicts match the written PNGs)."""
+  from PIL import Image
+  from gvu_jax.evaluation import judge
+  workdir = str(tmp_path / "run")
+  for stage in ("pretrain", "gvu"):
+    shutil.copytree(os.path.join(full_run[0], stage), os.path.join(workdir, stage))
+  specs = world.split_specs(0, 0.2, 0.3).heldout[::9][:3]
+  prompts = tmp_path / "world.txt"
+  prompts.write_text("".join(s.text + "\n" for s in specs))
+  run_main(workdir, "--config.mode=eval", f"--config.eval.prompts={prompts}",
+           "--config.eval.images_per_prompt=2")
+  for stage in ("pretrained", "gvu"):
+    out = os.path.join(workdir, "eval", stage)
+    records = read_jsonl(os.path.join(out, "geneval_rewards.jsonl"))
+    assert [r["index"] for r in records] == [0, 1, 2]
+    for r, spec in zip(records, specs):
+      files = [os.path.join(out, "geneval", f"{r['index']:05d}", "samples", f"{n:04d}.png")
+               for n in range(2)]
+      images = np.stack([np.asarray(Image.open(f)) for f in files])
+      assert r["judge"] == judge.judge_batch(images, [spec, spec]).mean()
+    summary = json.load(open(os.path.join(out, "geneval_summary.json")))
+    assert set(summary["judge_accuracy"]) == {"overall"} | {s.category for s in specs}
+  assert "| judge_accuracy | overall |" in open(os.path.join(workdir, "eval", "summary.md")).read()
+
+  prompts.write_text("a photo of a dragon\n")
+  proc = run_main(workdir, "--config.mode=eval", f"--config.eval.prompts={prompts}", check=False)
+  assert proc.returncode == 2
+  assert proc.stderr.strip().splitlines()[-1] == (
+      f"error: eval.prompts={prompts}: 'a photo of a dragon' is not a prompt of the embedded "
+      "world; its judge scores only those (gvu_jax/data/world.py)")

@@ -26,7 +26,6 @@ below does; gvu_jax.main never downloads:
 
 import csv
 import hashlib
-import io
 import json
 import os
 import re
@@ -49,7 +48,7 @@ def _features():
       "meta": tfds.features.Text()})
 
 
-def _record(index, prompt, tag="prompts", id="", **meta):
+def _record(index, prompt, tag=prompt_files.UNTAGGED, id="", **meta):
   return {"prompt": prompt, "id": id or str(index), "tag": tag, "index": index,
           "meta": json.dumps(meta, sort_keys=True)}
 

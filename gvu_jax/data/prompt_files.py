@@ -21,13 +21,14 @@ from typing import NamedTuple
 from gvu_jax.errors import InputError
 
 FORMATS = (".txt", ".jsonl", ".csv")
+UNTAGGED = "prompts"   # the category of a prompt whose file gives none
 
 
 class Prompt(NamedTuple):
   """A prompt with no labels: GvU needs only its text (categories, when known,
   balance the prompt batches); `meta` carries what the file said besides."""
   text: str
-  category: str = "prompts"
+  category: str = UNTAGGED
   id: str = ""
   meta: tuple = ()   # sorted (key, JSON text) pairs: hashable, comparable
 
@@ -106,7 +107,7 @@ def _prompt(path, line, fields, index):
     raise InputError(f"{path}:{line}: no 'prompt' field (fields: {sorted(fields)})")
   if not isinstance(text, str) or not text.strip():
     raise InputError(f"{path}:{line}: empty prompt")
-  category = fields.get("tag") or fields.get("category") or "prompts"
+  category = fields.get("tag") or fields.get("category") or UNTAGGED
   ident = fields.get("id")
   ident = str(index) if ident in (None, "") else str(ident)
   known = {key, "id", "tag", "category"}

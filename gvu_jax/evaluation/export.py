@@ -1,6 +1,6 @@
-"""Images for the benchmarks' own scorers, from a converted checkpoint and the
-latest GvU policy of the workdir, with the mean intrinsic reward as a label-free
-metric beside them. WORKDIR/eval/<stage>/<layout>/ holds, per `eval.layout`:
+"""Images for the benchmarks' own scorers, from a converted checkpoint (or the
+embedded world's pretrained model) and the latest GvU policy of the workdir, with
+the mean intrinsic reward as a label-free metric beside them. WORKDIR/eval/<stage>/<layout>/ holds, per `eval.layout`:
 
   geneval        <index:05d>/metadata.jsonl, <index:05d>/samples/<n:04d>.png
                  (GenEval's evaluation/evaluate_images.py)
@@ -12,9 +12,11 @@ metric beside them. WORKDIR/eval/<stage>/<layout>/ holds, per `eval.layout`:
   dpg_bench      <id>.png: the images_per_prompt (at most 4) images tiled 2x2
                  (DPG-Bench's compute_dpg_bench.py with --pic-num)
 
-and beside it <layout>_rewards.jsonl (each prompt's mean intrinsic reward),
-<layout>_summary.json (its mean per tag) and <layout>_grid.png (the first image
-of the first 32 prompts made by this run).
+and beside it <layout>_rewards.jsonl (each prompt's mean intrinsic reward and,
+on the embedded world, the fraction of its images the judge passes),
+<layout>_summary.json (their means per tag) and <layout>_grid.png (the first
+image of the first 32 prompts made by this run); WORKDIR/eval/summary.md puts
+the stages side by side.
 
 Generation is batched over prompts and sharded over the mesh. Every file
 appears at once (written aside, then renamed), so an interrupted run resumes:
@@ -35,7 +37,8 @@ from PIL import Image
 
 from gvu_jax import context, metrics, sharding
 from gvu_jax.errors import InputError
-from gvu_jax.evaluation import grid
+from gvu_jax.data import prompt_files, world
+from gvu_jax.evaluation import grid, judge
 from gvu_jax.evaluation.evaluate import make_scorer, padded_chunks
 from gvu_jax.models.cell_tokenizer import to_uint8
 from gvu_jax.sampling import Sampler, SamplingConfig
@@ -172,8 +175,9 @@ def _read_rewards(path):
     return {r["index"]: r for r in map(json.loads, f)}
 
 
-def export(ctx, graphdef, params, stage_dir, prompts):
-  """Writes every prompt not already in stage_dir/<layout> -> its summary dict."""
+def export(ctx, graphdef, params, stage_dir, prompts, judge_specs=None):
+  """Writes every prompt not already in stage_dir/<layout> -> its summary dict.
+  With `judge_specs` (the embedded world's prompts) the judge scores each image."""
   c = ctx.config.eval
   name = layout_name(c)
   directory = os.path.join(stage_dir, name)
@@ -219,6 +223,9 @@ def export(ctx, graphdef, params, stage_dir, prompts):
           mine = images[row * per_prompt:(row + 1) * per_prompt]
           layout.write(i, prompts[i], mine)
           rewards[i] = {"index": i, "tag": prompts[i].category, "reward": float(r[row])}
+          if judge_specs:
+            rewards[i]["judge"] = float(judge.judge_batch(mine, [judge_specs[i]] * len(mine))
+                                        .mean())
           f.write(json.dumps(rewards[i]) + "\n")   # after the images: a line means done
           if len(shown) < 32:
             shown.append((mine[0], f"{prompts[i].text} r={r[row]:.2f}"))
@@ -239,26 +246,37 @@ def export(ctx, graphdef, params, stage_dir, prompts):
   return summary
 
 
-def summarize(prompts, rewards, per_prompt, directory, scorer_hint):
-  """Mean intrinsic reward per tag and over tags (each tag weighs the same, as
+METRICS = {"reward": "intrinsic_reward", "judge": "judge_accuracy"}
+
+
+def summarize(prompts, records, per_prompt, directory, scorer_hint):
+  """Each metric's mean per tag and over tags (each tag weighs the same, as
   GenEval's overall score)."""
-  by_tag = {}
-  for r in rewards.values():
-    by_tag.setdefault(r["tag"], []).append(r["reward"])
-  means = {t: float(np.mean(v)) for t, v in sorted(by_tag.items())}
-  return {"prompts": len(prompts), "images_per_prompt": per_prompt, "images": directory,
-          "scorer": scorer_hint,
-          "intrinsic_reward": {"overall": float(np.mean(list(means.values()))), **means}}
+  out = {"prompts": len(prompts), "images_per_prompt": per_prompt, "images": directory,
+         "scorer": scorer_hint}
+  for field, metric in METRICS.items():
+    by_tag = {}
+    for r in records.values():
+      if field in r:
+        by_tag.setdefault(r["tag"], []).append(r[field])
+    if by_tag:
+      means = {t: float(np.mean(v)) for t, v in sorted(by_tag.items())}
+      out[metric] = {"overall": float(np.mean(list(means.values()))), **means}
+  return out
 
 
 def run(ctx, stages):
   """`stages`: [(name, graphdef, params)] -> WORKDIR/eval/<name>/<layout>/ each, and
   WORKDIR/eval/summary.md comparing their intrinsic rewards."""
   c = ctx.config.eval
-  prompts = context.read_prompts(c.prompts or ctx.config.data.prompts, ctx.config.data)
+  source = c.prompts or ctx.config.data.prompts
+  prompts = context.read_prompts(source, ctx.config.data)
+  specs = None
+  if not ctx.config.get("checkpoint"):
+    prompts, specs = world_prompts(prompts, source)
   summaries = {}
   for stage, graphdef, params in stages:
-    summaries[stage] = export(ctx, graphdef, params, ctx.path("eval", stage), prompts)
+    summaries[stage] = export(ctx, graphdef, params, ctx.path("eval", stage), prompts, specs)
   if metrics.is_main_host():
     table = summary_table(summaries)
     with open(ctx.path("eval", "summary.md"), "w", encoding="utf-8") as f:
@@ -269,12 +287,28 @@ def run(ctx, stages):
             f"{s['images']}; score them with {s['scorer']}")
 
 
+def world_prompts(prompts, source):
+  """The embedded world's prompt behind each text, for its judge -> (prompts
+  tagged with their world category where the file gave none, specs)."""
+  by_text = {s.text: s for s in world.all_specs()}
+  for p in prompts:
+    if p.text not in by_text:
+      raise InputError(f"eval.prompts={source}: {p.text!r} is not a prompt of the embedded "
+                       "world; its judge scores only those (gvu_jax/data/world.py)")
+  specs = [by_text[p.text] for p in prompts]
+  tagged = [p._replace(category=s.category) if p.category == prompt_files.UNTAGGED else p
+            for p, s in zip(prompts, specs)]
+  return tagged, specs
+
+
 def summary_table(summaries):
+  """Markdown: a row per metric and tag, a column per stage."""
   stages = list(summaries)
-  tags = list(next(iter(summaries.values()))["intrinsic_reward"])
-  lines = ["| mean intrinsic reward | " + " | ".join(stages) + " |",
-           "|---" * (len(stages) + 1) + "|"]
-  for t in tags:
-    lines.append(f"| {t} | " + " | ".join(f"{summaries[s]['intrinsic_reward'].get(t, float('nan')):.4f}"
-                                          for s in stages) + " |")
+  first = summaries[stages[0]]
+  lines = ["| metric | tag | " + " | ".join(stages) + " |", "|---" * (len(stages) + 2) + "|"]
+  for metric in METRICS.values():
+    for tag in first.get(metric, ()):
+      cells = [summaries[s].get(metric, {}).get(tag) for s in stages]
+      lines.append(f"| {metric} | {tag} | " + " | ".join(
+          "" if v is None else f"{v:.4f}" for v in cells) + " |")
   return "\n".join(lines)
