@@ -74,10 +74,12 @@ def model_block(config):
     from gvu_jax import convert
     m = convert.read_converted_config(config.checkpoint)
   elif config.get("random_init"):
-    m = presets.janus(config.expect_model)
+    m = presets.preset(config.expect_model)
   else:
     raise InputError("mode=bench needs weights: --config.random_init=True (random weights "
                      "of expect_model's shapes) or --config.checkpoint=DIR")
+  if m.family != "janus":
+    raise InputError(f"mode=bench times Janus models; {m.family} is not benchmarked yet")
   m.update(dict(config.model_options))
   return m
 

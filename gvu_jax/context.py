@@ -13,7 +13,7 @@ Two kinds of run:
 import dataclasses
 import os
 
-from gvu_jax import janus_text, reward, sharding, text
+from gvu_jax import janus_text, reward, sharding, text, xomni_text
 from gvu_jax.data import prompt_files, world
 from gvu_jax.data.prompt_files import Prompt
 from gvu_jax.errors import InputError
@@ -78,15 +78,20 @@ class Context:
     path = config.checkpoint
     m = convert.read_converted_config(path)
     expect = config.get("expect_model", "any")
-    diff = presets.janus_difference(expect, m) if expect != "any" else None
+    diff = presets.difference(expect, m) if expect != "any" else None
     if diff:
       key, want, got = diff
       raise InputError(f"checkpoint={path} is not {expect}: {key} is {got}, expected {want} "
                        "(set --config.expect_model=any to run it anyway)")
     m.update(dict(config.model_options))       # run-time choices: dtype, remat, prompt room
     tokenizer = janus_text.load_tokenizer(path)
-    templates = janus_text.JanusTemplates(tokenizer, m.image_tokens, m.max_prompt_tokens,
-                                          style=m.template)
+    if m.family == "xomni":                    # X-Omni writes images of any grid
+      m.image_tokens = m.image_grid[0] * m.image_grid[1]
+      templates = xomni_text.XOmniTemplates(tokenizer, m.image_grid, m.max_prompt_tokens,
+                                            m.lm.vocab_size, m.get("system_prompt"))
+    else:
+      templates = janus_text.JanusTemplates(tokenizer, m.image_tokens, m.max_prompt_tokens,
+                                            style=m.template)
     return cls._with(config, m, workdir, tokenizer, templates,
                      [], read_prompts(config.data.prompts, config.data), [])
 

@@ -51,14 +51,16 @@ _VQ16 = presets.VQ16
 
 
 def model_config_from_json(cfg: dict, name="config.json"):
-  """A Janus config.json (either layout) -> the `model` ConfigDict."""
+  """A Janus (either layout) or X-Omni config.json -> the `model` ConfigDict."""
   kind = cfg.get("model_type")
   if kind == "janus":
     return _from_transformers(cfg, name)
   if kind == "multi_modality":
     return _from_original(cfg, name)
-  raise InputError(f"{name}: model_type {kind!r} is not a Janus checkpoint "
-                   "(expected 'janus' or 'multi_modality')")
+  if kind == "x-omni":
+    return _from_xomni(cfg, name)
+  raise InputError(f"{name}: model_type {kind!r} is not a checkpoint gvu_jax reads "
+                   "(expected 'janus' or 'multi_modality' (Janus), or 'x-omni')")
 
 
 def _need(d, key, where):
@@ -138,6 +140,18 @@ def _from_original(cfg, name):
                               template=template)
 
 
+def _from_xomni(cfg, name):
+  """X-Omni: Qwen2 sizes at the top level plus its multimodal fields (defaults as
+  its configuration_xomni.py); 36 x 36 image tokens (576 px), a run-time choice."""
+  if cfg.get("tie_word_embeddings", False):
+    raise InputError(f"{name}: tie_word_embeddings is true; X-Omni has separate heads")
+  return presets.xomni_config(
+      _lm(cfg, name), mm_vocab_size=cfg.get("mm_vocab_size", 16448),
+      image_vocab_size=cfg.get("image_vocab_size", 16384),
+      num_mm_adap_layers=cfg.get("num_mm_adap_layers", 4),
+      num_mm_head_layers=cfg.get("num_mm_head_layers", 4), image_grid=(36, 36))
+
+
 def read_model_config(src: epath.Path, model="auto"):
   path = src / "config.json"
   if not path.exists():
@@ -148,12 +162,12 @@ def read_model_config(src: epath.Path, model="auto"):
     raise InputError(f"{path}: not valid JSON ({e})") from None
   found = model_config_from_json(cfg, str(path))
   if model != "auto":
-    diff = presets.janus_difference(model, found)
+    diff = presets.difference(model, found)
     if diff:
       key, want, got = diff
       raise InputError(f"{path}: --model={model} expects {key}={want}, the checkpoint "
                        f"has {got}")
-    found.template = presets.JANUS_TEMPLATE[model]
+    found.template = presets.preset(model).template
   return found
 
 
@@ -279,35 +293,18 @@ class Target:
 def targets(m):
   """{transformers name: Target} for every weight of the model config `m`
   except the VQ model's (gvu_jax.models.vq maps those)."""
+  if m.family == "xomni":
+    return xomni_targets(m)
   lm, v = m.lm, m.vision
-  h, hd, hkv = lm.hidden, lm.hidden // lm.heads, lm.kv_heads * (lm.hidden // lm.heads)
-  out = {}
-
-  def linear(name, path, din, dout, bias):
-    out[name + ".weight"] = Target(path + ("kernel",), (dout, din), "linear")
-    if bias:
-      out[name + ".bias"] = Target(path + ("bias",), (dout,), "copy")
+  h, out = lm.hidden, {}
+  linear = lambda *args: _linear(out, *args)
 
   def norm(name, path, dim, bias=True):
     out[name + ".weight"] = Target(path + ("scale",), (dim,), "copy")
     if bias:
       out[name + ".bias"] = Target(path + ("bias",), (dim,), "copy")
 
-  p = "model.language_model."
-  out[p + "embed_tokens.weight"] = Target(("lm", "embed", "embedding"),
-                                          (lm.vocab_size, h), "copy")
-  for i in range(lm.layers):
-    q, path = f"{p}layers.{i}.", ("lm", "layers", i)
-    for ours, theirs, din, dout in (("q", "q_proj", h, lm.heads * hd), ("k", "k_proj", h, hkv),
-                                    ("v", "v_proj", h, hkv), ("o", "o_proj", lm.heads * hd, h)):
-      linear(f"{q}self_attn.{theirs}", path + ("attn", ours), din, dout, False)
-    for ours, din, dout in (("gate", h, lm.intermediate), ("up", h, lm.intermediate),
-                            ("down", lm.intermediate, h)):
-      linear(f"{q}mlp.{ours}_proj", path + ("mlp", ours), din, dout, False)
-    norm(f"{q}input_layernorm", path + ("input_norm",), h, bias=False)
-    norm(f"{q}post_attention_layernorm", path + ("post_attn_norm",), h, bias=False)
-  norm(p + "norm", ("lm", "final_norm"), h, bias=False)
-  linear("lm_head", ("lm", "lm_head"), h, lm.vocab_size, False)
+  _decoder_targets(out, lm, "model.language_model.", "embed_tokens", "norm")
 
   p, w = "model.vision_model.", v.width
   out[p + "embeddings.patch_embedding.weight"] = Target(
@@ -342,6 +339,46 @@ def targets(m):
   return out
 
 
+def _linear(out, name, path, din, dout, bias):
+  out[name + ".weight"] = Target(path + ("kernel",), (dout, din), "linear")
+  if bias:
+    out[name + ".bias"] = Target(path + ("bias",), (dout,), "copy")
+
+
+def _decoder_targets(out, lm, p, embed, final_norm):
+  """The LLaMA / Qwen2 decoder under prefix `p` (its embedding and final norm
+  named `embed`, `final_norm` there), and `lm_head`."""
+  h, hd = lm.hidden, lm.hidden // lm.heads
+  hkv = lm.kv_heads * hd
+  out[f"{p}{embed}.weight"] = Target(("lm", "embed", "embedding"), (lm.vocab_size, h), "copy")
+  for i in range(lm.layers):
+    q, path = f"{p}layers.{i}.", ("lm", "layers", i)
+    for ours, theirs, din, dout in (("q", "q_proj", h, lm.heads * hd), ("k", "k_proj", h, hkv),
+                                    ("v", "v_proj", h, hkv), ("o", "o_proj", lm.heads * hd, h)):
+      _linear(out, f"{q}self_attn.{theirs}", path + ("attn", ours), din, dout,
+              lm.get("qkv_bias", False) and ours != "o")
+    for ours, din, dout in (("gate", h, lm.intermediate), ("up", h, lm.intermediate),
+                            ("down", lm.intermediate, h)):
+      _linear(out, f"{q}mlp.{ours}_proj", path + ("mlp", ours), din, dout, False)
+    for theirs, ours in (("input_layernorm", "input_norm"),
+                         ("post_attention_layernorm", "post_attn_norm")):
+      out[f"{q}{theirs}.weight"] = Target(path + (ours, "scale"), (h,), "copy")
+  out[f"{p}{final_norm}.weight"] = Target(("lm", "final_norm", "scale"), (h,), "copy")
+  _linear(out, "lm_head", ("lm", "lm_head"), h, lm.vocab_size, False)
+
+
+def xomni_targets(m):
+  """X-Omni's names (its modeling_xomni.py): lm_embed_tokens / mm_embed_tokens,
+  lm_norm / mm_norm, lm_head / mm_head around a Qwen2 stack."""
+  out, h = {}, m.lm.hidden
+  _decoder_targets(out, m.lm, "model.", "lm_embed_tokens", "lm_norm")
+  out["model.mm_embed_tokens.weight"] = Target(("lm", "mm_embed", "embedding"),
+                                               (m.mm_vocab_size, h), "copy")
+  out["model.mm_norm.weight"] = Target(("lm", "mm_norm", "scale"), (h,), "copy")
+  _linear(out, "mm_head", ("lm", "mm_head"), h, m.mm_vocab_size, False)
+  return out
+
+
 def _place(tree, path, value):
   for key in path[:-1]:
     tree = tree.setdefault(key, {})
@@ -359,8 +396,10 @@ def convert_tensors(m, named_arrays, dtype, source="checkpoint"):
 
   Checks every name and shape; fails naming the first problem. Tensors are
   cast one at a time; fused blocks are filled in place (no second copy)."""
-  table, vq_cfg = targets(m), JanusConfig.from_config(m).vq
-  vq_shapes = {"model.vqmodel." + k: tuple(s) for k, s in vq_lib.expected_torch_shapes(vq_cfg).items()}
+  table = targets(m)
+  vq_cfg = JanusConfig.from_config(m).vq if m.family == "janus" else None
+  vq_shapes = {} if vq_cfg is None else {
+      "model.vqmodel." + k: tuple(s) for k, s in vq_lib.expected_torch_shapes(vq_cfg).items()}
   tree, vq_tensors, seen = {}, {}, set()
   for name, array in named_arrays:
     if name in seen:
@@ -369,7 +408,7 @@ def convert_tensors(m, named_arrays, dtype, source="checkpoint"):
     expected = table[name].shape if name in table else vq_shapes.get(name)
     if expected is None:
       raise InputError(f"{source}: unexpected tensor {name} {tuple(array.shape)} "
-                       "(not part of a Janus model of this config)")
+                       f"(not part of a {m.family} model of this config)")
     if tuple(array.shape) != tuple(expected):
       raise InputError(f"{source}: tensor {name} has shape {tuple(array.shape)}, expected "
                        f"{tuple(expected)}")
@@ -402,8 +441,9 @@ def convert_tensors(m, named_arrays, dtype, source="checkpoint"):
   elif missing:
     raise InputError(f"{source}: missing tensor {missing[0]}"
                      + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
-  tree["vq"] = jax.tree.map(lambda x: x.astype(dtype),
-                            vq_lib.params_from_torch(vq_tensors, vq_cfg))
+  if vq_cfg is not None:
+    tree["vq"] = jax.tree.map(lambda x: x.astype(dtype),
+                              vq_lib.params_from_torch(vq_tensors, vq_cfg))
   return tree
 
 

@@ -216,7 +216,7 @@ def run(ctx, base_params):
       writer.write(done, m)
       bar.set_postfix(reward=f"{m['reward_mean']:.3f}", kl=f"{m['kl']:.4f}",
                       img_s=f"{m['images_per_s']:.0f}")
-    if c.grid_every and done % c.grid_every == 0:
+    if c.grid_every and done % c.grid_every == 0 and pixels.ndim == 4:   # not token space
       captions = [f"{t} r={float(r):.2f}" for t, r in zip(rows, sharding.to_host(rewards))]
       images = sharding.to_host(to_uint8(pixels))[:32]   # on every host: the gather is collective
       if metrics.is_main_host():

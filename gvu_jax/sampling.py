@@ -53,7 +53,7 @@ def filter_logits(logits, cfg: SamplingConfig):
   """Temperature, then top-k, top-p and min-p; removed tokens get -inf."""
   logits = logits / cfg.temperature
   neg_inf = jnp.full_like(logits, -jnp.inf)
-  if cfg.top_k:
+  if cfg.top_k and cfg.top_k < logits.shape[-1]:   # k >= the vocabulary keeps everything
     kth = jax.lax.top_k(logits, cfg.top_k)[0][..., -1:]
     logits = jnp.where(logits < kth, neg_inf, logits)
   if cfg.top_p < 1.0:

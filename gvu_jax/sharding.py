@@ -51,8 +51,8 @@ DEFAULT_RULES = (
 PARAM_AXES = (
     # Lookup tables split by rows only: a gather from a table split along its
     # width would have to be replicated first (XLA's "involuntary full remat").
-    (r"(lm/embed|gen_embed)/embedding", ("table_rows", None)),
-    (r"lm/lm_head/kernel", ("embed", "vocab")),
+    (r"(lm/embed|lm/mm_embed|gen_embed)/embedding", ("table_rows", None)),
+    (r"lm/(lm_head|mm_head)/kernel", ("embed", "vocab")),
     (r"attn/q/kernel", ("embed", "heads")),
     (r"attn/(k|v)/kernel", ("embed", "kv_heads")),
     (r"attn/o/kernel", ("heads", "embed")),

@@ -72,12 +72,13 @@ def test_batch_not_divisible_by_the_mesh():
 
 # --- logical axis names ----------------------------------------------------------
 
-@pytest.mark.parametrize("model", ["synthetic_mini_lora", "janus_small", "janus_pro_7b"])
+@pytest.mark.parametrize("model", ["synthetic_mini_lora", "janus_small", "janus_pro_7b",
+                                   "xomni_en"])
 def test_every_weight_has_logical_axes(model):
   if model == "synthetic_mini_lora":
     _, params = build.abstract(hm.mini_cfg(), **hm.LORA)
   else:
-    _, params = build.abstract(presets.janus(model),
+    _, params = build.abstract(presets.preset(model),
                                lora_rank=8, lora_alpha=32.0, lora_targets=("q", "down"))
   assert sharding.unnamed_params(params) == []
   for path, x in jax.tree_util.tree_leaves_with_path(params):

@@ -12,7 +12,8 @@ the mean intrinsic reward as a label-free metric beside them. WORKDIR/eval/<stag
   dpg_bench      <id>.png: the images_per_prompt (at most 4) images tiled 2x2
                  (DPG-Bench's compute_dpg_bench.py with --pic-num)
 
-and beside it <layout>_rewards.jsonl (each prompt's mean intrinsic reward and,
+(a model that reads its own tokens, X-Omni, writes each image as its token grid,
+.npy, in place of the .png) and beside it <layout>_rewards.jsonl (each prompt's mean intrinsic reward and,
 on the embedded world, the fraction of its images the judge passes),
 <layout>_summary.json (their means per tag) and <layout>_grid.png (the first
 image of the first 32 prompts made by this run); WORKDIR/eval/summary.md puts
@@ -54,17 +55,26 @@ def metadata(prompt):
   return out
 
 
-def _save_png(path, image):
+def _write_image(file, image):
+  """An RGB image as PNG, or a grid of image tokens [H, W] as .npy."""
+  if image.ndim == 3:
+    Image.fromarray(image).save(file, format="PNG")
+  else:
+    np.save(file, image)
+
+
+def _save(path, image):
   os.makedirs(os.path.dirname(path), exist_ok=True)
   partial = path + ".partial"
-  Image.fromarray(image).save(partial, format="PNG")
+  with open(partial, "wb") as f:
+    _write_image(f, image)
   os.replace(partial, path)
 
 
 class GenevalLayout:
 
-  def __init__(self, directory, per_prompt, prompts):
-    self.directory = directory
+  def __init__(self, directory, per_prompt, prompts, ext="png"):
+    self.directory, self.ext = directory, ext
 
   def done(self, i, prompt):
     return os.path.isdir(os.path.join(self.directory, f"{i:05d}"))
@@ -78,7 +88,8 @@ class GenevalLayout:
     with open(os.path.join(partial, "metadata.jsonl"), "w", encoding="utf-8") as f:
       f.write(json.dumps(metadata(prompt)) + "\n")
     for n, image in enumerate(images):
-      Image.fromarray(image).save(os.path.join(partial, "samples", f"{n:04d}.png"))
+      with open(os.path.join(partial, "samples", f"{n:04d}.{self.ext}"), "wb") as f:
+        _write_image(f, image)
     os.replace(partial, final)
 
   def scorer_hint(self):
@@ -89,27 +100,27 @@ class GenevalLayout:
 class _FilesLayout:
   """Layouts where a prompt is a set of image files: done when all are there."""
 
-  def __init__(self, directory, per_prompt, prompts):
-    self.directory, self.per_prompt = directory, per_prompt
+  def __init__(self, directory, per_prompt, prompts, ext="png"):
+    self.directory, self.per_prompt, self.ext = directory, per_prompt, ext
 
   def done(self, i, prompt):
     return all(os.path.isfile(p) for p in self.files(i, prompt))
 
   def write(self, i, prompt, images):
     for path, image in zip(self.files(i, prompt), images):
-      _save_png(path, image)
+      _save(path, image)
 
 
 class GenevalPlusLayout(_FilesLayout):
 
-  def __init__(self, directory, per_prompt, prompts):
-    super().__init__(directory, per_prompt, prompts)
+  def __init__(self, directory, per_prompt, prompts, ext="png"):
+    super().__init__(directory, per_prompt, prompts, ext)
     os.makedirs(directory, exist_ok=True)
     with open(os.path.join(directory, "Geneval++.jsonl"), "w", encoding="utf-8") as f:
       f.writelines(json.dumps(metadata(p)) + "\n" for p in prompts)
 
   def files(self, i, prompt):
-    return [os.path.join(self.directory, f"sample_{n}", f"{i}.png")
+    return [os.path.join(self.directory, f"sample_{n}", f"{i}.{self.ext}")
             for n in range(self.per_prompt)]
 
   def scorer_hint(self):
@@ -121,7 +132,7 @@ class T2iCompbenchLayout(_FilesLayout):
 
   def files(self, i, prompt):
     name = prompt.text.replace("/", " ")
-    return [os.path.join(self.directory, prompt.category, "samples", f"{name}_{n:06d}.png")
+    return [os.path.join(self.directory, prompt.category, "samples", f"{name}_{n:06d}.{self.ext}")
             for n in range(self.per_prompt)]
 
   def scorer_hint(self):
@@ -131,22 +142,19 @@ class T2iCompbenchLayout(_FilesLayout):
 
 class DpgBenchLayout(_FilesLayout):
 
-  def __init__(self, directory, per_prompt, prompts):
+  def __init__(self, directory, per_prompt, prompts, ext="png"):
     if not 1 <= per_prompt <= 4:
       raise InputError(f"eval.images_per_prompt={per_prompt}: DPG-Bench tiles at most 4 "
                        "images 2x2 (its --pic-num)")
-    super().__init__(directory, per_prompt, prompts)
+    super().__init__(directory, per_prompt, prompts, ext)
 
   def files(self, i, prompt):
-    return [os.path.join(self.directory, f"{prompt.id}.png")]
+    return [os.path.join(self.directory, f"{prompt.id}.{self.ext}")]
 
   def write(self, i, prompt, images):
     if len(images) > 1:   # DPG-Bench crops (0,0), (r,0), (0,r), (r,r)
-      h, w, _ = images[0].shape
-      tile = np.zeros((2, 2, h, w, 3), np.uint8)
-      for n, image in enumerate(images):
-        tile[n // 2, n % 2] = image
-      images = [tile.transpose(0, 2, 1, 3, 4).reshape(2 * h, 2 * w, 3)]
+      four = list(images) + [np.zeros_like(images[0])] * (4 - len(images))
+      images = [np.concatenate([np.concatenate(four[r:r + 2], axis=1) for r in (0, 2)], axis=0)]
     super().write(i, prompt, images)
 
   def scorer_hint(self):
@@ -186,13 +194,18 @@ def export(ctx, graphdef, params, stage_dir, prompts, judge_specs=None):
   main_host = metrics.is_main_host()
   if main_host:
     os.makedirs(directory, exist_ok=True)
-  layout = LAYOUTS[name](directory, per_prompt, prompts) if main_host else None
+  # A model without a pixel decoder in the loop (X-Omni) writes each image as its
+  # grid of tokens (.npy), for rendering elsewhere (README: X-Omni).
+  pixels = ctx.model.image_tokenizer != "tokens"
+  layout = LAYOUTS[name](directory, per_prompt, prompts, "png" if pixels else "npy") \
+      if main_host else None
   done = lambda i: main_host and layout.done(i, prompts[i])
   sampler = Sampler(graphdef, SamplingConfig(**c.sampling), num_tokens=ctx.model.image_tokens,
                     uncond_row=ctx.templates.unconditional(1), group_size=per_prompt,
                     layout=ctx.layout)
   decode = jax.jit(lambda p, codes: to_uint8(ctx.image_tokenizer.decode(
-      codes, nnx.merge(graphdef, p))))
+      codes, nnx.merge(graphdef, p)))) if pixels else \
+      (lambda p, codes: codes.reshape(-1, *ctx.model.image_grid))
   scorer = make_scorer(ctx, graphdef)
   rewards_path = os.path.join(stage_dir, f"{name}_rewards.jsonl")
   rewards = _read_rewards(rewards_path) if main_host else {}
@@ -227,7 +240,7 @@ def export(ctx, graphdef, params, stage_dir, prompts, judge_specs=None):
             rewards[i]["judge"] = float(judge.judge_batch(mine, [judge_specs[i]] * len(mine))
                                         .mean())
           f.write(json.dumps(rewards[i]) + "\n")   # after the images: a line means done
-          if len(shown) < 32:
+          if pixels and len(shown) < 32:
             shown.append((mine[0], f"{prompts[i].text} r={r[row]:.2f}"))
     n_new = int(todo[idx[:real]].sum())
     made += n_new * per_prompt

@@ -1,4 +1,5 @@
-"""LLaMA decoder (the Janus language model): RoPE, RMSNorm, SiLU MLP, no biases.
+"""LLaMA decoder (the Janus language model): RoPE, RMSNorm, SiLU MLP, no biases
+(Qwen2, X-Omni's, adds biases to q, k and v: `qkv_bias`).
 
 One code path serves training (full causal pass), the reward (one forward over
 the understanding query) and sampling (prefill + one-token steps over a KV cache).
@@ -30,6 +31,7 @@ class LlamaConfig:
   rope_theta: float = 10000.0
   norm_eps: float = 1e-6
   max_position: int = 16384
+  qkv_bias: bool = False          # Qwen2: biases on the q, k and v projections
   dtype: str = "float32"          # compute dtype; master weights stay float32
   remat: bool = False
   attention: str = "xla"          # kernel, see models/attention.py (a run-time choice)
@@ -71,10 +73,11 @@ def rope(x, positions, theta):
 
 
 def _projection(cfg, name, din, dout, rngs):
-  """A bias-free projection, with a LoRA adapter when `name` is a LoRA target."""
+  """A projection (biased only for q/k/v with `qkv_bias`), with a LoRA adapter
+  when `name` is a LoRA target."""
   rank = cfg.lora_rank if name in cfg.lora_targets else 0
-  return Dense(din, dout, lora_rank=rank, lora_alpha=cfg.lora_alpha,
-               dtype=jnp.dtype(cfg.dtype), rngs=rngs)
+  return Dense(din, dout, use_bias=cfg.qkv_bias and name in ("q", "k", "v"), lora_rank=rank,
+               lora_alpha=cfg.lora_alpha, dtype=jnp.dtype(cfg.dtype), rngs=rngs)
 
 
 class Attention(nnx.Module):
@@ -154,22 +157,35 @@ class Decoder(nnx.Module):
   def embed_tokens(self, ids):
     return self.embed(ids).astype(jnp.dtype(self.cfg.dtype))
 
+  # Hooks for decoders that treat positions of different kinds differently
+  # (models/xomni.py); here every position is the same kind.
+  def split_kinds(self, x):
+    """Decoder input -> (embeddings [B, T, hidden], per-position kind or None)."""
+    return x, None
+
+  def layer_update(self, index, x, out, kinds):
+    """The residual stream after layer `index` (input x, output out)."""
+    return out
+
+  def norm(self, x, kinds):
+    return self.final_norm(x)
+
   def __call__(self, x, positions, mask, cache=None, write_index=None):
     """x: input embeddings [B, T, hidden]. Returns final-normed hidden states
     and the updated cache (a list with one {"k", "v"} per layer, or None)."""
     rows = lambda x: sharding.constrain(x, ("batch", "length", "act_embed"))
+    x, kinds = self.split_kinds(x)
     x = rows(x)
-    if cache is None:   # a full pass (training, reward): optionally rematerialized
-      for layer in self.layers:
-        x = rows(_remat_layer(layer, x, positions, mask) if self.cfg.remat else
-                 layer(x, positions, mask)[0])
-      return self.final_norm(x), None
-    new_cache = []      # sampling: no backward pass, nothing to rematerialize
-    for layer, layer_cache in zip(self.layers, cache):
-      x, c = layer(x, positions, mask, layer_cache, write_index)
-      x = rows(x)
-      new_cache.append(c)
-    return self.final_norm(x), new_cache
+    new_cache = None if cache is None else []
+    for i, layer in enumerate(self.layers):
+      if cache is None:   # a full pass (training, reward): optionally rematerialized
+        out = (_remat_layer(layer, x, positions, mask) if self.cfg.remat else
+               layer(x, positions, mask)[0])
+      else:               # sampling: no backward pass, nothing to rematerialize
+        out, c = layer(x, positions, mask, cache[i], write_index)
+        new_cache.append(c)
+      x = rows(self.layer_update(i, x, out, kinds))
+    return self.norm(x, kinds), new_cache
 
   def init_cache(self, batch, length, dtype=None):
     cfg = self.cfg

@@ -78,11 +78,21 @@ def janus(name):
       vision=SIGLIP_LARGE_384, vq=VQ16, image_token_embed=hidden, template=JANUS_TEMPLATE[name])
 
 
-def janus_difference(name, m):
+def preset(name):
+  """A release's `model` block by name (Janus family or X-Omni)."""
+  return xomni(name) if name in XOMNI_PRESETS else janus(name)
+
+
+def difference(name, m):
   """The first weight-shaping key where the model block `m` differs from preset
   `name`, as (key, preset's value, m's value); None if they agree."""
-  want = janus(name)
-  for key in ("lm", "vision", "vq", "image_token_embed"):
+  want = preset(name)
+  if want.family != m.family:
+    return "family", want.family, m.family
+  keys = (("lm", "mm_vocab_size", "image_vocab_size", "num_mm_adap_layers",
+           "num_mm_head_layers") if want.family == "xomni" else
+          ("lm", "vision", "vq", "image_token_embed"))
+  for key in keys:
     a, b = (json.loads(json.dumps(x.to_dict() if hasattr(x, "to_dict") else x))
             for x in (want[key], m[key]))
     if a != b:
@@ -113,4 +123,41 @@ def janus_config(lm, vision, vq, image_token_embed, template="deepseek"):
       image_tokens=side * side,
       gen_embed_dim=vq["embed_dim"],
       image_token_embed=image_token_embed,
+  ))
+
+
+# X-Omni (models/xomni.py): a Qwen2.5 decoder with multimodal adapter and head layers.
+# X-Omni-En's sizes are Qwen2.5-7B's (the paper's base); its config.json was not
+# at hand, so the converter reads the real one and `--model=xomni_en` compares.
+_XOMNI_EN_LM = dict(vocab_size=152064, hidden=3584, layers=28, heads=28, kv_heads=4,
+                    intermediate=18944, rope_theta=1000000.0, norm_eps=1e-6,
+                    max_position=32768)
+XOMNI_PRESETS = ("xomni_en",)
+
+
+def xomni(name):
+  if name not in XOMNI_PRESETS:
+    raise InputError(f"unknown X-Omni preset {name!r}; expected one of {list(XOMNI_PRESETS)}")
+  return xomni_config(_XOMNI_EN_LM, mm_vocab_size=16448, image_vocab_size=16384,
+                      num_mm_adap_layers=4, num_mm_head_layers=4, image_grid=(36, 36))
+
+
+def xomni_config(lm, mm_vocab_size, image_vocab_size, num_mm_adap_layers, num_mm_head_layers,
+                 image_grid, dtype="bfloat16", template="xomni"):
+  """The `model` block of an X-Omni-family model; `image_grid` (H, W) image tokens
+  per generated image (X-Omni-En at 576 px: 36 x 36)."""
+  return ml_collections.ConfigDict(dict(
+      family="xomni",
+      image_tokenizer="tokens",
+      template=template,
+      dtype=dtype,
+      remat=False,
+      max_prompt_tokens=64,
+      lm=dict(lm, qkv_bias=True),
+      mm_vocab_size=mm_vocab_size,
+      image_vocab_size=image_vocab_size,
+      num_mm_adap_layers=num_mm_adap_layers,
+      num_mm_head_layers=num_mm_head_layers,
+      image_grid=tuple(image_grid),
+      image_tokens=image_grid[0] * image_grid[1],
   ))

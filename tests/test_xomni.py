@@ -1,0 +1,282 @@
+"""X-Omni (models/xomni.py) against an oracle built here from transformers' own
+Qwen2 modules: the reference algorithm of X-Omni's forward written plainly
+(separate text / multimodal embeddings, adapter and head layers that update only
+multimodal positions, lm_norm / mm_norm per position, lm_head / mm_head)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from transformers.models.qwen2 import modeling_qwen2 as qwen2   # noqa: E402
+
+from gvu_jax.models import build, presets                      # noqa: E402
+from gvu_jax.models.janus import causal_mask, image_logits, positions_from_valid  # noqa: E402
+
+VOCAB, MM_VOCAB, IMAGE_VOCAB = 96, 40, 32
+LAYERS, ADAPTERS, HEAD_LAYERS = 5, 1, 2
+
+
+def tiny_model_config():
+  return presets.xomni_config(
+      lm=dict(vocab_size=VOCAB, hidden=32, layers=LAYERS, heads=4, kv_heads=2, intermediate=48,
+              rope_theta=10000.0, norm_eps=1e-6, max_position=256),
+      mm_vocab_size=MM_VOCAB, image_vocab_size=IMAGE_VOCAB, num_mm_adap_layers=ADAPTERS,
+      num_mm_head_layers=HEAD_LAYERS, image_grid=(2, 3), dtype="float32")
+
+
+class Oracle(torch.nn.Module):
+  """X-Omni's forward over unified ids, one sequence, from transformers' Qwen2 parts."""
+
+  def __init__(self):
+    super().__init__()
+    c = qwen2.Qwen2Config(vocab_size=VOCAB, hidden_size=32, intermediate_size=48,
+                          num_hidden_layers=LAYERS, num_attention_heads=4, num_key_value_heads=2,
+                          rope_theta=10000.0, rms_norm_eps=1e-6, max_position_embeddings=256)
+    c._attn_implementation = "eager"
+    self.c = c
+    self.lm_embed_tokens = torch.nn.Embedding(VOCAB, 32)
+    self.mm_embed_tokens = torch.nn.Embedding(MM_VOCAB, 32)
+    self.layers = torch.nn.ModuleList(qwen2.Qwen2DecoderLayer(c, i) for i in range(LAYERS))
+    self.lm_norm = qwen2.Qwen2RMSNorm(32, eps=1e-6)
+    self.mm_norm = qwen2.Qwen2RMSNorm(32, eps=1e-6)
+    self.rotary = qwen2.Qwen2RotaryEmbedding(c)
+    self.lm_head = torch.nn.Linear(32, VOCAB, bias=False)
+    self.mm_head = torch.nn.Linear(32, MM_VOCAB, bias=False)
+    for p in self.parameters():   # away from the identity init of norms and zero biases
+      torch.nn.init.normal_(p, std=0.3)
+
+  def forward(self, ids):
+    is_mm = ids >= VOCAB
+    x = torch.where(is_mm[..., None], self.mm_embed_tokens((ids - VOCAB).clamp(min=0)),
+                    self.lm_embed_tokens(ids.clamp(max=VOCAB - 1)))
+    t = ids.shape[1]
+    pos = torch.arange(t)[None]
+    mask = torch.full((t, t), float("-inf")).triu(1)[None, None]
+    cos_sin = self.rotary(x, pos)
+    for i, layer in enumerate(self.layers):
+      out = layer(x, attention_mask=mask, position_ids=pos, position_embeddings=cos_sin)
+      out = out[0] if isinstance(out, tuple) else out
+      lm_layer = ADAPTERS <= i < LAYERS - HEAD_LAYERS
+      x = out if lm_layer else torch.where(is_mm[..., None], out, x)
+    h = torch.where(is_mm[..., None], self.mm_norm(x), self.lm_norm(x))
+    return self.lm_head(h), self.mm_head(h)[..., :IMAGE_VOCAB]
+
+
+def oracle_params(oracle):
+  """The oracle's weights in gvu_jax's parameter tree."""
+  sd = {k: v.detach().numpy() for k, v in oracle.state_dict().items()}
+  layers = {}
+  for i in range(LAYERS):
+    p = f"layers.{i}."
+    attn = {n: {"kernel": sd[f"{p}self_attn.{n}_proj.weight"].T} for n in "qkvo"}
+    for n in "qkv":
+      attn[n]["bias"] = sd[f"{p}self_attn.{n}_proj.bias"]
+    layers[i] = {"input_norm": {"scale": sd[f"{p}input_layernorm.weight"]},
+                 "post_attn_norm": {"scale": sd[f"{p}post_attention_layernorm.weight"]},
+                 "attn": attn,
+                 "mlp": {n: {"kernel": sd[f"{p}mlp.{n}_proj.weight"].T}
+                         for n in ("gate", "up", "down")}}
+  return {"lm": {"embed": {"embedding": sd["lm_embed_tokens.weight"]},
+                 "mm_embed": {"embedding": sd["mm_embed_tokens.weight"]},
+                 "layers": layers, "final_norm": {"scale": sd["lm_norm.weight"]},
+                 "mm_norm": {"scale": sd["mm_norm.weight"]},
+                 "lm_head": {"kernel": sd["lm_head.weight"].T},
+                 "mm_head": {"kernel": sd["mm_head.weight"].T}}}
+
+
+@pytest.fixture(scope="module")
+def pair():
+  torch.manual_seed(0)
+  oracle = Oracle().eval()
+  graphdef, params = build.abstract(tiny_model_config())
+  ours = oracle_params(oracle)
+  jax.tree.map(lambda a, b: np.testing.assert_equal(a.shape, b.shape), params, ours)
+  return oracle, nnx.merge(graphdef, jax.tree.map(jnp.asarray, ours))
+
+
+def test_text_and_image_logits_match_the_oracle(pair):
+  oracle, model = pair
+  rng = np.random.default_rng(0)
+  text = rng.integers(0, VOCAB, (2, 5))
+  image = VOCAB + rng.integers(0, IMAGE_VOCAB, (2, 6))
+  ids = np.concatenate([text, image, text[:, :3]], axis=1)   # text, an image, text after it
+  with torch.no_grad():
+    want_text, want_image = (t.numpy() for t in oracle(torch.tensor(ids)))
+  valid = jnp.ones(ids.shape, bool)
+  hidden, _ = model.lm(model.lm.embed_tokens(jnp.asarray(ids)), positions_from_valid(valid),
+                       causal_mask(valid))
+  np.testing.assert_allclose(model.text_head(hidden), want_text, atol=1e-4, rtol=1e-4)
+  np.testing.assert_allclose(model.image_head(hidden), want_image, atol=1e-4, rtol=1e-4)
+  # the teacher-forced path the GRPO loss uses: prompt, then image codes
+  got = image_logits(model, jnp.asarray(text), jnp.ones(text.shape, bool),
+                     jnp.asarray(image - VOCAB))
+  np.testing.assert_allclose(got, want_image[:, 4:10], atol=1e-4, rtol=1e-4)
+
+
+def test_adapter_layers_leave_text_positions_alone(pair):
+  """A text-only sequence never reads the multimodal table, norm or head: its
+  text logits equal a plain Qwen2 stack run over the middle layers only."""
+  oracle, model = pair
+  ids = torch.tensor(np.random.default_rng(1).integers(0, VOCAB, (1, 7)))
+  with torch.no_grad():
+    x = oracle.lm_embed_tokens(ids)
+    pos = torch.arange(7)[None]
+    mask = torch.full((7, 7), float("-inf")).triu(1)[None, None]
+    for layer in oracle.layers[ADAPTERS:LAYERS - HEAD_LAYERS]:
+      out = layer(x, attention_mask=mask, position_ids=pos,
+                  position_embeddings=oracle.rotary(x, pos))
+      x = out[0] if isinstance(out, tuple) else out
+    want = oracle.lm_head(oracle.lm_norm(x)).numpy()
+  valid = jnp.ones((1, 7), bool)
+  hidden, _ = model.lm(model.lm.embed_tokens(jnp.asarray(ids.numpy())),
+                       positions_from_valid(valid), causal_mask(valid))
+  np.testing.assert_allclose(model.text_head(hidden), want, atol=1e-4, rtol=1e-4)
+
+
+# --- a tiny X-Omni release, converted and run ------------------------------------
+
+import json                     # noqa: E402
+import os                       # noqa: E402
+import subprocess               # noqa: E402
+import sys                      # noqa: E402
+
+from gvu_jax import convert     # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<SOM>", "<EOM>", "<IMAGE>"]
+
+
+def write_release(oracle, directory):
+  """config.json, model.safetensors (X-Omni's tensor names) and a word-level
+  tokenizer.json with X-Omni's special tokens, as a release directory holds them."""
+  import safetensors.torch
+  import tokenizers
+  os.makedirs(directory, exist_ok=True)
+  config = {"model_type": "x-omni", "vocab_size": VOCAB, "hidden_size": 32,
+            "intermediate_size": 48, "num_hidden_layers": LAYERS, "num_attention_heads": 4,
+            "num_key_value_heads": 2, "rope_theta": 10000.0, "rms_norm_eps": 1e-6,
+            "max_position_embeddings": 256, "tie_word_embeddings": False,
+            "mm_vocab_size": MM_VOCAB, "image_vocab_size": IMAGE_VOCAB,
+            "num_mm_adap_layers": ADAPTERS, "num_mm_head_layers": HEAD_LAYERS}
+  with open(os.path.join(directory, "config.json"), "w") as f:
+    json.dump(config, f)
+  state = {(k if k.startswith(("lm_head", "mm_head")) else "model." + k): v.contiguous()
+           for k, v in oracle.state_dict().items() if not k.startswith("rotary")}
+  safetensors.torch.save_file(state, os.path.join(directory, "model.safetensors"))
+  vocab = {s: i for i, s in enumerate(SPECIALS)}
+  vocab.update({w: len(vocab) + i for i, w in enumerate(["<unk>", "2", "3"] +
+                                                        [f"w{i}" for i in range(40)])})
+  tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="<unk>"))
+  tok.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
+  tok.add_special_tokens(SPECIALS)
+  tok.save(os.path.join(directory, "tokenizer.json"))
+
+
+def _float32(m):
+  m = m.copy_and_resolve_references()
+  m.dtype = "float32"   # computed in float32 (a release computes in bfloat16)
+  return m
+
+
+@pytest.fixture(scope="module")
+def converted(pair, tmp_path_factory):
+  oracle, _ = pair
+  src = str(tmp_path_factory.mktemp("xomni_src"))
+  write_release(oracle, src)
+  dst = str(tmp_path_factory.mktemp("xomni_dst") / "ckpt")
+  m = convert.convert(src, dst, dtype="float32", log=lambda *_: None)
+  return src, dst, m
+
+
+def test_conversion_reads_the_release_and_matches_the_oracle(pair, converted):
+  oracle, _ = pair
+  src, dst, m = converted
+  assert m.family == "xomni" and m.lm.qkv_bias and m.mm_vocab_size == MM_VOCAB
+  _, params = convert.load(dst, dtype="float32")
+  graphdef, _ = build.abstract(_float32(m))
+  model = nnx.merge(graphdef, jax.tree.map(jnp.asarray, params))
+  ids = np.concatenate([np.arange(6, 11), VOCAB + np.arange(6)])[None]
+  with torch.no_grad():
+    want_text, want_image = (t.numpy() for t in oracle(torch.tensor(ids)))
+  valid = jnp.ones(ids.shape, bool)
+  hidden, _ = model.lm(model.lm.embed_tokens(jnp.asarray(ids)), positions_from_valid(valid),
+                       causal_mask(valid))
+  np.testing.assert_allclose(model.text_head(hidden), want_text, atol=1e-4, rtol=1e-4)
+  np.testing.assert_allclose(model.image_head(hidden), want_image, atol=1e-4, rtol=1e-4)
+
+
+def test_conversion_refuses_a_tensor_of_the_wrong_shape(pair, tmp_path):
+  import safetensors.torch
+  oracle, _ = pair
+  write_release(oracle, str(tmp_path / "src"))
+  path = tmp_path / "src" / "model.safetensors"
+  state = safetensors.torch.load_file(str(path))
+  state["mm_head.weight"] = state["mm_head.weight"][:-1].contiguous()
+  safetensors.torch.save_file(state, str(path))
+  with pytest.raises(Exception, match=r"tensor mm_head.weight has shape \(39, 32\), "
+                                      r"expected \(40, 32\)"):
+    convert.convert(str(tmp_path / "src"), str(tmp_path / "dst"), dtype="float32",
+                    log=lambda *_: None)
+  assert not (tmp_path / "dst").exists()
+
+
+def test_gvu_with_the_token_space_reward_and_eval_run_on_a_tiny_xomni(converted, tmp_path):
+  """configs/xomni_en.py end to end on the tiny conversion: 2 GvU steps (the reward
+  reads the generated tokens themselves), then GenEval++-layout images."""
+  _, dst, _ = converted
+  prompts = tmp_path / "prompts.txt"
+  prompts.write_text("w5 w6 w7\nw8 w9\nw10 w11\n")
+  args = [sys.executable, "-m", "gvu_jax.main", "--config=configs/xomni_en.py",
+          f"--config.checkpoint={dst}", "--config.expect_model=any",
+          f"--config.data.prompts={prompts}", "--config.gvu.steps=2",
+          "--config.gvu.prompts_per_step=2", "--config.model_options.image_grid=(2, 3)",
+          "--config.model_options.max_prompt_tokens=4", "--config.model_options.dtype=float32",
+          f"--workdir={tmp_path / 'run'}"]
+  run = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=600)
+  assert run.returncode == 0, run.stderr[-3000:]
+  rows = [json.loads(l) for l in (tmp_path / "run" / "gvu" / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in rows] == [1, 2]
+  assert all(0 < r["reward_mean"] <= 1 and np.isfinite(r["loss"]) for r in rows)
+  plus = tmp_path / "plus.jsonl"
+  plus.write_text('{"tag": "counting", "prompt": "w5 w6"}\n{"tag": "colors", "prompt": "w7"}\n')
+  evaluated = subprocess.run(args + ["--config.mode=eval", f"--config.eval.prompts={plus}",
+                                     "--config.eval.layout=geneval_plus",
+                                     "--config.eval.batch_size=2"],
+                             capture_output=True, text=True, cwd=ROOT, timeout=600)
+  assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+  for stage in ("base", "gvu"):
+    out = tmp_path / "run" / "eval" / stage / "geneval_plus"
+    assert sorted(os.listdir(out / "sample_0")) == ["0.npy", "1.npy"]   # token grids
+    grid = np.load(out / "sample_0" / "1.npy")
+    assert grid.shape == (2, 3) and 0 <= grid.min() and grid.max() < IMAGE_VOCAB
+
+
+def test_token_space_reward_is_the_oracles_likelihood_of_the_prompt(pair, converted):
+  """The GvU reward on X-Omni: the query "<SOM>2 3<IMAGE>" + the generated codes +
+  "<EOM>" + the question, the prompt as the answer, scored in one pass; equal to
+  the oracle's text-mode log-likelihood of each prompt token."""
+  from gvu_jax import janus_text, reward, xomni_text
+  oracle, model = pair
+  src, _, _ = converted
+  templates = xomni_text.XOmniTemplates(janus_text.load_tokenizer(src), (2, 3), 4, VOCAB)
+  texts = ["w5 w6 w7", "w8"]
+  query = templates.understanding(texts).arrays()
+  codes = np.random.default_rng(2).integers(0, IMAGE_VOCAB, (2, 6))
+  rewards, token_logp = reward.intrinsic_reward(
+      model, jnp.asarray(codes), {k: jnp.asarray(v) for k, v in query.items()}, "geo_mean_prob")
+  for b, text in enumerate(texts):
+    ids = query["ids"][b].copy()
+    ids[query["image_slots"][b]] = VOCAB + codes[b]
+    n = len(text.split())
+    start = query["answer_start"]
+    with torch.no_grad():
+      logits = oracle(torch.tensor(ids[None, :start + n]))[0][0]
+    want = torch.log_softmax(logits, -1)[np.arange(start - 1, start + n - 1),
+                                         torch.tensor(ids[start:start + n])].numpy()
+    np.testing.assert_allclose(token_logp[b, :n], want, atol=1e-4)
+    np.testing.assert_allclose(rewards[b], np.exp(want.mean()), rtol=1e-4)
