@@ -280,3 +280,60 @@ def test_token_space_reward_is_the_oracles_likelihood_of_the_prompt(pair, conver
                                          torch.tensor(ids[start:start + n])].numpy()
     np.testing.assert_allclose(token_logp[b, :n], want, atol=1e-4)
     np.testing.assert_allclose(rewards[b], np.exp(want.mean()), rtol=1e-4)
+
+
+# --- the SigLIP-VQ image tokenizer, against X-Omni's own modules ------------------
+
+FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "xomni_siglip_vq.npz")
+TINY_SIGLIP_VQ = dict(patch_size=4, width=32, layers=2, heads=2, mlp_dim=128, pos_grid=16,
+                      codebook_size=64, codebook_dim=16)
+
+
+def fixture_encoder():
+  """The tokenizer with the fixture's weights (tests/fixtures/xomni_reference.py
+  wrote them, and what X-Omni's modules computed, from the GvU reference)."""
+  from gvu_jax.models import siglip_vq
+  data = np.load(FIXTURE)
+  split = lambda prefix: {k[len(prefix):]: data[k] for k in data.files if k.startswith(prefix)}
+  cfg = siglip_vq.SiglipVQConfig(**TINY_SIGLIP_VQ)
+  params = siglip_vq.params_from_torch(split("vit."), split("vqproj."), cfg)
+  graphdef, _ = nnx.split(nnx.eval_shape(lambda: siglip_vq.SiglipVQEncoder(cfg, rngs=nnx.Rngs(0))))
+  return data, nnx.merge(graphdef, jax.tree.map(jnp.asarray, params))
+
+
+def test_siglip_vq_tokens_match_xomnis_own_modules():
+  data, encoder = fixture_encoder()
+  pixels = jnp.asarray(data["input"].transpose(0, 2, 3, 1))   # 24 x 36: the 16 x 16 table resized
+  features, (h, w) = encoder.features(pixels)
+  assert (h, w) == (6, 9)
+  np.testing.assert_allclose(features, data["features"], atol=1e-4, rtol=1e-4)
+  np.testing.assert_array_equal(encoder.encode(pixels), data["tokens"])
+
+
+def test_siglip_vq_weights_are_checked():
+  from gvu_jax.errors import InputError
+  from gvu_jax.models import siglip_vq
+  data = np.load(FIXTURE)
+  vit = {k[4:]: data[k] for k in data.files if k.startswith("vit.")}
+  proj = {k[7:]: data[k] for k in data.files if k.startswith("vqproj.")}
+  cfg = siglip_vq.SiglipVQConfig(**TINY_SIGLIP_VQ)
+  with pytest.raises(InputError, match=r"^siglip-vq: missing tensor quant_conv.bias$"):
+    siglip_vq.params_from_torch(vit, {k: v for k, v in proj.items() if k != "quant_conv.bias"},
+                                cfg)
+  with pytest.raises(InputError, match=r"tensor pos_embed has shape \(1, 256, 32\), expected "
+                                       r"\(1, 1024, 32\)"):
+    siglip_vq.params_from_torch(vit, proj, siglip_vq.SiglipVQConfig(
+        **dict(TINY_SIGLIP_VQ, pos_grid=32)))
+
+
+def test_anyres_preprocess_sizes():
+  from PIL import Image
+  from gvu_jax.errors import InputError
+  from gvu_jax.models import siglip_vq
+  make = lambda w, h: Image.new("RGB", (w, h), (255, 0, 0))
+  assert siglip_vq.preprocess(make(576, 576)).shape == (576, 576, 3)    # kept: 36 x 36 tokens
+  assert siglip_vq.preprocess(make(200, 300)).shape == (576, 384, 3)    # short side up to 384
+  assert siglip_vq.preprocess(make(3000, 1500)).shape == (576, 1152, 3)  # long side down to 1152
+  np.testing.assert_allclose(siglip_vq.preprocess(make(400, 400))[0, 0], [1.0, -1.0, -1.0])
+  with pytest.raises(InputError, match=r"image 100x400: X-Omni needs a short side of at least"):
+    siglip_vq.preprocess(make(100, 400))
