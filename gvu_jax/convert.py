@@ -1,4 +1,4 @@
-"""Convert a published Janus checkpoint into gvu_jax's format.
+"""Convert a published Janus or X-Omni checkpoint into gvu_jax's format.
 
   python -m gvu_jax.convert --src=DIR --dst=DIR [--model=auto|<preset>]
       [--dtype=bfloat16] [--force] [--check]
@@ -8,6 +8,9 @@ Reads either published layout:
       pytorch_model.bin or pytorch_model-*.bin + pytorch_model.bin.index.json
   transformers (deepseek-community/Janus*): config.json with model_type "janus",
       model.safetensors or model-*.safetensors + model.safetensors.index.json
+  X-Omni (X-Omni/X-Omni-En): config.json with model_type "x-omni", safetensors
+      as above (the language model; its image tokenizer and FLUX decoder files
+      are not converted)
 and writes DST (a local path or gs://...):
   params/                   Orbax checkpoint of the weights, in `--dtype`
   model_config.json         the recipe's `model` block (gvu_jax.models.presets)
@@ -594,6 +597,9 @@ def main(argv):
   try:
     if not f.src or not f.dst:
       raise InputError("--src and --dst are required")
+    if f.check and read_model_config(epath.Path(f.src), f.model).family != "janus":
+      raise InputError("--check compares against transformers' Janus; X-Omni has no "
+                       "transformers model (tests/test_xomni.py checks it against Qwen2's)")
     convert(f.src, f.dst, f.model, f.dtype, f.force)
     if f.check:
       from gvu_jax import parity
