@@ -251,9 +251,38 @@ def test_gvu_with_the_token_space_reward_and_eval_run_on_a_tiny_xomni(converted,
   assert evaluated.returncode == 0, evaluated.stderr[-3000:]
   for stage in ("base", "gvu"):
     out = tmp_path / "run" / "eval" / stage / "geneval_plus"
-    assert sorted(os.listdir(out / "sample_0")) == ["0.npy", "1.npy"]   # token grids
-    grid = np.load(out / "sample_0" / "1.npy")
+    assert sorted(os.listdir(out / "sample_0")) == ["0.npz", "1.npz"]   # token grids
+    with np.load(out / "sample_0" / "1.npz") as saved:
+      grid, prompt = saved["tokens"], str(saved["prompt"])
     assert grid.shape == (2, 3) and 0 <= grid.min() and grid.max() < IMAGE_VOCAB
+    assert prompt == "w7"
+
+
+def test_render_writes_pngs_beside_the_token_grids(tmp_path):
+  """evaluation/render_xomni.py with a stand-in decoder (the real one is X-Omni's
+  FLUX): a PNG per grid, DPG-Bench's grids tiled 2x2, finished PNGs kept."""
+  from PIL import Image
+  from gvu_jax.data.prompt_files import Prompt
+  from gvu_jax.evaluation import export, render_xomni
+  prompts = [Prompt("w5 w6", "colors", "a"), Prompt("w7", "counting", "b")]
+  grids = [np.full((2, 3), k, np.int32) for k in range(3)]
+  export.GenevalPlusLayout(str(tmp_path / "plus"), 1, prompts, "npz").write(1, prompts[1],
+                                                                             grids[:1])
+  export.DpgBenchLayout(str(tmp_path / "dpg"), 3, prompts, "npz").write(0, prompts[0], grids)
+  seen = []
+
+  def render(tokens, prompt):   # a flat colour from the grid's value
+    seen.append(prompt)
+    return Image.new("RGB", (4, 4), (40 * (int(tokens[0, 0]) + 1), 0, 0))
+
+  assert render_xomni.render_all(str(tmp_path), render, log=lambda *_: None) == 2
+  assert sorted(seen) == ["w5 w6"] * 3 + ["w7"]
+  tile = np.asarray(Image.open(tmp_path / "dpg" / "a.png"))
+  assert tile.shape == (8, 8, 3)
+  assert [tile[0, 0, 0], tile[0, 4, 0], tile[4, 0, 0], tile[4, 4, 0]] == [40, 80, 120, 0]
+  assert np.asarray(Image.open(tmp_path / "plus" / "sample_0" / "1.png"))[0, 0, 0] == 40
+  assert render_xomni.render_all(str(tmp_path), render, log=lambda *_: None) == 0   # resumes
+  assert not list(tmp_path.rglob("*.partial"))
 
 
 def test_token_space_reward_is_the_oracles_likelihood_of_the_prompt(pair, converted):

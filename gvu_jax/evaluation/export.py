@@ -12,8 +12,8 @@ the mean intrinsic reward as a label-free metric beside them. WORKDIR/eval/<stag
   dpg_bench      <id>.png: the images_per_prompt (at most 4) images tiled 2x2
                  (DPG-Bench's compute_dpg_bench.py with --pic-num)
 
-(a model that reads its own tokens, X-Omni, writes each image as its token grid,
-.npy, in place of the .png) and beside it <layout>_rewards.jsonl (each prompt's mean intrinsic reward and,
+(a model that reads its own tokens, X-Omni, writes each image as its token grid
+and prompt, .npz, in place of the .png: evaluation/render_xomni.py renders them) and beside it <layout>_rewards.jsonl (each prompt's mean intrinsic reward and,
 on the embedded world, the fraction of its images the judge passes),
 <layout>_summary.json (their means per tag) and <layout>_grid.png (the first
 image of the first 32 prompts made by this run); WORKDIR/eval/summary.md puts
@@ -55,19 +55,21 @@ def metadata(prompt):
   return out
 
 
-def _write_image(file, image):
-  """An RGB image as PNG, or a grid of image tokens [H, W] as .npy."""
-  if image.ndim == 3:
+def _write_image(file, image, prompt):
+  """An RGB image (uint8) as PNG; image tokens ([H, W], or [n, H, W] for a
+  DPG-Bench tile) as .npz with the prompt, which the renderer needs
+  (evaluation/render_xomni.py)."""
+  if image.dtype == np.uint8:
     Image.fromarray(image).save(file, format="PNG")
   else:
-    np.save(file, image)
+    np.savez(file, tokens=image, prompt=np.asarray(prompt.text))
 
 
-def _save(path, image):
+def _save(path, image, prompt):
   os.makedirs(os.path.dirname(path), exist_ok=True)
   partial = path + ".partial"
   with open(partial, "wb") as f:
-    _write_image(f, image)
+    _write_image(f, image, prompt)
   os.replace(partial, path)
 
 
@@ -89,7 +91,7 @@ class GenevalLayout:
       f.write(json.dumps(metadata(prompt)) + "\n")
     for n, image in enumerate(images):
       with open(os.path.join(partial, "samples", f"{n:04d}.{self.ext}"), "wb") as f:
-        _write_image(f, image)
+        _write_image(f, image, prompt)
     os.replace(partial, final)
 
   def scorer_hint(self):
@@ -108,7 +110,7 @@ class _FilesLayout:
 
   def write(self, i, prompt, images):
     for path, image in zip(self.files(i, prompt), images):
-      _save(path, image)
+      _save(path, image, prompt)
 
 
 class GenevalPlusLayout(_FilesLayout):
@@ -152,15 +154,23 @@ class DpgBenchLayout(_FilesLayout):
     return [os.path.join(self.directory, f"{prompt.id}.{self.ext}")]
 
   def write(self, i, prompt, images):
-    if len(images) > 1:   # DPG-Bench crops (0,0), (r,0), (0,r), (r,r)
-      four = list(images) + [np.zeros_like(images[0])] * (4 - len(images))
-      images = [np.concatenate([np.concatenate(four[r:r + 2], axis=1) for r in (0, 2)], axis=0)]
+    if images[0].dtype != np.uint8:   # token grids: the renderer tiles the pictures
+      images = [np.stack(images)]
+    elif len(images) > 1:             # DPG-Bench crops (0,0), (r,0), (0,r), (r,r)
+      images = [tile_2x2(images)]
     super().write(i, prompt, images)
 
   def scorer_hint(self):
     h = "<image size>"
     return (f"dpg_bench/compute_dpg_bench.py --image-root-path {self.directory} "
             f"--resolution {h} --pic-num {self.per_prompt}  (DPG-Bench)")
+
+
+def tile_2x2(images):
+  """Up to 4 images [H, W, C] -> one [2H, 2W, C]: top left, top right, bottom
+  left, bottom right (blank where there are fewer)."""
+  four = list(images) + [np.zeros_like(images[0])] * (4 - len(images))
+  return np.concatenate([np.concatenate(four[r:r + 2], axis=1) for r in (0, 2)], axis=0)
 
 
 LAYOUTS = {"geneval": GenevalLayout, "geneval_plus": GenevalPlusLayout,
@@ -195,9 +205,9 @@ def export(ctx, graphdef, params, stage_dir, prompts, judge_specs=None):
   if main_host:
     os.makedirs(directory, exist_ok=True)
   # A model without a pixel decoder in the loop (X-Omni) writes each image as its
-  # grid of tokens (.npy), for rendering elsewhere (README: X-Omni).
+  # grid of tokens (.npz), for evaluation/render_xomni.py to render.
   pixels = ctx.model.image_tokenizer != "tokens"
-  layout = LAYOUTS[name](directory, per_prompt, prompts, "png" if pixels else "npy") \
+  layout = LAYOUTS[name](directory, per_prompt, prompts, "png" if pixels else "npz") \
       if main_host else None
   done = lambda i: main_host and layout.done(i, prompts[i])
   sampler = Sampler(graphdef, SamplingConfig(**c.sampling), num_tokens=ctx.model.image_tokens,
