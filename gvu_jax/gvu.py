@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from gvu_jax import checkpoint, lora, metrics, rl, sharding
+from gvu_jax import checkpoint, lora, metrics, preemption, rl, sharding
 from gvu_jax import reward as reward_lib
 from gvu_jax.data import pipeline
 from gvu_jax.errors import InputError, NonFiniteError
@@ -227,8 +227,11 @@ def run(ctx, base_params):
       store.close()
       raise NonFiniteError(f"gvu: {nonfinite_in_a_row} non-finite updates in a row at step "
                            f"{done}; stopped, last good checkpoint kept in {ctx.path('gvu')}")
-    if done % c.checkpoint_every == 0 or done == c.steps:
+    stop = preemption.stop_requested(done)
+    if done % c.checkpoint_every == 0 or done == c.steps or stop:
       store.save(done, state, {"data": prompts.get_state(), "step": done})
+    if stop:
+      preemption.stop("gvu", done, store, bar)
   bar.close()
   store.close()
   return graphdef, roles.policy(state["trainable"], frozen)

@@ -19,7 +19,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from gvu_jax import context, gvu, pretrain, report, sharding
+from gvu_jax import context, gvu, preemption, pretrain, report, sharding
 from gvu_jax.errors import InputError, NonFiniteError
 from gvu_jax.evaluation import evaluate, export
 
@@ -135,7 +135,11 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)   # Orbax logs every save at INFO
   try:
     sharding.initialize_distributed()   # several hosts: before anything touches a device
-    run(load_config(), _WORKDIR.value)
+    with preemption.watching():         # SIGTERM: finish the step, checkpoint, exit 0
+      run(load_config(), _WORKDIR.value)
+  except preemption.Preempted as e:
+    print(str(e))
+    sys.exit(0)
   except (InputError, NonFiniteError) as e:   # one line, no traceback
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from gvu_jax import checkpoint, metrics, rl
+from gvu_jax import checkpoint, metrics, preemption, rl
 from gvu_jax.data import batches
 from gvu_jax.errors import InputError
 from gvu_jax.models import build
@@ -105,8 +105,11 @@ def run(ctx):
       bar.set_postfix(loss=f"{m['loss']:.3f}", t2i=f"{m['t2i_loss']:.3f}",
                       i2t=f"{m['i2t_loss']:.3f}", ex_s=f"{m['examples_per_s']:.0f}")
       writer.write(done, m)
-    if done % c.checkpoint_every == 0 or done == c.steps:
+    stop = preemption.stop_requested(done)
+    if done % c.checkpoint_every == 0 or done == c.steps or stop:
       store.save(done, state, {"data_position": done})
+    if stop:
+      preemption.stop("pretrain", done, store, bar)
   bar.close()
   store.close()
   return graphdef, state["params"]

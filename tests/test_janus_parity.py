@@ -474,7 +474,7 @@ def test_bad_inputs(sources, tmp_path):
   src = _copy(sources["transformers"], tmp_path / "other_arch")
   cfg = json.loads((src / "config.json").read_text())
   (src / "config.json").write_text(json.dumps(dict(cfg, model_type="llava")))
-  _fails(src, tmp_path / "d3", r"model_type 'llava' is not a Janus checkpoint")
+  _fails(src, tmp_path / "d3", r"model_type 'llava' is not a checkpoint gvu_jax reads \(expected 'janus'")
 
   src = tmp_path / "bad_shape"
   src.mkdir()

@@ -201,3 +201,34 @@ def test_eval_on_world_prompts_exports_and_judges(full_run, tmp_path):
   assert proc.stderr.strip().splitlines()[-1] == (
       f"error: eval.prompts={prompts}: 'a photo of a dragon' is not a prompt of the embedded "
       "world; its judge scores only those (gvu_jax/data/world.py)")
+
+
+def test_sigterm_checkpoints_exits_0_and_the_resumed_run_matches(full_run, tmp_path):
+  """SIGTERM during GvU: the step in flight finishes, its checkpoint is written,
+  the process exits 0; the same command then ends where an uninterrupted run does."""
+  import re
+  import signal
+  from helpers_run import main_command, main_env
+  workdir = str(tmp_path)
+  shutil.copytree(os.path.join(full_run[0], "pretrain"), os.path.join(workdir, "pretrain"))
+  proc = subprocess.Popen(main_command(workdir, "--config.mode=gvu"), cwd=REPO, text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          env=main_env(PYTHONUNBUFFERED="1"))
+  for line in proc.stdout:   # compiled ahead; the first step (and its compiles) next
+    if line.startswith("gvu: mesh"):
+      break
+  proc.send_signal(signal.SIGTERM)
+  out, err = proc.communicate(timeout=600)
+  assert proc.returncode == 0, err[-3000:]
+  stopped = re.search(r"gvu: stopped on SIGTERM after step (\d+); checkpoint saved", out)
+  assert stopped, out
+  step = int(stopped.group(1))
+  assert 1 <= step < 4
+  store = checkpoint.CheckpointStore(os.path.join(workdir, "gvu", "checkpoints"), 2)
+  assert store.latest_step() == step
+  store.close()
+  resumed = run_main(workdir, "--config.mode=gvu")
+  assert f"gvu: resuming from step {step}" in resumed.stdout
+  untimed = lambda r: {k: v for k, v in r.items() if not k.startswith(("time_", "images_per_s"))}
+  assert ([untimed(r) for r in read_jsonl(os.path.join(workdir, "gvu", "metrics.jsonl"))] ==
+          [untimed(r) for r in read_jsonl(os.path.join(full_run[0], "gvu", "metrics.jsonl"))])

@@ -1,0 +1,65 @@
+"""Stopping cleanly when the machine is taken away.
+
+A preemptible TPU VM or a cluster scheduler sends SIGTERM some seconds before
+it kills the process. Training loops ask `stop_requested(step)` after every
+step: once SIGTERM (or SIGINT) has arrived, the loop writes a checkpoint of the
+step it just finished and raises `Preempted`; the entry point then exits 0, and
+the same command resumes from that checkpoint.
+
+On several hosts every host must stop at the same step (a checkpoint is a
+collective write): there JAX's own preemption notifier (set up by
+`jax.distributed.initialize`) catches the signal and its sync point agrees on the
+step; on one host a Python handler remembers the signal.
+"""
+
+import contextlib
+import signal
+
+import jax
+from jax.experimental import multihost_utils
+
+SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class Preempted(Exception):
+  """The run stopped on a signal after writing a checkpoint; rerun to resume."""
+
+
+_received = []
+
+
+def _remember(signum, frame):
+  del frame
+  _received.append(signum)
+
+
+@contextlib.contextmanager
+def watching():
+  """Within this block SIGTERM and SIGINT are remembered instead of ending the
+  process (the main thread only: signal handlers live there)."""
+  if jax.process_count() > 1:   # JAX's notifier handles it (see above)
+    yield
+    return
+  previous = {s: signal.signal(s, _remember) for s in SIGNALS}
+  try:
+    yield
+  finally:
+    for s, handler in previous.items():
+      signal.signal(s, handler)
+    _received.clear()
+
+
+def stop_requested(step):
+  """True once the run should stop after `step` (the same answer on every host)."""
+  if jax.process_count() > 1:
+    return multihost_utils.reached_preemption_sync_point(step)
+  return bool(_received)
+
+
+def stop(stage, step, store, bar):
+  """Ends a loop whose checkpoint of `step` has just been written."""
+  bar.close()
+  store.close()   # waits for the asynchronous save
+  what = signal.Signals(_received[0]).name if _received else "a preemption notice"
+  raise Preempted(f"{stage}: stopped on {what} after step {step}; checkpoint saved, run "
+                  "the same command to resume")
