@@ -2,8 +2,12 @@
 saves, keep-N) and single frozen checkpoints (the reference policy), plus the
 model-config guard that refuses to mix checkpoints of different models."""
 
+import contextlib
 import json
 import os
+import sys
+import tempfile
+import time
 
 import jax
 import orbax.checkpoint as ocp
@@ -76,9 +80,11 @@ class CheckpointStore:
         state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
 
   def restore(self, step, like):
-    """Restores into the structure, shapes and dtypes of `like`."""
-    out = self.manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract(like)), meta=ocp.args.JsonRestore()))
+    """Restores into the structure, shapes and dtypes of `like`; a damaged step
+    (a truncated or corrupted file) is one error line naming it, never loaded."""
+    with _one_line_errors(os.path.join(str(self.manager.directory), str(step))):
+      out = self.manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract(like)), meta=ocp.args.JsonRestore()))
     return out["state"], out["meta"]
 
   def close(self):
@@ -94,4 +100,35 @@ def save_frozen(path, tree):
 
 
 def load_frozen(path, like):
-  return ocp.StandardCheckpointer().restore(_absolute(path), abstract(like))
+  with _one_line_errors(path):
+    return ocp.StandardCheckpointer().restore(_absolute(path), abstract(like))
+
+
+@contextlib.contextmanager
+def _one_line_errors(path, settle_s=0.5):
+  """A checkpoint read whose failure (a truncated or corrupted file) becomes one
+  InputError line naming `path`. While it runs, what goes to stderr is held back:
+  after a failed read, TensorStore's outstanding reads finish on other threads and
+  print tracebacks about Orbax's closed event loop; those are dropped, anything
+  printed by a read that succeeds is passed on."""
+  sys.stderr.flush()
+  saved = os.dup(2)
+  with tempfile.TemporaryFile() as held:
+    os.dup2(held.fileno(), 2)
+    failed = None
+    try:
+      yield
+    except Exception as e:  # noqa: BLE001 - whatever Orbax or TensorStore raise
+      failed = e
+      time.sleep(settle_s)   # let the stray callbacks print into `held`
+    finally:
+      sys.stderr.flush()
+      os.dup2(saved, 2)
+      os.close(saved)
+      if failed is None:
+        held.seek(0)
+        sys.stderr.write(held.read().decode(errors="replace"))
+  if failed is not None:
+    first = (str(failed).strip().splitlines() or [""])[0][:300]
+    raise InputError(f"{path}: cannot read this checkpoint ({type(failed).__name__}: {first}); "
+                     "it is damaged or incomplete: move it away to resume from the one before")

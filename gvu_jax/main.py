@@ -142,7 +142,12 @@ def main(argv):
     sys.exit(0)
   except (InputError, NonFiniteError) as e:   # one line, no traceback
     print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    # Leave without interpreter shutdown: after a failed read TensorStore still has
+    # callbacks for Orbax's closed event loop, whose tracebacks would follow the
+    # line. Nothing is left to write here (stores are closed before these errors).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(2)
 
 
 if __name__ == "__main__":

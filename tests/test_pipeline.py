@@ -232,3 +232,27 @@ def test_sigterm_checkpoints_exits_0_and_the_resumed_run_matches(full_run, tmp_p
   untimed = lambda r: {k: v for k, v in r.items() if not k.startswith(("time_", "images_per_s"))}
   assert ([untimed(r) for r in read_jsonl(os.path.join(workdir, "gvu", "metrics.jsonl"))] ==
           [untimed(r) for r in read_jsonl(os.path.join(full_run[0], "gvu", "metrics.jsonl"))])
+
+
+def test_a_damaged_checkpoint_is_reported_not_loaded(full_run, tmp_path):
+  """A truncated file in the latest GvU checkpoint: one error line naming the step,
+  exit 2, nothing written; moving the step away resumes from the one before."""
+  workdir = str(tmp_path / "run")
+  for stage in ("pretrain", "gvu"):
+    shutil.copytree(os.path.join(full_run[0], stage), os.path.join(workdir, stage))
+  step_dir = os.path.join(workdir, "gvu", "checkpoints", "4")
+  data = os.path.join(step_dir, "state", "d")   # the arrays' bytes (OCDBT)
+  for name in os.listdir(data):
+    with open(os.path.join(data, name), "r+b") as f:
+      f.truncate(os.path.getsize(os.path.join(data, name)) // 2)
+  before = snapshot(workdir)
+  proc = run_main(workdir, "--config.mode=gvu", "--config.gvu.steps=6", check=False)
+  assert proc.returncode == 2
+  lines = proc.stderr.strip().splitlines()
+  assert lines[-1].startswith(f"error: {step_dir}: cannot read this checkpoint (")
+  assert lines[-1].endswith("it is damaged or incomplete: move it away to resume from the one "
+                            "before")
+  assert snapshot(workdir) == before
+  shutil.move(step_dir, str(tmp_path / "damaged_4"))
+  proc = run_main(workdir, "--config.mode=gvu", "--config.gvu.steps=4")
+  assert "gvu: resuming from step 2" in proc.stdout
