@@ -40,6 +40,16 @@ def read_prompts(source, data):
   return [p for s in sources for p in grain.MapDataset.source(s).map(builders.to_prompt)]
 
 
+def check_prompts(templates, prompts, source):
+  """Every prompt encodes and fits the prompt room, or one error naming the first
+  that does not (before any compute; a run would meet it steps later)."""
+  for p in prompts:
+    try:
+      templates.encode_prompt(p.text)
+    except InputError as e:
+      raise InputError(f"{source}: prompt id {p.id!r}: {e}") from None
+
+
 @dataclasses.dataclass
 class Context:
   config: object
@@ -92,8 +102,9 @@ class Context:
     else:
       templates = janus_text.JanusTemplates(tokenizer, m.image_tokens, m.max_prompt_tokens,
                                             style=m.template)
-    return cls._with(config, m, workdir, tokenizer, templates,
-                     [], read_prompts(config.data.prompts, config.data), [])
+    prompts = read_prompts(config.data.prompts, config.data)
+    check_prompts(templates, prompts, f"data.prompts={config.data.prompts}")
+    return cls._with(config, m, workdir, tokenizer, templates, [], prompts, [])
 
   @classmethod
   def _with(cls, config, m, workdir, tokenizer, templates, pretrain, gvu, heldout):

@@ -142,10 +142,10 @@ def _timed(fn, *args):
 def run(ctx, base_params):
   """Runs (or resumes, or skips when finished) the GvU stage -> (graphdef, policy params)."""
   config, c = ctx.config, ctx.config.gvu
-  graphdef, roles, tx, state, frozen, store = _setup(ctx, base_params)
   g, n, layout = c.group_size, c.prompts_per_step, ctx.layout
   layout.check_batch("gvu.prompts_per_step x gvu.group_size", n * g)   # the rollout's rows
-  prompts = prompt_stream(ctx)
+  prompts = prompt_stream(ctx)   # (these two checks before anything is written)
+  graphdef, roles, tx, state, frozen, store = _setup(ctx, base_params)
   latest = store.latest_step()
   if latest is not None:
     state, meta = store.restore(latest, state)

@@ -1,6 +1,7 @@
 """Supervised pretraining from scratch on the embedded world: text->image
 (teacher-forced image tokens) and image->text (captioning) in every batch."""
 
+import os
 import time
 
 import jax
@@ -54,10 +55,13 @@ def _setup(ctx):
 
 def load(ctx):
   """The finished pretraining checkpoint in the workdir -> (graphdef, params)."""
-  graphdef, _, state, store = _setup(ctx)
-  latest = store.latest_step()
+  latest = None
+  if os.path.isdir(ctx.path("pretrain", "checkpoints")):   # (nothing is created otherwise)
+    graphdef, _, state, store = _setup(ctx)
+    latest = store.latest_step()
   if latest is None or latest < ctx.config.pretrain.steps:
-    store.close()
+    if latest is not None:
+      store.close()
     raise InputError(f"{ctx.path('pretrain')}: no finished pretraining checkpoint "
                      f"(found step {latest}, need {ctx.config.pretrain.steps}); run "
                      "--config.mode=pretrain or all first")
@@ -70,6 +74,7 @@ def run(ctx):
   """Pretrains (or resumes, or skips when finished) and returns (graphdef, params)."""
   config, c = ctx.config, ctx.config.pretrain
   directory = ctx.path("pretrain")
+  ctx.layout.check_batch("pretrain.batch_size", c.batch_size)   # before anything is written
   graphdef, tx, state, store = _setup(ctx)
   ctx.tokenizer.save(ctx.path("pretrain", "tokenizer.json"))
   latest = store.latest_step()
@@ -82,7 +87,6 @@ def run(ctx):
     print(f"pretrain: resuming from step {latest}")
 
   answer_start = ctx.templates.understanding(["a photo of a circle"]).answer_start
-  ctx.layout.check_batch("pretrain.batch_size", c.batch_size)
   train_step = make_train_step(graphdef, ctx.image_tokenizer, tx, answer_start,
                                layout=ctx.layout, state=state)
   writer = metrics.MetricsWriter(ctx.path("pretrain", "metrics.jsonl"))
