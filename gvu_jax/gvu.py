@@ -182,6 +182,7 @@ def run(ctx, base_params):
     policy = roles.policy(state["trainable"], frozen)
 
     samples, t_rollout = _timed(sampler, policy, ids, valid, key)
+    preemption.kill_point("rollout", step + 1)
     pixels, t_decode = _timed(decode, policy, samples.codes)
     query = ctx.templates.understanding(texts).arrays(repeat=g)   # encoded once per prompt
     answer_mask, query = query["answer_mask"], layout.put_batch(query)
@@ -199,6 +200,7 @@ def run(ctx, base_params):
       state, m = grpo_step(state, frozen, batch)
     m = metrics.to_python(jax.block_until_ready(m))
     t_update = time.perf_counter() - tic
+    preemption.kill_point("update", step + 1)
 
     nonfinite_in_a_row = nonfinite_in_a_row + 1 if m["skipped"] else 0
     done = step + 1

@@ -13,6 +13,7 @@ step; on one host a Python handler remembers the signal.
 """
 
 import contextlib
+import os
 import signal
 
 import jax
@@ -63,3 +64,13 @@ def stop(stage, step, store, bar):
   what = signal.Signals(_received[0]).name if _received else "a preemption notice"
   raise Preempted(f"{stage}: stopped on {what} after step {step}; checkpoint saved, run "
                   "the same command to resume")
+
+
+KILL_AT = "GVU_KILL_AT"
+
+
+def kill_point(name, step):
+  """Fault injection for the restart tests: with GVU_KILL_AT=<name>:<step> in the
+  environment the process kills itself (SIGKILL, as a lost machine) here."""
+  if os.environ.get(KILL_AT) == f"{name}:{step}":
+    os.kill(os.getpid(), signal.SIGKILL)

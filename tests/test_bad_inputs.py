@@ -14,11 +14,11 @@ import sys
 import numpy as np
 import pytest
 
+import helpers_xomni
 from gvu_jax import convert
 from gvu_jax.models import build, presets
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<SOM>", "<EOM>", "<IMAGE>"]
 CONFIG = {"model_type": "x-omni", "vocab_size": 64, "hidden_size": 16, "intermediate_size": 32,
           "num_hidden_layers": 3, "num_attention_heads": 2, "num_key_value_heads": 1,
           "rope_theta": 10000.0, "rms_norm_eps": 1e-6, "max_position_embeddings": 128,
@@ -35,19 +35,7 @@ def release_tensors():
 
 
 def write_release(directory, tensors):
-  import safetensors.numpy
-  import tokenizers
-  os.makedirs(directory, exist_ok=True)
-  with open(os.path.join(directory, "config.json"), "w") as f:
-    json.dump(CONFIG, f)
-  safetensors.numpy.save_file(tensors, os.path.join(directory, "model.safetensors"))
-  vocab = {s: i for i, s in enumerate(SPECIALS)}
-  vocab.update({w: len(vocab) + i for i, w in enumerate(["<unk>", "2", "3"] +
-                                                        [f"w{i}" for i in range(20)])})
-  tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="<unk>"))
-  tok.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
-  tok.add_special_tokens(SPECIALS)
-  tok.save(os.path.join(directory, "tokenizer.json"))
+  helpers_xomni.write_release(directory, CONFIG, tensors, words=20)
 
 
 @pytest.fixture(scope="module")

@@ -27,6 +27,7 @@ from gvu_jax import convert, parity                                  # noqa: E40
 from gvu_jax.errors import InputError                                 # noqa: E402
 from gvu_jax.models import build, presets                             # noqa: E402
 from gvu_jax.sampling import Sampler, SamplingConfig                  # noqa: E402
+from helpers_run import recipe_command, run_two_gvu_steps             # noqa: E402
 
 IMAGE_TOKEN, PAD, BOS, BOI = 100, 0, 1, 101
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -266,17 +267,9 @@ def test_gvu_recipe_runs_on_a_converted_checkpoint(converted, tmp_path):
   """configs/janus_pro_1b.py:lora end to end on the tiny conversion (2 steps)."""
   prompts = tmp_path / "prompts.txt"
   prompts.write_text("# GenEval-style\nw5 w6 w7\nw8 w9\nw10 w11\n")
-  args = [sys.executable, "-m", "gvu_jax.main", "--config=configs/janus_pro_1b.py:lora",
-          f"--config.checkpoint={converted['transformers']}", "--config.expect_model=any",
-          f"--config.data.prompts={prompts}", "--config.gvu.steps=2",
-          "--config.gvu.prompts_per_step=2", "--config.gvu.checkpoint_every=1",
-          "--config.model_options.max_prompt_tokens=4", "--config.model_options.dtype=float32",
-          f"--workdir={tmp_path / 'run'}"]
-  run = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=600)
-  assert run.returncode == 0, run.stderr[-3000:]
-  rows = [json.loads(l) for l in (tmp_path / "run" / "gvu" / "metrics.jsonl").read_text().splitlines()]
-  assert [r["step"] for r in rows] == [1, 2]
-  assert all(0 < r["reward_mean"] <= 1 and np.isfinite(r["loss"]) for r in rows)
+  args = recipe_command("configs/janus_pro_1b.py:lora", converted["transformers"], prompts,
+                        tmp_path / "run", "--config.gvu.checkpoint_every=1")
+  run_two_gvu_steps(args, tmp_path / "run")
   assert not (tmp_path / "run" / "gvu" / "reference").exists()   # the conversion is the reference
   # Stopped after step 1 and resumed: the grain prompt stream continues from the
   # state the checkpoint holds, and step 2 is the uninterrupted run's.

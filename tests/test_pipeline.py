@@ -258,28 +258,33 @@ def test_a_damaged_checkpoint_is_reported_not_loaded(full_run, tmp_path):
   assert "gvu: resuming from step 2" in proc.stdout
 
 
-@pytest.mark.parametrize("moment", ["during the step-2 save", "after the step-2 save"])
-def test_sigkill_then_resume_reaches_the_uninterrupted_state(full_run, tmp_path, moment):
-  """SIGKILL while Orbax writes the step-2 checkpoint (its temporary folder exists)
-  or just after it is final (step 3 running): the half-written save is never taken
-  as the latest, and the restarted run ends bit for bit where an uninterrupted one does."""
+@pytest.mark.parametrize("moment, latest", [("the step-2 save", (None,)),
+                                            ("rollout:3", (None, 2)), ("update:3", (None, 2))])
+def test_sigkill_then_resume_reaches_the_uninterrupted_state(full_run, tmp_path, moment, latest):
+  """SIGKILL while Orbax writes the step-2 checkpoint (its temporary folder exists),
+  after step 3's rollout, or after its update (GVU_KILL_AT; the step-2 save may
+  still be in flight then): a half-written save is never taken as the latest, and
+  the restarted run ends bit for bit where an uninterrupted one does, data
+  position and PRNG state included."""
   import time
   from helpers_run import main_command, main_env
   workdir = str(tmp_path)
   shutil.copytree(os.path.join(full_run[0], "pretrain"), os.path.join(workdir, "pretrain"))
   checkpoints = os.path.join(workdir, "gvu", "checkpoints")
-  listing = lambda: os.listdir(checkpoints) if os.path.isdir(checkpoints) else []
-  reached = ((lambda: "2.orbax-checkpoint-tmp" in listing()) if moment.startswith("during")
-             else (lambda: "2" in listing()))
-  proc = subprocess.Popen(main_command(workdir, "--config.mode=gvu"), cwd=REPO,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=main_env())
-  while proc.poll() is None and not reached():
-    time.sleep(0.001)
-  assert proc.poll() is None, "the run ended before the moment came"
-  proc.kill()
-  proc.wait()
+  if ":" in moment:
+    killed = run_main(workdir, "--config.mode=gvu", check=False, env={"GVU_KILL_AT": moment})
+    assert killed.returncode == -9
+  else:
+    proc = subprocess.Popen(main_command(workdir, "--config.mode=gvu"), cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=main_env())
+    saving = lambda: os.path.isdir(os.path.join(checkpoints, "2.orbax-checkpoint-tmp"))
+    while proc.poll() is None and not saving():
+      time.sleep(0.001)
+    assert proc.poll() is None, "the run ended before the save was caught"
+    proc.kill()
+    proc.wait()
   store = checkpoint.CheckpointStore(checkpoints, 2)
-  assert store.latest_step() == (None if moment.startswith("during") else 2)
+  assert store.latest_step() in latest
   store.close()
   run_main(workdir, "--config.mode=gvu")
   a = checkpoint.CheckpointStore(checkpoints, 2)

@@ -89,6 +89,19 @@ def oracle_params(oracle):
                  "mm_head": {"kernel": sd["mm_head.weight"].T}}}
 
 
+def assert_logits_match(model, oracle, ids):
+  """Text and image logits of `ids` (unified ids, [B, T]) against the oracle's;
+  returns the oracle's image logits."""
+  with torch.no_grad():
+    want_text, want_image = (t.numpy() for t in oracle(torch.tensor(ids)))
+  valid = jnp.ones(ids.shape, bool)
+  hidden, _ = model.lm(model.lm.embed_tokens(jnp.asarray(ids)), positions_from_valid(valid),
+                       causal_mask(valid))
+  np.testing.assert_allclose(model.text_head(hidden), want_text, atol=1e-4, rtol=1e-4)
+  np.testing.assert_allclose(model.image_head(hidden), want_image, atol=1e-4, rtol=1e-4)
+  return want_image
+
+
 @pytest.fixture(scope="module")
 def pair():
   torch.manual_seed(0)
@@ -105,13 +118,7 @@ def test_text_and_image_logits_match_the_oracle(pair):
   text = rng.integers(0, VOCAB, (2, 5))
   image = VOCAB + rng.integers(0, IMAGE_VOCAB, (2, 6))
   ids = np.concatenate([text, image, text[:, :3]], axis=1)   # text, an image, text after it
-  with torch.no_grad():
-    want_text, want_image = (t.numpy() for t in oracle(torch.tensor(ids)))
-  valid = jnp.ones(ids.shape, bool)
-  hidden, _ = model.lm(model.lm.embed_tokens(jnp.asarray(ids)), positions_from_valid(valid),
-                       causal_mask(valid))
-  np.testing.assert_allclose(model.text_head(hidden), want_text, atol=1e-4, rtol=1e-4)
-  np.testing.assert_allclose(model.image_head(hidden), want_image, atol=1e-4, rtol=1e-4)
+  want_image = assert_logits_match(model, oracle, ids)
   # the teacher-forced path the GRPO loss uses: prompt, then image codes
   got = image_logits(model, jnp.asarray(text), jnp.ones(text.shape, bool),
                      jnp.asarray(image - VOCAB))
@@ -140,41 +147,27 @@ def test_adapter_layers_leave_text_positions_alone(pair):
 
 # --- a tiny X-Omni release, converted and run ------------------------------------
 
-import json                     # noqa: E402
 import os                       # noqa: E402
 import subprocess               # noqa: E402
-import sys                      # noqa: E402
 
 from gvu_jax import convert     # noqa: E402
+import helpers_xomni            # noqa: E402
+from helpers_run import recipe_command, run_two_gvu_steps   # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<SOM>", "<EOM>", "<IMAGE>"]
 
 
 def write_release(oracle, directory):
-  """config.json, model.safetensors (X-Omni's tensor names) and a word-level
-  tokenizer.json with X-Omni's special tokens, as a release directory holds them."""
-  import safetensors.torch
-  import tokenizers
-  os.makedirs(directory, exist_ok=True)
+  """The oracle as an X-Omni release directory."""
   config = {"model_type": "x-omni", "vocab_size": VOCAB, "hidden_size": 32,
             "intermediate_size": 48, "num_hidden_layers": LAYERS, "num_attention_heads": 4,
             "num_key_value_heads": 2, "rope_theta": 10000.0, "rms_norm_eps": 1e-6,
             "max_position_embeddings": 256, "tie_word_embeddings": False,
             "mm_vocab_size": MM_VOCAB, "image_vocab_size": IMAGE_VOCAB,
             "num_mm_adap_layers": ADAPTERS, "num_mm_head_layers": HEAD_LAYERS}
-  with open(os.path.join(directory, "config.json"), "w") as f:
-    json.dump(config, f)
-  state = {(k if k.startswith(("lm_head", "mm_head")) else "model." + k): v.contiguous()
-           for k, v in oracle.state_dict().items() if not k.startswith("rotary")}
-  safetensors.torch.save_file(state, os.path.join(directory, "model.safetensors"))
-  vocab = {s: i for i, s in enumerate(SPECIALS)}
-  vocab.update({w: len(vocab) + i for i, w in enumerate(["<unk>", "2", "3"] +
-                                                        [f"w{i}" for i in range(40)])})
-  tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="<unk>"))
-  tok.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
-  tok.add_special_tokens(SPECIALS)
-  tok.save(os.path.join(directory, "tokenizer.json"))
+  tensors = {(k if k.startswith(("lm_head", "mm_head")) else "model." + k): v.numpy()
+             for k, v in oracle.state_dict().items() if not k.startswith("rotary")}
+  helpers_xomni.write_release(directory, config, tensors)
 
 
 def _float32(m):
@@ -201,13 +194,7 @@ def test_conversion_reads_the_release_and_matches_the_oracle(pair, converted):
   graphdef, _ = build.abstract(_float32(m))
   model = nnx.merge(graphdef, jax.tree.map(jnp.asarray, params))
   ids = np.concatenate([np.arange(6, 11), VOCAB + np.arange(6)])[None]
-  with torch.no_grad():
-    want_text, want_image = (t.numpy() for t in oracle(torch.tensor(ids)))
-  valid = jnp.ones(ids.shape, bool)
-  hidden, _ = model.lm(model.lm.embed_tokens(jnp.asarray(ids)), positions_from_valid(valid),
-                       causal_mask(valid))
-  np.testing.assert_allclose(model.text_head(hidden), want_text, atol=1e-4, rtol=1e-4)
-  np.testing.assert_allclose(model.image_head(hidden), want_image, atol=1e-4, rtol=1e-4)
+  assert_logits_match(model, oracle, ids)
 
 
 def test_conversion_refuses_a_tensor_of_the_wrong_shape(pair, tmp_path):
@@ -231,17 +218,9 @@ def test_gvu_with_the_token_space_reward_and_eval_run_on_a_tiny_xomni(converted,
   _, dst, _ = converted
   prompts = tmp_path / "prompts.txt"
   prompts.write_text("w5 w6 w7\nw8 w9\nw10 w11\n")
-  args = [sys.executable, "-m", "gvu_jax.main", "--config=configs/xomni_en.py",
-          f"--config.checkpoint={dst}", "--config.expect_model=any",
-          f"--config.data.prompts={prompts}", "--config.gvu.steps=2",
-          "--config.gvu.prompts_per_step=2", "--config.model_options.image_grid=(2, 3)",
-          "--config.model_options.max_prompt_tokens=4", "--config.model_options.dtype=float32",
-          f"--workdir={tmp_path / 'run'}"]
-  run = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=600)
-  assert run.returncode == 0, run.stderr[-3000:]
-  rows = [json.loads(l) for l in (tmp_path / "run" / "gvu" / "metrics.jsonl").read_text().splitlines()]
-  assert [r["step"] for r in rows] == [1, 2]
-  assert all(0 < r["reward_mean"] <= 1 and np.isfinite(r["loss"]) for r in rows)
+  args = recipe_command("configs/xomni_en.py", dst, prompts, tmp_path / "run",
+                        "--config.model_options.image_grid=(2, 3)")
+  run_two_gvu_steps(args, tmp_path / "run")
   plus = tmp_path / "plus.jsonl"
   plus.write_text('{"tag": "counting", "prompt": "w5 w6"}\n{"tag": "colors", "prompt": "w7"}\n')
   evaluated = subprocess.run(args + ["--config.mode=eval", f"--config.eval.prompts={plus}",
