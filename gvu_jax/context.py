@@ -102,9 +102,8 @@ class Context:
     else:
       templates = janus_text.JanusTemplates(tokenizer, m.image_tokens, m.max_prompt_tokens,
                                             style=m.template)
-    prompts = read_prompts(config.data.prompts, config.data)
-    check_prompts(templates, prompts, f"data.prompts={config.data.prompts}")
-    return cls._with(config, m, workdir, tokenizer, templates, [], prompts, [])
+    return cls._with(config, m, workdir, tokenizer, templates,
+                     [], read_prompts(config.data.prompts, config.data), [])
 
   @classmethod
   def _with(cls, config, m, workdir, tokenizer, templates, pretrain, gvu, heldout):

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from gvu_jax import checkpoint, lora, metrics, preemption, rl, sharding
+from gvu_jax import checkpoint, context, lora, metrics, preemption, rl, sharding
 from gvu_jax import reward as reward_lib
 from gvu_jax.data import pipeline
 from gvu_jax.errors import InputError, NonFiniteError
@@ -129,6 +129,7 @@ def prompt_stream(ctx):
   n = config.gvu.prompts_per_step
   if not config.get("checkpoint"):
     return pipeline.DrawnPrompts(ctx.gvu_specs, n, config.seed)
+  context.check_prompts(ctx.templates, ctx.gvu_specs, f"data.prompts={config.data.prompts}")
   return pipeline.GrainPrompts(ctx.gvu_specs, n, config.seed, config.data.balance_tags,
                                name=f"data.prompts={config.data.prompts}")
 

@@ -294,10 +294,10 @@ def run(ctx, stages):
   c = ctx.config.eval
   source = c.prompts or ctx.config.data.prompts
   prompts = context.read_prompts(source, ctx.config.data)
-  context.check_prompts(ctx.templates, prompts, f"eval.prompts={source}")
   specs = None
   if not ctx.config.get("checkpoint"):
     prompts, specs = world_prompts(prompts, source)
+  context.check_prompts(ctx.templates, prompts, f"eval.prompts={source}")
   summaries = {}
   for stage, graphdef, params in stages:
     summaries[stage] = export(ctx, graphdef, params, ctx.path("eval", stage), prompts, specs)
