@@ -150,7 +150,8 @@ def run(ctx, base_params):
   latest = store.latest_step()
   if latest is not None:
     state, meta = store.restore(latest, state)
-    prompts.set_state(meta["data"])
+    # (checkpoints written before the stream's state was saved hold only the step)
+    prompts.set_state(meta["data"] if "data" in meta else prompts.position(latest))
     print(f"gvu: resuming from step {latest}" if latest < c.steps else
           f"gvu: found a finished run at step {latest}; skipping")
   sampler = Sampler(graphdef, SamplingConfig(**c.sampling), num_tokens=ctx.model.image_tokens,

@@ -55,12 +55,12 @@ def _setup(ctx):
 
 def load(ctx):
   """The finished pretraining checkpoint in the workdir -> (graphdef, params)."""
-  latest = None
+  latest = store = None
   if os.path.isdir(ctx.path("pretrain", "checkpoints")):   # (nothing is created otherwise)
     graphdef, _, state, store = _setup(ctx)
     latest = store.latest_step()
   if latest is None or latest < ctx.config.pretrain.steps:
-    if latest is not None:
+    if store is not None:
       store.close()
     raise InputError(f"{ctx.path('pretrain')}: no finished pretraining checkpoint "
                      f"(found step {latest}, need {ctx.config.pretrain.steps}); run "

@@ -187,6 +187,7 @@ def test_grain_stream_is_seeded_and_resumes_from_its_state():
   first = pipeline.GrainPrompts(PROMPTS, 4, seed=0)
   head = take(first, 3)
   state = json.loads(json.dumps(first.get_state()))   # as the checkpoint stores it
+  assert state == first.position(3)   # (what older checkpoints, holding only the step, map to)
   second = pipeline.GrainPrompts(PROMPTS, 4, seed=0)
   second.set_state(state)
   assert head + take(second, 4) == whole
@@ -202,6 +203,7 @@ def test_drawn_stream_is_the_per_step_draw():
   specs = world.split_specs(0, 0.2, 0.3).gvu
   s = pipeline.DrawnPrompts(specs, 8, seed=3)
   next(s)
+  assert s.get_state() == s.position(1)
   s.set_state(json.loads(json.dumps(s.get_state())))
   from gvu_jax.data import batches
   assert next(s) == batches.prompt_batch(specs, 8, batches.rng_for(3, "gvu", 1))

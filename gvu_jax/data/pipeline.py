@@ -58,6 +58,11 @@ class GrainPrompts:
   def set_state(self, state):
     self._iterator.set_state(state)
 
+  @staticmethod
+  def position(step):
+    """The state after `step` batches."""
+    return {"next_index": step}
+
 
 class DrawnPrompts:
 
@@ -77,4 +82,8 @@ class DrawnPrompts:
 
   def set_state(self, state):
     self.step = int(state["step"])
+
+  @staticmethod
+  def position(step):
+    return {"step": step}
 
