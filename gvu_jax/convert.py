@@ -9,11 +9,12 @@ Reads either published layout:
   transformers (deepseek-community/Janus*): config.json with model_type "janus",
       model.safetensors or model-*.safetensors + model.safetensors.index.json
   X-Omni (X-Omni/X-Omni-En): config.json with model_type "x-omni", safetensors
-      as above (the language model; its image tokenizer and FLUX decoder files
-      are not converted)
+      as above, and the image tokenizer's ViT and projector files that
+      vision_config.encoder names, if present (its FLUX decoder is not converted)
 and writes DST (a local path or gs://...):
   params/                   Orbax checkpoint of the weights, in `--dtype`
   model_config.json         the recipe's `model` block (gvu_jax.models.presets)
+  image_tokenizer/          X-Omni only: its SigLIP-VQ encoder, when the release has it
   tokenizer.json, ...       tokenizer and image-processor files, copied
   CONVERTED                 written last; a DST without it is incomplete
 
@@ -148,11 +149,39 @@ def _from_xomni(cfg, name):
   its configuration_xomni.py); 36 x 36 image tokens (576 px), a run-time choice."""
   if cfg.get("tie_word_embeddings", False):
     raise InputError(f"{name}: tie_word_embeddings is true; X-Omni has separate heads")
-  return presets.xomni_config(
+  m = presets.xomni_config(
       _lm(cfg, name), mm_vocab_size=cfg.get("mm_vocab_size", 16448),
       image_vocab_size=cfg.get("image_vocab_size", 16384),
       num_mm_adap_layers=cfg.get("num_mm_adap_layers", 4),
       num_mm_head_layers=cfg.get("num_mm_head_layers", 4), image_grid=(36, 36))
+  encoder = (cfg.get("vision_config") or {}).get("encoder")
+  if encoder:
+    m.image_encoder = _siglip_vq_sizes(encoder, name)
+  return m
+
+
+# X-Omni's image tokenizer ViTs by name (its modeling_vit.py SigLIP_MODEL_CONFIG;
+# create_siglip_vit builds them at 2048 px / patch 16: a 128 x 128 position grid).
+_SIGLIP_VQ = {"siglip2_giant_patch16_384": dict(width=1536, layers=40, heads=16, mlp_dim=6144)}
+
+
+def _siglip_vq_sizes(encoder, name):
+  """vision_config.encoder -> the image tokenizer's sizes and its weight files;
+  explicit sizes override the named ViT (small test releases)."""
+  vit = encoder.get("siglip_name", "siglip2_giant_patch16_384")
+  if vit not in _SIGLIP_VQ and "width" not in encoder:
+    raise InputError(f"{name}: vision_config.encoder.siglip_name {vit!r} is unknown "
+                     f"(expected one of {list(_SIGLIP_VQ)})")
+  sizes = dict(_SIGLIP_VQ.get(vit, {}), patch_size=16, pos_grid=128)
+  sizes.update({k: encoder[k] for k in ("width", "layers", "heads", "mlp_dim", "patch_size",
+                                        "pos_grid") if k in encoder})
+  sizes.update(codebook_size=encoder.get("codebook_size", 16384),
+               codebook_dim=encoder.get("codebook_dim", 2048))
+  if encoder.get("z_channels", sizes["width"]) != sizes["width"]:
+    raise InputError(f"{name}: vision_config.encoder.z_channels {encoder['z_channels']} is "
+                     f"not the ViT width {sizes['width']}")
+  return dict(sizes, siglip_path=encoder.get("siglip_path", ""),
+              projector_path=encoder.get("projector_path", ""))
 
 
 def read_model_config(src: epath.Path, model="auto"):
@@ -483,6 +512,8 @@ def convert(src, dst, model="auto", dtype="bfloat16", force=False, log=print):
     dst.rmtree()
   dst.mkdir(parents=True)
   save_params(dst / "params", tree)
+  if m.get("image_encoder"):
+    _convert_image_tokenizer(src, dst, m, DTYPES[dtype], log)
   (dst / CONFIG_FILE).write_text(json.dumps(m.to_dict(), indent=2, sort_keys=True))
   for name in TOKENIZER_FILES:
     if (src / name).exists():
@@ -491,6 +522,46 @@ def convert(src, dst, model="auto", dtype="bfloat16", force=False, log=print):
                                           "dtype": dtype}))
   log(f"convert: wrote {dst} in {time.perf_counter() - tic:.1f} s")
   return m
+
+
+def _convert_image_tokenizer(src, dst, m, dtype, log):
+  """X-Omni's SigLIP-VQ encoder (its ViT and VQ projector files, named by
+  vision_config.encoder) -> DST/image_tokenizer. Skipped, with a note, when the
+  files are not in the release: GvU in token space does not need them."""
+  from gvu_jax.models import siglip_vq
+  e = m.image_encoder
+  files = [src / e.siglip_path, src / e.projector_path]
+  if not all(e[k] for k in ("siglip_path", "projector_path")) or not all(
+      f.exists() for f in files):
+    log(f"convert: image tokenizer not converted ({', '.join(str(f) for f in files)} not "
+        "all there); GvU in token space does not need it")
+    m.image_encoder = None
+    return
+  vit, projector = (dict(read_shard(f)) for f in files)
+  cfg = siglip_vq.SiglipVQConfig(**{k: e[k] for k in siglip_vq.SiglipVQConfig.__annotations__
+                                    if k in e})
+  tree = siglip_vq.params_from_torch(vit, projector, cfg, source=str(src))
+  save_params(dst / "image_tokenizer", jax.tree.map(lambda x: x.astype(dtype), tree))
+  log(f"convert: image tokenizer from {files[0].name} and {files[1].name}")
+
+
+def load_image_tokenizer(path, dtype="float32"):
+  """A conversion's X-Omni image tokenizer -> a SiglipVQEncoder, or an error if
+  the conversion has none."""
+  from flax import nnx
+  from gvu_jax.models import siglip_vq
+  m = read_converted_config(path)
+  if not m.get("image_encoder"):
+    raise InputError(f"{path}: holds no image tokenizer (the release's ViT and projector "
+                     "files were not there when it was converted)")
+  cfg = siglip_vq.SiglipVQConfig(dtype=dtype, **{
+      k: m.image_encoder[k] for k in siglip_vq.SiglipVQConfig.__annotations__
+      if k in m.image_encoder})
+  graphdef, state = nnx.split(nnx.eval_shape(lambda: siglip_vq.SiglipVQEncoder(
+      cfg, rngs=nnx.Rngs(0))))
+  like = jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, np.float32),
+                      nnx.to_pure_dict(state))
+  return nnx.merge(graphdef, load_params(epath.Path(path) / "image_tokenizer", like))
 
 
 # Orbax copies what it saves, so the weights are written in groups of about this

@@ -147,6 +147,7 @@ def test_adapter_layers_leave_text_positions_alone(pair):
 
 # --- a tiny X-Omni release, converted and run ------------------------------------
 
+import json                     # noqa: E402
 import os                       # noqa: E402
 import subprocess               # noqa: E402
 
@@ -345,3 +346,34 @@ def test_anyres_preprocess_sizes():
   np.testing.assert_allclose(siglip_vq.preprocess(make(400, 400))[0, 0], [1.0, -1.0, -1.0])
   with pytest.raises(InputError, match=r"image 100x400: X-Omni needs a short side of at least"):
     siglip_vq.preprocess(make(100, 400))
+
+
+def test_conversion_brings_the_image_tokenizer_when_the_release_has_it(pair, tmp_path):
+  """A release whose config.json names its tokenizer files (vision_config.encoder:
+  siglip_path, projector_path, torch state dicts): converted beside the model,
+  and the loaded tokenizer gives X-Omni's own token ids for the fixture image."""
+  from gvu_jax.errors import InputError
+  oracle, _ = pair
+  data = np.load(FIXTURE)
+  src = tmp_path / "src"
+  write_release(oracle, str(src))
+  for name, prefix in (("vit.pt", "vit."), ("projector.pt", "vqproj.")):
+    torch.save({k[len(prefix):]: torch.tensor(data[k]) for k in data.files
+                if k.startswith(prefix)}, str(src / name))
+  config = json.loads((src / "config.json").read_text())
+  config["vision_config"] = {"encoder": dict(
+      TINY_SIGLIP_VQ, siglip_name="tiny", siglip_path="vit.pt", projector_path="projector.pt",
+      z_channels=32)}
+  (src / "config.json").write_text(json.dumps(config))
+  m = convert.convert(str(src), str(tmp_path / "dst"), dtype="float32", log=lambda *_: None)
+  assert m.image_encoder.width == 32
+  encoder = convert.load_image_tokenizer(str(tmp_path / "dst"))
+  pixels = jnp.asarray(data["input"].transpose(0, 2, 3, 1))
+  np.testing.assert_array_equal(encoder.encode(pixels), data["tokens"])
+
+  (src / "projector.pt").unlink()   # a release without it: the model converts, with a note
+  notes = []
+  convert.convert(str(src), str(tmp_path / "dst2"), dtype="float32", log=notes.append)
+  assert any("image tokenizer not converted" in n for n in notes)
+  with pytest.raises(InputError, match="holds no image tokenizer"):
+    convert.load_image_tokenizer(str(tmp_path / "dst2"))
