@@ -15,6 +15,7 @@ step; on one host a Python handler remembers the signal.
 import contextlib
 import os
 import signal
+import sys
 
 import jax
 from jax.experimental import multihost_utils
@@ -30,14 +31,23 @@ _received = []
 
 
 def _remember(signum, frame):
+  """The first signal is remembered (the loop stops after its step); a second
+  one ends the process at once, as the signal would have."""
   del frame
+  if _received:
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+    return
   _received.append(signum)
+  print(f"{signal.Signals(signum).name}: stopping after the current training step, with a "
+        "checkpoint (send it again to stop at once)", file=sys.stderr, flush=True)
 
 
 @contextlib.contextmanager
 def watching():
-  """Within this block SIGTERM and SIGINT are remembered instead of ending the
-  process (the main thread only: signal handlers live there)."""
+  """Within this block a first SIGTERM or SIGINT is remembered instead of ending
+  the process (the main thread only: signal handlers live there). Stages without
+  training steps (evaluation) do not look: there a second signal stops them."""
   if jax.process_count() > 1:   # JAX's notifier handles it (see above)
     yield
     return
