@@ -538,8 +538,7 @@ def _convert_image_tokenizer(src, dst, m, dtype, log):
     m.image_encoder = None
     return
   vit, projector = (dict(read_shard(f)) for f in files)
-  cfg = siglip_vq.SiglipVQConfig(**{k: e[k] for k in siglip_vq.SiglipVQConfig.__annotations__
-                                    if k in e})
+  cfg = siglip_vq.SiglipVQConfig.from_sizes(e)
   tree = siglip_vq.params_from_torch(vit, projector, cfg, source=str(src))
   save_params(dst / "image_tokenizer", jax.tree.map(lambda x: x.astype(dtype), tree))
   log(f"convert: image tokenizer from {files[0].name} and {files[1].name}")
@@ -554,9 +553,7 @@ def load_image_tokenizer(path, dtype="float32"):
   if not m.get("image_encoder"):
     raise InputError(f"{path}: holds no image tokenizer (the release's ViT and projector "
                      "files were not there when it was converted)")
-  cfg = siglip_vq.SiglipVQConfig(dtype=dtype, **{
-      k: m.image_encoder[k] for k in siglip_vq.SiglipVQConfig.__annotations__
-      if k in m.image_encoder})
+  cfg = siglip_vq.SiglipVQConfig.from_sizes(m.image_encoder, dtype=dtype)
   graphdef, state = nnx.split(nnx.eval_shape(lambda: siglip_vq.SiglipVQEncoder(
       cfg, rngs=nnx.Rngs(0))))
   like = jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, np.float32),

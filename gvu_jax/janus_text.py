@@ -24,7 +24,7 @@ import PIL.Image
 import tokenizers
 
 from gvu_jax.errors import InputError
-from gvu_jax.text import checked_prompt, left_padded, understanding_batch
+from gvu_jax.text import ReleaseTemplates
 
 BOS, EOS, PAD = "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜▁pad▁｜>"
 BOI, EOI, IMG = "<begin_of_image>", "<end_of_image>", "<image_placeholder>"
@@ -48,23 +48,17 @@ def load_tokenizer(path) -> tokenizers.Tokenizer:
     raise InputError(f"cannot read tokenizer {file}: {e}") from None
 
 
-class JanusTemplates:
+class JanusTemplates(ReleaseTemplates):
   """Encodes prompts for generation and understanding with fixed lengths (one
   compilation), token for token as Janus' own processor would."""
 
   def __init__(self, tokenizer, image_tokens=576, max_prompt_tokens=128, style="deepseek"):
     if style not in ROLES:
       raise InputError(f"unknown Janus template style {style!r}; expected one of {sorted(ROLES)}")
-    self.tok = tokenizer
+    super().__init__(tokenizer, SPECIALS, max_prompt_tokens, "Janus")
     self.image_tokens = image_tokens
-    self.max_prompt_tokens = max_prompt_tokens
     self.style = style
-    self.ids = {}
-    for s in SPECIALS:
-      self.ids[s] = tokenizer.token_to_id(s)
-      if self.ids[s] is None:
-        raise InputError(f"the tokenizer has no {s!r} token (not a Janus tokenizer?)")
-    self.pad_id, self.image_token_id = self.ids[PAD], self.ids[IMG]
+    self.pad_id, self.eos_id, self.image_token_id = self.ids[PAD], self.ids[EOS], self.ids[IMG]
     user, assistant = ROLES[style]
     self._gen_head = [self.ids[BOS], *self._encode(f"{user}:")]
     self._gen_tail = [*self._encode(f"\n\n{assistant}:"), self.ids[BOI]]
@@ -72,28 +66,13 @@ class JanusTemplates:
                         self.ids[BOI], *[self.image_token_id] * image_tokens, self.ids[EOI],
                         *self._encode(f"\n{UNDERSTANDING_QUERY}\n\n{assistant}:")]
 
-  def _encode(self, text):
-    return self.tok.encode(text, add_special_tokens=False).ids
-
-  def encode_prompt(self, text):
+  def prompt_ids(self, text):
     """The prompt's tokens as they follow "{U}:" / "{A}:" (i.e. " {prompt}")."""
-    text = text.strip()
-    if not text:
-      raise InputError("empty prompt")
     ids = self._encode(" " + text)
     unk = getattr(self.tok.model, "unk_token", None)
     if unk is not None and self.tok.token_to_id(unk) in ids:
       raise InputError(f"prompt {text!r}: has characters the tokenizer maps to {unk!r}")
-    return checked_prompt(text, ids, self.max_prompt_tokens)
-
-  @property
-  def generation_length(self):
-    return len(self._gen_head) + self.max_prompt_tokens + len(self._gen_tail)
-
-  def generation(self, texts):
-    """Left-padded generation prompts: (ids [B, P], valid [B, P])."""
-    return left_padded([self._gen_head + self.encode_prompt(t) + self._gen_tail for t in texts],
-                       self.generation_length, self.pad_id)
+    return ids
 
   def unconditional(self, batch):
     """CFG's unconditional rows: [B, P] of pads ending in <bos> <begin_of_image>,
@@ -119,13 +98,6 @@ class JanusTemplates:
     so the replaced pads are attended (valid is then not `ids != pad_id`)."""
     keep = (ids == self.ids[BOS]) | (ids == self.ids[BOI])
     return np.where(keep, ids, self.pad_id).astype(np.int32), np.asarray(valid).copy()
-
-  def understanding(self, texts):
-    """Right-padded understanding queries with the prompts as the answer."""
-    return understanding_batch(self._und_prefix, [self.encode_prompt(t) for t in texts],
-                               eos_id=self.ids[EOS], pad_id=self.pad_id,
-                               image_token_id=self.image_token_id,
-                               max_answer_tokens=self.max_prompt_tokens)
 
 
 def load_preprocessor_config(path):

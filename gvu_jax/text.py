@@ -87,6 +87,53 @@ def left_padded(seqs, length, pad_id):
   return ids, ids != pad_id
 
 
+class ReleaseTemplates:
+  """The prompts of a released model's tokenizer, fixed-length (one compilation):
+  generation rows `gen_head + prompt + gen_tail`, left-padded; understanding rows
+  `und_prefix + prompt + eos`, right-padded, the prompt being the answer. A
+  subclass builds the pieces (janus_text.JanusTemplates, xomni_text.XOmniTemplates)
+  and says how a prompt tokenizes (`prompt_ids`)."""
+
+  def __init__(self, tokenizer, specials, max_prompt_tokens, model):
+    self.tok = tokenizer
+    self.max_prompt_tokens = max_prompt_tokens
+    self.ids = {}
+    for s in specials:
+      self.ids[s] = tokenizer.token_to_id(s)
+      if self.ids[s] is None:
+        raise InputError(f"the tokenizer has no {s!r} token (not a {model} tokenizer?)")
+    # set by the subclass: pad_id, eos_id, image_token_id, image_tokens,
+    # _gen_head, _gen_tail, _und_prefix
+
+  def _encode(self, text):
+    return self.tok.encode(text, add_special_tokens=False).ids
+
+  def prompt_ids(self, text):
+    return self._encode(text)
+
+  def encode_prompt(self, text):
+    text = text.strip()
+    if not text:
+      raise InputError("empty prompt")
+    return checked_prompt(text, self.prompt_ids(text), self.max_prompt_tokens)
+
+  @property
+  def generation_length(self):
+    return len(self._gen_head) + self.max_prompt_tokens + len(self._gen_tail)
+
+  def generation(self, texts):
+    """Left-padded generation prompts: (ids [B, P], valid [B, P])."""
+    return left_padded([self._gen_head + self.encode_prompt(t) + self._gen_tail for t in texts],
+                       self.generation_length, self.pad_id)
+
+  def understanding(self, texts):
+    """Right-padded understanding queries with the prompts as the answer."""
+    return understanding_batch(self._und_prefix, [self.encode_prompt(t) for t in texts],
+                               eos_id=self.eos_id, pad_id=self.pad_id,
+                               image_token_id=self.image_token_id,
+                               max_answer_tokens=self.max_prompt_tokens)
+
+
 class Templates:
   """Encodes prompts for generation and understanding with fixed, config-chosen
   lengths, so every batch has the same shape (one compilation)."""

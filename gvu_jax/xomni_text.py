@@ -13,8 +13,7 @@ tokenizer_config.json adds is not known here: `system_prompt` (default Qwen2.5's
 own default) is a model option; "" leaves the system turn out.
 """
 
-from gvu_jax.errors import InputError
-from gvu_jax.text import checked_prompt, left_padded, understanding_batch
+from gvu_jax.text import ReleaseTemplates, left_padded
 
 SOM, EOM, IMAGE = "<SOM>", "<EOM>", "<IMAGE>"
 IM_START, IM_END, PAD = "<|im_start|>", "<|im_end|>", "<|endoftext|>"
@@ -22,56 +21,25 @@ UNDERSTANDING_QUERY = "Describe the image in detail."
 QWEN_SYSTEM_PROMPT = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
 
 
-class XOmniTemplates:
+class XOmniTemplates(ReleaseTemplates):
 
   def __init__(self, tokenizer, image_grid, max_prompt_tokens, vocab_size,
                system_prompt=QWEN_SYSTEM_PROMPT):
-    self.tok = tokenizer
-    self.max_prompt_tokens = max_prompt_tokens
-    self.ids = {}
-    for s in (SOM, EOM, IMAGE, IM_START, IM_END, PAD):
-      self.ids[s] = tokenizer.token_to_id(s)
-      if self.ids[s] is None:
-        raise InputError(f"the tokenizer has no {s!r} token (not an X-Omni tokenizer?)")
-    self.pad_id = self.ids[PAD]
+    super().__init__(tokenizer, (SOM, EOM, IMAGE, IM_START, IM_END, PAD), max_prompt_tokens,
+                     "X-Omni")
+    self.pad_id, self.eos_id = self.ids[PAD], self.ids[IM_END]
     system_prompt = QWEN_SYSTEM_PROMPT if system_prompt is None else system_prompt
     # Image slots hold a placeholder the reward overwrites with the image's tokens:
     # the first multimodal id, which no text encodes to.
     self.image_token_id = vocab_size
     h, w = image_grid
     self.image_tokens = h * w
-    self._image_prefix = self._encode(f"{SOM}{h} {w}{IMAGE}")
+    self._gen_head, self._gen_tail = [], self._encode(f"{SOM}{h} {w}{IMAGE}")
     system = f"{IM_START}system\n{system_prompt}{IM_END}\n" if system_prompt else ""
-    self._und_prefix = [*self._encode(f"{system}{IM_START}user\n"), *self._image_prefix,
+    self._und_prefix = [*self._encode(f"{system}{IM_START}user\n"), *self._gen_tail,
                         *[self.image_token_id] * self.image_tokens, self.ids[EOM],
                         *self._encode(f"\n{UNDERSTANDING_QUERY}{IM_END}\n{IM_START}assistant\n")]
 
-  def _encode(self, text):
-    return self.tok.encode(text, add_special_tokens=False).ids
-
-  def encode_prompt(self, text):
-    text = text.strip()
-    if not text:
-      raise InputError("empty prompt")
-    return checked_prompt(text, self._encode(text), self.max_prompt_tokens)
-
-  @property
-  def generation_length(self):
-    return self.max_prompt_tokens + len(self._image_prefix)
-
-  def generation(self, texts):
-    """Left-padded generation prompts: (ids [B, P], valid [B, P])."""
-    return left_padded([self.encode_prompt(t) + self._image_prefix for t in texts],
-                       self.generation_length, self.pad_id)
-
   def unconditional(self, batch):
     """CFG's unconditional rows: the image prefix alone, left-padded."""
-    return left_padded([self._image_prefix] * batch, self.generation_length, self.pad_id)
-
-  def understanding(self, texts):
-    """Right-padded understanding queries with the prompts as the answer."""
-    return understanding_batch(self._und_prefix, [self.encode_prompt(t) for t in texts],
-                               eos_id=self.ids[IM_END], pad_id=self.pad_id,
-                               image_token_id=self.image_token_id,
-                               max_answer_tokens=self.max_prompt_tokens)
-
+    return left_padded([self._gen_tail] * batch, self.generation_length, self.pad_id)

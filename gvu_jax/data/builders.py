@@ -53,8 +53,9 @@ def _record(index, prompt, tag=prompt_files.UNTAGGED, id="", **meta):
           "meta": json.dumps(meta, sort_keys=True)}
 
 
-def _geneval_records(path):
-  """GenEval-format metadata lines (tag, include, exclude, prompt) -> records."""
+def _file_records(path):
+  """A prompt file (data/prompt_files.py; GenEval's metadata lines among them:
+  tag, include, exclude, prompt) -> records."""
   for i, p in enumerate(prompt_files.read(path)):
     yield _record(i, p.text, p.category, p.id, **{k: json.loads(v) for k, v in p.meta})
 
@@ -131,7 +132,7 @@ class GenevalPrompts(_PromptBuilder):
                              at_most=True)
     return {"train": self._generate_examples(
                 _record(i, r.pop("prompt"), r.pop("tag"), **r) for i, r in enumerate(train)),
-            "test": self._generate_examples(_geneval_records(test))}
+            "test": self._generate_examples(_file_records(test))}
 
   def _generate_examples(self, records):
     for r in records:
@@ -148,7 +149,7 @@ class GenevalPlus(_PromptBuilder):
     return {"test": self._generate_examples(self._source(dl_manager, "Geneval++.jsonl"))}
 
   def _generate_examples(self, path):
-    for r in _geneval_records(path):
+    for r in _file_records(path):
       yield r["index"], r
 
 
@@ -216,8 +217,8 @@ class PromptFile(_PromptBuilder):
     return {"train": self._generate_examples()}
 
   def _generate_examples(self):
-    for i, p in enumerate(prompt_files.read(self.path)):
-      yield i, _record(i, p.text, p.category, p.id, **{k: json.loads(v) for k, v in p.meta})
+    for r in _file_records(self.path):
+      yield r["index"], r
 
 
 BUILDERS = {"gvu_world": GvuWorld, "geneval_prompts": GenevalPrompts,

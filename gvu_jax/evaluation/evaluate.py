@@ -29,7 +29,9 @@ def padded_chunks(n, size):
 
 
 def make_scorer(ctx, graphdef):
-  """Jitted (params, codes, query) -> (summed log-likelihood, reward) per row."""
+  """Jitted (params, codes, query) -> (summed log-likelihood, reward) per row, and
+  what the understanding branch read (the decoded pixels, or the tokens), so a
+  caller that keeps the images does not decode twice."""
   r = ctx.config.reward
 
   def score(params, codes, query):
@@ -37,7 +39,7 @@ def make_scorer(ctx, graphdef):
     pixels = ctx.image_tokenizer.decode(codes, model)
     rewards, token_logp = reward_lib.intrinsic_reward(model, pixels, query, r.aggregation,
                                                       ctx.reward_weights)
-    return token_logp.sum(-1), rewards
+    return token_logp.sum(-1), rewards, pixels
 
   return jax.jit(score)
 
@@ -67,7 +69,7 @@ def generation(ctx, graphdef, params, scorer, prompts=None):
     texts = [specs[j].text for j in idx]
     ids, valid = put(ctx.templates.generation(texts))
     out = sampler(params, ids, valid, jax.random.fold_in(key, i))
-    _, r = scorer(params, out.codes, put(ctx.templates.understanding(texts).arrays()))
+    _, r, _ = scorer(params, out.codes, put(ctx.templates.understanding(texts).arrays()))
     codes.append(to_host(out.codes)[:real])
     rewards.append(to_host(r)[:real])
   images = world.codes_to_image(np.concatenate(codes))
@@ -90,7 +92,7 @@ def understanding(ctx, params, scorer):
   scores = np.zeros(len(candidates))
   for idx, real in padded_chunks(len(candidates), c.batch_size):
     query = ctx.templates.understanding([candidates[j] for j in idx]).arrays()
-    total, _ = scorer(params, *ctx.layout.put_batch((codes[idx], query)))
+    total, _, _ = scorer(params, *ctx.layout.put_batch((codes[idx], query)))
     scores[idx[:real]] = to_host(total)[:real]
   owner = np.asarray(owner)
   correct = [bool(scores[owner == i][0] > scores[owner == i][1:].max())

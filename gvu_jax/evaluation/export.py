@@ -32,7 +32,6 @@ import time
 
 import jax
 import numpy as np
-from flax import nnx
 from jax.experimental import multihost_utils
 from PIL import Image
 
@@ -177,10 +176,10 @@ LAYOUTS = {"geneval": GenevalLayout, "geneval_plus": GenevalPlusLayout,
            "t2i_compbench": T2iCompbenchLayout, "dpg_bench": DpgBenchLayout}
 
 
-def layout_name(c):
-  """`eval.layout`, with auto = the prompt dataset's own layout, else GenEval's."""
+def layout_name(c, source):
+  """`eval.layout`, with auto = the layout of the prompt dataset `source`, else GenEval's."""
   if c.layout == "auto":
-    return DATASET_LAYOUTS.get(c.prompts.split(":")[0], "geneval")
+    return DATASET_LAYOUTS.get(source.split(":")[0], "geneval")
   if c.layout not in LAYOUTS:
     raise InputError(f"eval.layout={c.layout!r}: expected auto or one of {sorted(LAYOUTS)}")
   return c.layout
@@ -193,11 +192,11 @@ def _read_rewards(path):
     return {r["index"]: r for r in map(json.loads, f)}
 
 
-def export(ctx, graphdef, params, stage_dir, prompts, judge_specs=None):
+def export(ctx, graphdef, params, stage_dir, prompts, source, judge_specs=None):
   """Writes every prompt not already in stage_dir/<layout> -> its summary dict.
   With `judge_specs` (the embedded world's prompts) the judge scores each image."""
   c = ctx.config.eval
-  name = layout_name(c)
+  name = layout_name(c, source)
   directory = os.path.join(stage_dir, name)
   per_prompt, batch = c.images_per_prompt, c.batch_size
   ctx.layout.check_batch("eval.batch_size x eval.images_per_prompt", batch * per_prompt)
@@ -213,10 +212,9 @@ def export(ctx, graphdef, params, stage_dir, prompts, judge_specs=None):
   sampler = Sampler(graphdef, SamplingConfig(**c.sampling), num_tokens=ctx.model.image_tokens,
                     uncond_row=ctx.templates.unconditional(1), group_size=per_prompt,
                     layout=ctx.layout)
-  decode = jax.jit(lambda p, codes: to_uint8(ctx.image_tokenizer.decode(
-      codes, nnx.merge(graphdef, p)))) if pixels else \
-      (lambda p, codes: codes.reshape(-1, *ctx.model.image_grid))
-  scorer = make_scorer(ctx, graphdef)
+  scorer = make_scorer(ctx, graphdef)   # decodes once; its images are what is written
+  as_images = (jax.jit(to_uint8) if pixels else
+               lambda codes: codes.reshape(-1, *ctx.model.image_grid))
   rewards_path = os.path.join(stage_dir, f"{name}_rewards.jsonl")
   rewards = _read_rewards(rewards_path) if main_host else {}
   key = jax.random.key(ctx.config.seed)
@@ -234,8 +232,8 @@ def export(ctx, graphdef, params, stage_dir, prompts, judge_specs=None):
     ids, valid = ctx.layout.put_batch(ctx.templates.generation(texts))
     samples = sampler(params, ids, valid, jax.random.fold_in(key, k))
     query = ctx.templates.understanding(texts).arrays(repeat=per_prompt)
-    _, r = scorer(params, samples.codes, ctx.layout.put_batch(query))
-    images = sharding.to_host(decode(params, samples.codes))
+    _, r, seen = scorer(params, samples.codes, ctx.layout.put_batch(query))
+    images = sharding.to_host(as_images(seen))
     r = sharding.to_host(r).reshape(batch, per_prompt).mean(1)
     if main_host:
       with open(rewards_path, "a", encoding="utf-8") as f:
@@ -300,7 +298,8 @@ def run(ctx, stages):
   context.check_prompts(ctx.templates, prompts, f"eval.prompts={source}")
   summaries = {}
   for stage, graphdef, params in stages:
-    summaries[stage] = export(ctx, graphdef, params, ctx.path("eval", stage), prompts, specs)
+    summaries[stage] = export(ctx, graphdef, params, ctx.path("eval", stage), prompts, source,
+                              specs)
   if metrics.is_main_host():
     table = summary_table(summaries)
     with open(ctx.path("eval", "summary.md"), "w", encoding="utf-8") as f:

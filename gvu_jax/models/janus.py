@@ -35,16 +35,13 @@ class JanusConfig:
   def from_config(cls, c, **lm_overrides):
     """From an ml_collections model config (see configs/); `lm_overrides` set
     run-time options such as LoRA or remat that are not part of the weights."""
-    lm = dict(c.lm, dtype=c.dtype, remat=c.get("remat", False),
-              attention=c.get("attention", "xla"), **lm_overrides)
-    if "lora_targets" in lm:
-      lm["lora_targets"] = tuple(lm["lora_targets"])
     vq = None
     if c.image_tokenizer == "vq16":
       vq = dict(c.vq)
       vq["channel_multiplier"] = tuple(vq["channel_multiplier"])
       vq = VQConfig(**vq, dtype=c.dtype)
-    return cls(lm=LlamaConfig(**lm), vision=ViTConfig(**dict(c.vision), dtype=c.dtype),
+    return cls(lm=LlamaConfig.from_model_block(c, **lm_overrides),
+               vision=ViTConfig(**dict(c.vision), dtype=c.dtype),
                codebook_size=c.codebook_size, image_tokens=c.image_tokens,
                gen_embed_dim=c.gen_embed_dim, image_token_embed=c.image_token_embed,
                image_tokenizer=c.image_tokenizer, vq=vq)

@@ -46,6 +46,17 @@ class LlamaConfig:
   def head_dim(self):
     return self.hidden // self.heads
 
+  @classmethod
+  def from_model_block(cls, c, **overrides):
+    """The decoder of an ml_collections `model` block (see configs/): its `lm`
+    sizes plus the block's compute dtype, remat and attention; `overrides` set
+    run-time options such as LoRA that are not part of the weights."""
+    lm = dict(c.lm, dtype=c.dtype, remat=c.get("remat", False),
+              attention=c.get("attention", "xla"), **overrides)
+    if "lora_targets" in lm:
+      lm["lora_targets"] = tuple(lm["lora_targets"])
+    return cls(**lm)
+
 
 class RMSNorm(nnx.Module):
   """x / rms(x) * scale, computed in float32 (LLaMA)."""

@@ -37,6 +37,11 @@ class SiglipVQConfig:
   norm_eps: float = 1e-6
   dtype: str = "float32"
 
+  @classmethod
+  def from_sizes(cls, sizes, **kw):
+    """From a dict that may hold more keys (the conversion's `image_encoder`)."""
+    return cls(**{k: v for k, v in sizes.items() if k in cls.__dataclass_fields__}, **kw)
+
   @property
   def blocks(self):
     return ViTConfig(image_size=self.pos_grid * self.patch_size, patch_size=self.patch_size,

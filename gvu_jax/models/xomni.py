@@ -39,12 +39,8 @@ class XOmniConfig:
 
   @classmethod
   def from_config(cls, c, **lm_overrides):
-    lm = dict(c.lm, dtype=c.dtype, remat=c.get("remat", False),
-              attention=c.get("attention", "xla"), **lm_overrides)
-    if "lora_targets" in lm:
-      lm["lora_targets"] = tuple(lm["lora_targets"])
-    return cls(lm=LlamaConfig(**lm), mm_vocab_size=c.mm_vocab_size,
-               image_vocab_size=c.image_vocab_size,
+    return cls(lm=LlamaConfig.from_model_block(c, **lm_overrides),
+               mm_vocab_size=c.mm_vocab_size, image_vocab_size=c.image_vocab_size,
                num_mm_adap_layers=c.num_mm_adap_layers,
                num_mm_head_layers=c.num_mm_head_layers, image_tokens=c.image_tokens)
 
