@@ -25,9 +25,9 @@ def add_stage(ctx, stage, result):
 
 def markdown(report):
   stages = list(report)
-  parts = ["generation", "understanding"]
-  if all("generation_gvu_prompts" in report[s] for s in stages):
-    parts.append("generation_gvu_prompts")
+  parts = ["generation", "understanding"] + [
+      part for part in ("generation_gvu_prompts", "reward_ranking", "reward_ranking_gvu_prompts")
+      if all(part in report[s] for s in stages)]
   rows = [(part, k) for part in parts for k in report[stages[0]][part]]
   lines = ["| | " + " | ".join(stages) + " |", "|---" * (len(stages) + 1) + "|"]
   for part, key in rows:

@@ -39,12 +39,13 @@ def test_report_contract(full_run):
     report = json.load(f)
   assert list(report) == ["pretrained", "gvu"]
   for stage in report.values():
-    for part in ("generation", "understanding"):
+    for part in ("generation", "understanding", "reward_ranking"):
       assert set(stage[part]) == {"overall", *world.CATEGORIES}
       assert all(0.0 <= v <= 1.0 for v in stage[part].values())
       assert stage[part]["overall"] == pytest.approx(
           np.mean([stage[part][c] for c in world.CATEGORIES]))
   assert "| generation overall |" in proc.stdout
+  assert "| reward_ranking_gvu_prompts position |" in proc.stdout
   for path in ("grids/pretrained.png", "grids/gvu.png", "report.md",
                "pretrain/metrics.jsonl", "gvu/metrics.jsonl", "pretrain/tokenizer.json"):
     assert os.path.exists(os.path.join(workdir, path)), path

@@ -151,3 +151,25 @@ def test_distractors_prefer_near_misses():
                         world.Object("square", "blue", 3, 3)))
   ds = world.distractors(spec, image, 1, np.random.default_rng(0))
   assert [d.text for d in ds] == ["a photo of a blue circle and a red square"]
+
+
+def test_near_miss_changes_what_the_category_tests():
+  for spec in world.all_specs():
+    for seed in range(3):
+      rng = np.random.default_rng(seed)
+      miss = world.near_miss(spec, rng)
+      assert miss.category == spec.category and miss.text != spec.text
+      if spec.category == "position":
+        assert (miss.objects, miss.relation) == (spec.objects, world.OPPOSITE[spec.relation])
+      elif spec.category == "color_attr":
+        (a, ca, _), (b, cb, _) = spec.objects
+        assert miss.objects == ((a, cb, 1), (b, ca, 1))
+      else:   # one field of one object: the shape, the count or the colour
+        changed = [(x, y) for o, m in zip(spec.objects, miss.objects)
+                   for x, y in zip(o, m) if x != y]
+        assert len(changed) == 1, (spec.text, miss.text)
+        if spec.category == "counting":
+          assert abs(changed[0][0] - changed[0][1]) == 1
+      for _ in range(3):   # no render of the near miss satisfies the prompt...
+        assert not judge.judge(world.render(world.sample_scene(miss, rng)), spec) or (
+            spec.category == "position"), (spec.text, miss.text)   # ...but for diagonals

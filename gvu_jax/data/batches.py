@@ -12,7 +12,7 @@ import numpy as np
 
 from gvu_jax.data import world
 
-STREAMS = {"pretrain": 1, "gvu": 2, "eval": 3}
+STREAMS = {"pretrain": 1, "gvu": 2, "eval": 3, "reward_ranking": 4}
 
 
 def rng_for(seed, stream, step=0):

@@ -224,6 +224,32 @@ def sample_scene(spec: PromptSpec, rng: np.random.Generator) -> Scene:
       return scene
 
 
+OPPOSITE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
+
+
+def near_miss(spec: PromptSpec, rng: np.random.Generator) -> PromptSpec:
+  """A prompt of the same category that differs from `spec` in exactly what the
+  category tests: another shape (single and two objects), one more or one fewer
+  (counting), another colour (colors), the opposite relation (position), the two
+  colours swapped (colour attribution). No image satisfies both."""
+  objects = spec.objects
+  if spec.category == "position":
+    return dataclasses.replace(spec, relation=OPPOSITE[spec.relation])
+  if spec.category == "color_attr":
+    (a, ca, _), (b, cb, _) = objects
+    return dataclasses.replace(spec, objects=((a, cb, 1), (b, ca, 1)))
+  shape, color, count = objects[-1]
+  if spec.category == "counting":
+    counts = [n for n in (count - 1, count + 1) if 1 <= n <= len(NUMBERS)]
+    return dataclasses.replace(spec, objects=((shape, color, int(rng.choice(counts))),))
+  if spec.category == "colors":
+    other = [c for c in COLORS if c != color]
+    return dataclasses.replace(spec, objects=((shape, str(rng.choice(other)), count),))
+  other = [s for s in SHAPES if s not in {o[0] for o in objects}]
+  return dataclasses.replace(spec, objects=objects[:-1] + ((str(rng.choice(other)), color,
+                                                            count),))
+
+
 @functools.cache
 def _bags_of_words() -> np.ndarray:
   """Int [len(all_specs()), len(vocabulary())] word counts of every prompt."""

@@ -6,6 +6,8 @@ understanding: for a ground-truth render of each held-out prompt, does the
                model's likelihood rank the true prompt above K judge-verified
                distractors (near misses of the same category)?
 intrinsic_reward: the mean GvU reward the model gives its own held-out images.
+reward_ranking: how often that reward prefers a render of a held-out prompt to a
+               render of its near miss: the understanding branch as GvU's judge.
 """
 
 import jax
@@ -100,6 +102,30 @@ def understanding(ctx, params, scorer):
   return correct, specs
 
 
+def reward_ranking(ctx, params, scorer, prompts):
+  """Per category, how often the intrinsic reward of a prompt is higher on a render
+  that satisfies it than on a render of its near miss (world.near_miss), which the
+  judge rejects: 1 = always, 0.5 = chance (ties count half). Both are ground-truth
+  renders, so this measures the reward signal GvU gets, apart from generation."""
+  specs = balanced_prompts(prompts, ctx.config.eval.images_per_category)
+  codes = []
+  for i, spec in enumerate(specs):
+    rng = batches.rng_for(ctx.config.seed, "reward_ranking", i)
+    miss = world.near_miss(spec, rng)
+    wrong = world.sample_scene(miss, rng)
+    while judge.judge(world.render(wrong), spec):   # (position: a diagonal can be both)
+      wrong = world.sample_scene(miss, rng)
+    codes += [world.scene_to_codes(world.sample_scene(spec, rng)), world.scene_to_codes(wrong)]
+  codes, texts = np.stack(codes).astype(np.int32), [s.text for s in specs for _ in range(2)]
+  rewards = np.zeros(len(texts))
+  for idx, real in padded_chunks(len(texts), ctx.config.eval.batch_size):
+    query = ctx.templates.understanding([texts[j] for j in idx]).arrays()
+    _, r, _ = scorer(params, *ctx.layout.put_batch((codes[idx], query)))
+    rewards[idx[:real]] = to_host(r)[:real]
+  right, wrong = rewards[0::2], rewards[1::2]
+  return judge.category_accuracy(list((right > wrong) + 0.5 * (right == wrong)), specs)
+
+
 def run(ctx, graphdef, params, stage):
   ctx.layout.check_batch("eval.batch_size", ctx.config.eval.batch_size)
   scorer = make_scorer(ctx, graphdef)
@@ -114,10 +140,12 @@ def run(ctx, graphdef, params, stage):
                    marks=[gen_correct[i] for i in shown])
   out = {"generation": judge.category_accuracy(list(gen_correct), row_specs),
          "understanding": judge.category_accuracy(und_correct, und_specs),
-         "intrinsic_reward": mean_reward}
+         "intrinsic_reward": mean_reward,
+         "reward_ranking": reward_ranking(ctx, params, scorer, ctx.heldout_specs)}
   if not set(ctx.gvu_specs) & set(ctx.pretrain_specs):
     # The GvU stage's own prompts, never paired with an image: how far the
     # intrinsic reward moved generation where it trained (not held out from GvU).
     _, specs, correct, _ = generation(ctx, graphdef, params, scorer, ctx.gvu_specs)
     out["generation_gvu_prompts"] = judge.category_accuracy(list(correct), specs)
+    out["reward_ranking_gvu_prompts"] = reward_ranking(ctx, params, scorer, ctx.gvu_specs)
   return out

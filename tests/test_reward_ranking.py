@@ -1,0 +1,45 @@
+"""The reward's ranking of ground-truth renders against near misses (report.json's
+`reward_ranking`): exact values for rewards whose answer is known."""
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import synthetic
+from gvu_jax import context
+from gvu_jax.data import world
+from gvu_jax.evaluation import evaluate, judge
+
+
+@pytest.fixture(scope="module")
+def ctx(tmp_path_factory):
+  return context.Context.create(synthetic.get_config("mini"), str(tmp_path_factory.mktemp("w")))
+
+
+def judging_scorer(ctx, flip=False):
+  """A stand-in for the model's scorer whose reward is the pixel judge's verdict
+  on the prompt it is asked about (read back from the query's answer tokens)."""
+  by_text = {s.text: s for s in world.all_specs()}
+
+  def score(params, codes, query):
+    ids, mask = np.asarray(query["ids"]), np.asarray(query["answer_mask"])
+    start = ctx.templates.understanding(["a photo of a circle"]).answer_start
+    texts = [ctx.tokenizer.decode(row[start:start + m.sum()].tolist())
+             for row, m in zip(ids, mask)]
+    images = world.codes_to_image(np.asarray(codes))
+    verdicts = np.array([judge.judge(im, by_text[t]) for im, t in zip(images, texts)])
+    return None, jnp.asarray(verdicts != flip, jnp.float32), None
+
+  return score
+
+
+def test_a_reward_that_judges_ranks_every_pair_right(ctx):
+  ranking = evaluate.reward_ranking(ctx, None, judging_scorer(ctx), world.all_specs())
+  assert ranking == {"overall": 1.0, **{c: 1.0 for c in world.CATEGORIES}}
+  flipped = evaluate.reward_ranking(ctx, None, judging_scorer(ctx, flip=True), world.all_specs())
+  assert flipped == {"overall": 0.0, **{c: 0.0 for c in world.CATEGORIES}}
+
+
+def test_a_reward_blind_to_the_image_is_at_chance(ctx):
+  blind = lambda params, codes, query: (None, jnp.zeros(codes.shape[0]), None)
+  ranking = evaluate.reward_ranking(ctx, None, blind, world.all_specs())
+  assert ranking == {"overall": 0.5, **{c: 0.5 for c in world.CATEGORIES}}
