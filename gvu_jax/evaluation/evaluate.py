@@ -111,10 +111,7 @@ def reward_ranking(ctx, params, scorer, prompts):
   codes = []
   for i, spec in enumerate(specs):
     rng = batches.rng_for(ctx.config.seed, "reward_ranking", i)
-    miss = world.near_miss(spec, rng)
-    wrong = world.sample_scene(miss, rng)
-    while judge.judge(world.render(wrong), spec):   # (position: a diagonal can be both)
-      wrong = world.sample_scene(miss, rng)
+    wrong = world.sample_scene(world.near_miss(spec, rng), rng)
     codes += [world.scene_to_codes(world.sample_scene(spec, rng)), world.scene_to_codes(wrong)]
   codes, texts = np.stack(codes).astype(np.int32), [s.text for s in specs for _ in range(2)]
   rewards = np.zeros(len(texts))
