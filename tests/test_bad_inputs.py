@@ -78,6 +78,12 @@ def prompts_file(work, name, content):
   return path
 
 
+def gvu_on_prompt_file(name, content):
+  """A table row's command: GvU on the tiny X-Omni with this prompt file."""
+  return lambda w, s, d: (xomni(d, w, "--config.data.prompts=" + prompts_file(w, name, content)),
+                          {})
+
+
 def wrong_model_workdir(work):
   """A workdir whose pretraining checkpoint is of a wider model."""
   other = build.signature(presets.synthetic("mini"))
@@ -176,20 +182,16 @@ CASES = [
                    f"--dst={w}/out"], {}),
      "tensor model.mm_norm.weight has dtype int32, expected floating point"),
     # prompt data
-    ("malformed jsonl line", lambda w, s, d: (xomni(d, w, "--config.data.prompts=" + prompts_file(
-        w, "p.jsonl", '{"prompt": "w1 w2"}\n{"prompt": "w3"\n')), {}),
+    ("malformed jsonl line",
+     gvu_on_prompt_file("p.jsonl", '{"prompt": "w1 w2"}\n{"prompt": "w3"\n'),
      "p.jsonl:2: not valid JSON"),
-    ("empty prompt file", lambda w, s, d: (xomni(d, w, "--config.data.prompts=" + prompts_file(
-        w, "p.txt", "# nothing\n\n")), {}),
+    ("empty prompt file", gvu_on_prompt_file("p.txt", "# nothing\n\n"),
      "p.txt: the file holds no prompts"),
-    ("bytes that are not UTF-8", lambda w, s, d: (xomni(d, w, "--config.data.prompts=" + prompts_file(
-        w, "p.txt", b"w1 w2\nw3 caf\xe9\n")), {}),
+    ("bytes that are not UTF-8", gvu_on_prompt_file("p.txt", b"w1 w2\nw3 caf\xe9\n"),
      "p.txt:2: not UTF-8 (byte 0xe9 at column 7)"),
-    ("prompt longer than its room", lambda w, s, d: (xomni(d, w, "--config.data.prompts=" + prompts_file(
-        w, "p.txt", "w1\nw1 w2 w3 w4 w5\nw2\n")), {}),
+    ("prompt longer than its room", gvu_on_prompt_file("p.txt", "w1\nw1 w2 w3 w4 w5\nw2\n"),
      "prompt id '1': prompt 'w1 w2 w3 w4 w5' is 5 tokens; the context leaves room for 4"),
-    ("fewer prompts than one batch", lambda w, s, d: (xomni(d, w, "--config.data.prompts=" + prompts_file(
-        w, "p.txt", "w1 w2\n")), {}),
+    ("fewer prompts than one batch", gvu_on_prompt_file("p.txt", "w1 w2\n"),
      "holds 1 prompts, fewer than one batch (gvu.prompts_per_step=2)"),
     ("unknown prompt dataset", lambda w, s, d: (xomni(d, w, "--config.data.prompts=genevalplus"), {}),
      "prompts='genevalplus': expected a prompt file"),

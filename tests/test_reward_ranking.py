@@ -27,7 +27,8 @@ def judging_scorer(ctx, flip=False):
              for row, m in zip(ids, mask)]
     images = world.codes_to_image(np.asarray(codes))
     verdicts = np.array([judge.judge(im, by_text[t]) for im, t in zip(images, texts)])
-    return None, jnp.asarray(verdicts != flip, jnp.float32), None
+    reward = jnp.asarray(verdicts != flip, jnp.float32)
+    return jnp.log(reward), reward, None
 
   return score
 
@@ -40,6 +41,6 @@ def test_a_reward_that_judges_ranks_every_pair_right(ctx):
 
 
 def test_a_reward_blind_to_the_image_is_at_chance(ctx):
-  blind = lambda params, codes, query: (None, jnp.zeros(codes.shape[0]), None)
+  blind = lambda params, codes, query: (jnp.zeros(codes.shape[0]),) * 2 + (None,)
   ranking = evaluate.reward_ranking(ctx, None, blind, world.all_specs())
   assert ranking == {"overall": 0.5, **{c: 0.5 for c in world.CATEGORIES}}

@@ -79,6 +79,18 @@ def generation(ctx, graphdef, params, scorer, prompts=None):
   return images, specs, correct, float(np.concatenate(rewards).mean())
 
 
+def score_rows(ctx, params, scorer, codes, texts):
+  """Each image (its codes) with its text as the answer -> the summed answer
+  log-likelihood and the intrinsic reward per row, in eval-sized batches."""
+  codes = np.stack(codes).astype(np.int32)
+  totals, rewards = np.zeros(len(texts)), np.zeros(len(texts))
+  for idx, real in padded_chunks(len(texts), ctx.config.eval.batch_size):
+    query = ctx.templates.understanding([texts[j] for j in idx]).arrays()
+    total, r, _ = scorer(params, *ctx.layout.put_batch((codes[idx], query)))
+    totals[idx[:real]], rewards[idx[:real]] = to_host(total)[:real], to_host(r)[:real]
+  return totals, rewards
+
+
 def understanding(ctx, params, scorer):
   c = ctx.config.eval
   specs = balanced_prompts(ctx.heldout_specs, c.images_per_category)
@@ -90,12 +102,7 @@ def understanding(ctx, params, scorer):
     candidates += [o.text for o in options]
     owner += [i] * len(options)
     codes += [world.scene_to_codes(scene)] * len(options)
-  codes = np.stack(codes).astype(np.int32)
-  scores = np.zeros(len(candidates))
-  for idx, real in padded_chunks(len(candidates), c.batch_size):
-    query = ctx.templates.understanding([candidates[j] for j in idx]).arrays()
-    total, _, _ = scorer(params, *ctx.layout.put_batch((codes[idx], query)))
-    scores[idx[:real]] = to_host(total)[:real]
+  scores, _ = score_rows(ctx, params, scorer, codes, candidates)
   owner = np.asarray(owner)
   correct = [bool(scores[owner == i][0] > scores[owner == i][1:].max())
              for i in range(len(specs))]
@@ -113,12 +120,7 @@ def reward_ranking(ctx, params, scorer, prompts):
     rng = batches.rng_for(ctx.config.seed, "reward_ranking", i)
     wrong = world.sample_scene(world.near_miss(spec, rng), rng)
     codes += [world.scene_to_codes(world.sample_scene(spec, rng)), world.scene_to_codes(wrong)]
-  codes, texts = np.stack(codes).astype(np.int32), [s.text for s in specs for _ in range(2)]
-  rewards = np.zeros(len(texts))
-  for idx, real in padded_chunks(len(texts), ctx.config.eval.batch_size):
-    query = ctx.templates.understanding([texts[j] for j in idx]).arrays()
-    _, r, _ = scorer(params, *ctx.layout.put_batch((codes[idx], query)))
-    rewards[idx[:real]] = to_host(r)[:real]
+  _, rewards = score_rows(ctx, params, scorer, codes, [s.text for s in specs for _ in range(2)])
   right, wrong = rewards[0::2], rewards[1::2]
   return judge.category_accuracy(list((right > wrong) + 0.5 * (right == wrong)), specs)
 
