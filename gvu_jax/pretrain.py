@@ -25,7 +25,7 @@ def make_train_step(graphdef, image_tokenizer, tx, answer_start, layout=None, st
     model = nnx.merge(graphdef, params)
     logits = image_logits(model, batch["prompt_ids"], batch["prompt_valid"], batch["codes"])
     t2i = optax.softmax_cross_entropy_with_integer_labels(logits, batch["codes"]).mean()
-    pixels = image_tokenizer.decode(batch["codes"], model)    # the same pixel path as the reward
+    pixels = image_tokenizer.decode(batch["caption_codes"], model)    # the same pixel path as the reward
     token_logp = answer_token_logprobs(model, batch["query_ids"], batch["query_valid"],
                                        batch["image_slots"], pixels, batch["caption_mask"],
                                        answer_start)
@@ -95,7 +95,8 @@ def run(ctx):
   tic, seen = time.perf_counter(), 0
   make_batch = lambda step: ctx.layout.put_batch(batches.supervised_batch(
       ctx.templates, ctx.pretrain_specs, c.batch_size,
-      batches.rng_for(config.seed, "pretrain", step), c.cond_dropout))
+      batches.rng_for(config.seed, "pretrain", step), c.cond_dropout,
+      c.t2i_mislabel))
   for step, batch in zip(range(start, c.steps),
                          batches.prefetch(make_batch, range(start, c.steps))):
     state, m = train_step(state, batch)

@@ -172,3 +172,25 @@ def test_near_miss_changes_what_the_category_tests():
           assert abs(changed[0][0] - changed[0][1]) == 1
       for _ in range(3):   # no render of the near miss satisfies the prompt
         assert not judge.judge(world.render(world.sample_scene(miss, rng)), spec), miss.text
+
+
+def test_mislabelled_text_to_image_pairs_keep_the_captions_exact():
+  """pretrain.t2i_mislabel: with probability q a text->image target shows a near
+  miss of its prompt; the captioning pairs (and the prompts) are those of q = 0."""
+  from gvu_jax.data import batches
+  from tests import helpers_model as hm
+  specs = world.all_specs()
+  make = lambda q: batches.supervised_batch(hm.templates(), specs, 64,
+                                            np.random.default_rng(5), 0.0, q)
+  prompts = batches.prompt_batch(specs, 64, np.random.default_rng(5))
+  exact, noisy, all_wrong = make(0.0), make(0.5), make(1.0)
+  np.testing.assert_array_equal(exact["codes"], exact["caption_codes"])
+  for batch in (noisy, all_wrong):
+    np.testing.assert_array_equal(batch["caption_codes"], exact["caption_codes"])
+    np.testing.assert_array_equal(batch["prompt_ids"], exact["prompt_ids"])
+  right = lambda codes: [judge.judge(world.codes_to_image(c), s) for c, s in zip(codes, prompts)]
+  assert all(right(exact["caption_codes"]))
+  assert not any(right(all_wrong["codes"]))
+  mislabelled = (noisy["codes"] != exact["codes"]).any(1)
+  assert 20 <= mislabelled.sum() <= 44   # Binomial(64, 0.5): within 3 sigma
+  np.testing.assert_array_equal(right(noisy["codes"]), ~mislabelled)

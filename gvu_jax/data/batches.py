@@ -30,15 +30,27 @@ def prompt_batch(specs, n, rng):
           for c in picks]
 
 
-def supervised_batch(templates, specs, n, rng, cond_dropout):
+def supervised_batch(templates, specs, n, rng, cond_dropout, t2i_mislabel=0.0):
   """Ground-truth pairs for pretraining: prompts and the image tokens of scenes
-  rendered for them (text->image targets; decoded to pixels for image->text).
-  `caption_mask` marks the answer tokens the captioning loss trains: the prompt
-  and its <eos>."""
+  rendered for them: `caption_codes` are decoded to pixels for image->text,
+  `codes` are the text->image targets. `caption_mask` marks the answer tokens the
+  captioning loss trains: the prompt and its <eos>.
+
+  With t2i_mislabel = q > 0, each text->image target is, with probability q, a
+  scene of a near miss of its prompt (world.near_miss) instead: loose alt-text,
+  as in the web pairs real generators learn from, while the captioning pairs stay
+  exact. This is the gap GvU relies on: understanding better than generation.
+  q = 0 draws nothing extra, so the streams are those of a run without it."""
   batch_specs = prompt_batch(specs, n, rng)
   scenes = [world.sample_scene(s, rng) for s in batch_specs]
   texts = [s.text for s in batch_specs]
-  codes = np.stack([world.scene_to_codes(s) for s in scenes]).astype(np.int32)
+  caption_codes = np.stack([world.scene_to_codes(s) for s in scenes]).astype(np.int32)
+  codes = caption_codes
+  if t2i_mislabel > 0:
+    codes = caption_codes.copy()
+    for i in np.flatnonzero(rng.random(n) < t2i_mislabel):
+      wrong = world.sample_scene(world.near_miss(batch_specs[i], rng), rng)
+      codes[i] = world.scene_to_codes(wrong)
   prompt_ids, prompt_valid = templates.generation(texts)
   drop = rng.random(n) < cond_dropout          # CFG: learn the unconditional rows too
   uncond_ids, uncond_valid = templates.unconditional(n)
@@ -46,7 +58,7 @@ def supervised_batch(templates, specs, n, rng, cond_dropout):
   prompt_valid = np.where(drop[:, None], uncond_valid, prompt_valid)
   query = templates.understanding(texts)
   return {"prompt_ids": prompt_ids, "prompt_valid": prompt_valid, "codes": codes,
-          "query_ids": query.ids, "query_valid": query.valid,
+          "caption_codes": caption_codes, "query_ids": query.ids, "query_valid": query.valid,
           "image_slots": query.image_slots,
           "caption_mask": np.arange(query.answer_len) <= query.answer_mask.sum(1)[:, None]}
 
