@@ -30,9 +30,13 @@ def get_config(arg=None):
                 tfds_dir="", manual_dir="")   # where prompt datasets live (eval.prompts)
 
   # Supervised pretraining: teacher-forced text->image plus image->text captioning.
+  # t2i_mislabel: the fraction of text->image pairs whose image shows a near miss of
+  # the caption (loose alt-text); captioning pairs stay exact. This builds in the gap
+  # GvU relies on, understanding better than generation (README, "The embedded world");
+  # 0 gives exact pairs for both branches.
   c.pretrain = dict(steps=800, batch_size=32, lr=2e-3, warmup_steps=100, schedule="cosine",
                     weight_decay=0.0, max_grad_norm=1.0, cond_dropout=0.1,
-                    log_every=50, checkpoint_every=200, keep=2)
+                    t2i_mislabel=0.3, log_every=50, checkpoint_every=200, keep=2)
 
   # Held-out evaluation: generation judged on pixels, understanding as ranking
   # the true prompt among judge-verified distractors by the model's likelihood.
