@@ -25,7 +25,7 @@ def make_train_step(graphdef, image_tokenizer, tx, answer_start, layout=None, st
     model = nnx.merge(graphdef, params)
     logits = image_logits(model, batch["prompt_ids"], batch["prompt_valid"], batch["codes"])
     t2i = optax.softmax_cross_entropy_with_integer_labels(logits, batch["codes"]).mean()
-    pixels = image_tokenizer.decode(batch["caption_codes"], model)    # the same pixel path as the reward
+    pixels = image_tokenizer.decode(batch["caption_codes"], model)   # as the reward sees them
     token_logp = answer_token_logprobs(model, batch["query_ids"], batch["query_valid"],
                                        batch["image_slots"], pixels, batch["caption_mask"],
                                        answer_start)
@@ -75,6 +75,9 @@ def run(ctx):
   config, c = ctx.config, ctx.config.pretrain
   directory = ctx.path("pretrain")
   ctx.layout.check_batch("pretrain.batch_size", c.batch_size)   # before anything is written
+  if not 0 <= c.t2i_mislabel < 1:
+    raise InputError(f"pretrain.t2i_mislabel={c.t2i_mislabel}: expected a fraction "
+                     "0 <= q < 1 of text->image pairs to mislabel")
   graphdef, tx, state, store = _setup(ctx)
   ctx.tokenizer.save(ctx.path("pretrain", "tokenizer.json"))
   latest = store.latest_step()

@@ -111,6 +111,7 @@ def test_mismatched_model_is_refused_and_nothing_overwritten(full_run):
     (["--config.mode=train"], "config.mode: unknown 'train'"),
     (["--config.gvu.group_size=1", "--config.mode=gvu"], None),
     (["--config.seed=abc"], "--config.seed"),
+    (["--config.pretrain.t2i_mislabel=1.0"], "pretrain.t2i_mislabel=1.0: expected a fraction"),
 ])
 def test_bad_config_is_one_line_error(tmp_path, args, message):
   proc = run_main(str(tmp_path), *args, check=False)
