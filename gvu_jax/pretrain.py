@@ -44,7 +44,10 @@ def make_train_step(graphdef, image_tokenizer, tx, answer_start, layout=None, st
 
 def _setup(ctx):
   config, c = ctx.config, ctx.config.pretrain
-  checkpoint.check_model_config(ctx.path("pretrain"), build.signature(ctx.model))
+  signature = build.signature(ctx.model)
+  if c.t2i_mislabel:   # the data the weights were fitted to; absent means exact pairs
+    signature["pretrain_t2i_mislabel"] = c.t2i_mislabel
+  checkpoint.check_model_config(ctx.path("pretrain"), signature)
   graphdef, params = build.create(ctx.model, config.seed)
   tx = rl.make_optimizer(c, total_steps=c.steps)
   state = ctx.layout.put_params(

@@ -96,13 +96,18 @@ def test_finished_pretraining_is_skipped(full_run):
   assert snapshot(os.path.join(full_run[0], "pretrain", "checkpoints")) == before
 
 
-def test_mismatched_model_is_refused_and_nothing_overwritten(full_run):
+@pytest.mark.parametrize("override, message", [
+    ("--config.model.lm.hidden=48", "lm.hidden: checkpoint has 32, config has 48"),
+    # a checkpoint pretrained on other text->image data is not silently reused
+    ("--config.pretrain.t2i_mislabel=0", "pretrain_t2i_mislabel: checkpoint has 0.3, "
+                                         "config has None"),
+])
+def test_mismatched_model_is_refused_and_nothing_overwritten(full_run, override, message):
   before = snapshot(os.path.join(full_run[0], "pretrain"))
-  proc = run_main(full_run[0], "--config.mode=pretrain", "--config.model.lm.hidden=48",
-                  check=False)
+  proc = run_main(full_run[0], "--config.mode=pretrain", override, check=False)
   assert proc.returncode == 2
   err = proc.stderr.strip().splitlines()
-  assert len(err) == 1 and "lm.hidden: checkpoint has 32, config has 48" in err[0]
+  assert len(err) == 1 and message in err[0], proc.stderr
   assert snapshot(os.path.join(full_run[0], "pretrain")) == before
 
 
