@@ -5,7 +5,8 @@ import itertools
 import numpy as np
 import pytest
 
-from gvu_jax.data import world
+import helpers_model as hm
+from gvu_jax.data import batches, world
 from gvu_jax.evaluation import judge
 
 
@@ -177,8 +178,6 @@ def test_near_miss_changes_what_the_category_tests():
 def test_mislabelled_text_to_image_pairs_keep_the_captions_exact():
   """pretrain.t2i_mislabel: with probability q a text->image target shows a near
   miss of its prompt; the captioning pairs (and the prompts) are those of q = 0."""
-  from gvu_jax.data import batches
-  from tests import helpers_model as hm
   specs = world.all_specs()
   make = lambda q: batches.supervised_batch(hm.templates(), specs, 64,
                                             np.random.default_rng(5), 0.0, q)
