@@ -42,12 +42,19 @@ def make_train_step(graphdef, image_tokenizer, tx, answer_start, layout=None, st
   return jax.jit(step, donate_argnums=0, out_shardings=rl.state_out_shardings(layout, state))
 
 
+def checkpoint_signature(model_cfg, pretrain_cfg):
+  """What a pretraining checkpoint must match: the model, and the text->image data
+  its weights were fitted to (recorded only when mislabelled, so exact-pairs
+  checkpoints written before the key existed still match)."""
+  signature = build.signature(model_cfg)
+  if pretrain_cfg.t2i_mislabel:
+    signature["pretrain_t2i_mislabel"] = pretrain_cfg.t2i_mislabel
+  return signature
+
+
 def _setup(ctx):
   config, c = ctx.config, ctx.config.pretrain
-  signature = build.signature(ctx.model)
-  if c.t2i_mislabel:   # the data the weights were fitted to; absent means exact pairs
-    signature["pretrain_t2i_mislabel"] = c.t2i_mislabel
-  checkpoint.check_model_config(ctx.path("pretrain"), signature)
+  checkpoint.check_model_config(ctx.path("pretrain"), checkpoint_signature(ctx.model, c))
   graphdef, params = build.create(ctx.model, config.seed)
   tx = rl.make_optimizer(c, total_steps=c.steps)
   state = ctx.layout.put_params(

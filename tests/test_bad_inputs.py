@@ -6,6 +6,7 @@ A tiny X-Omni release is written here with numpy alone (safetensors, a
 word-level tokenizer) and converted once; the prompt-data cases run GvU on it.
 """
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -15,8 +16,7 @@ import numpy as np
 import pytest
 
 import helpers_xomni
-from gvu_jax import convert
-from gvu_jax.models import build, presets
+from gvu_jax import convert, pretrain
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = {"model_type": "x-omni", "vocab_size": 64, "hidden_size": 16, "intermediate_size": 32,
@@ -85,8 +85,14 @@ def gvu_on_prompt_file(name, content):
 
 
 def wrong_model_workdir(work):
-  """A workdir whose pretraining checkpoint is of a wider model."""
-  other = build.signature(presets.synthetic("mini"))
+  """A workdir whose pretraining checkpoint is of a wider model, otherwise as the
+  mini recipe records it."""
+  spec = importlib.util.spec_from_file_location(
+      "synthetic", os.path.join(ROOT, "configs", "synthetic.py"))
+  recipe = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(recipe)
+  mini = recipe.get_config("mini")
+  other = pretrain.checkpoint_signature(mini.model, mini.pretrain)
   other["lm"]["hidden"] = 48
   os.makedirs(os.path.join(work, "pretrain"))
   with open(os.path.join(work, "pretrain", "model_config.json"), "w") as f:
