@@ -1,11 +1,20 @@
 """Running the real command line (python -m gvu_jax.main) from tests."""
 
+import importlib.util
 import os
 import subprocess
 import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MINI = "--config=configs/synthetic.py:mini"
+
+
+def recipe_config(name, preset=None):
+  """configs/<name>.py's get_config(preset), as the command line would load it."""
+  spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "configs", f"{name}.py"))
+  recipe = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(recipe)
+  return recipe.get_config(preset)
 
 
 def main_command(workdir, *args):

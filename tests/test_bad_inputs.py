@@ -6,7 +6,6 @@ A tiny X-Omni release is written here with numpy alone (safetensors, a
 word-level tokenizer) and converted once; the prompt-data cases run GvU on it.
 """
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -15,6 +14,7 @@ import sys
 import numpy as np
 import pytest
 
+import helpers_run
 import helpers_xomni
 from gvu_jax import convert, pretrain
 
@@ -87,11 +87,7 @@ def gvu_on_prompt_file(name, content):
 def wrong_model_workdir(work):
   """A workdir whose pretraining checkpoint is of a wider model, otherwise as the
   mini recipe records it."""
-  spec = importlib.util.spec_from_file_location(
-      "synthetic", os.path.join(ROOT, "configs", "synthetic.py"))
-  recipe = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(recipe)
-  mini = recipe.get_config("mini")
+  mini = helpers_run.recipe_config("synthetic", "mini")
   other = pretrain.checkpoint_signature(mini.model, mini.pretrain)
   other["lm"]["hidden"] = 48
   os.makedirs(os.path.join(work, "pretrain"))

@@ -6,7 +6,6 @@ saves them (safetensors) and as the original deepseek release is laid out
 (pytorch_model*.bin with the original names), convert both and compare.
 """
 
-import importlib.util
 import json
 import os
 import re
@@ -27,7 +26,7 @@ from gvu_jax import convert, parity                                  # noqa: E40
 from gvu_jax.errors import InputError                                 # noqa: E402
 from gvu_jax.models import build, presets                             # noqa: E402
 from gvu_jax.sampling import Sampler, SamplingConfig                  # noqa: E402
-from helpers_run import recipe_command, run_two_gvu_steps             # noqa: E402
+from helpers_run import recipe_command, recipe_config, run_two_gvu_steps  # noqa: E402
 
 IMAGE_TOKEN, PAD, BOS, BOI = 100, 0, 1, 101
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -496,11 +495,7 @@ def test_existing_dst_needs_force(sources, tmp_path):
 
 
 def _bench_config(converted, **bench):
-  spec = importlib.util.spec_from_file_location(
-      "recipe", os.path.join(ROOT, "configs", "janus_pro_1b.py"))
-  recipe = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(recipe)
-  c = recipe.get_config("small")
+  c = recipe_config("janus_pro_1b", "small")
   c.update(checkpoint=str(converted["transformers"]), random_init=False)
   c.bench.update(sampler_batches=(2,), vq_images=2, reward_images=2, reward_answer_tokens=3,
                  reference_forwards=0, repeats=1, **bench)
