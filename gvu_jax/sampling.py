@@ -4,13 +4,11 @@ steps over a preallocated, donated KV cache.
 Classifier-free guidance runs conditional and unconditional rows together
 ([cond..., uncond...]) and samples from  u + w (c - u)  (w = 1: CFG off, no
 unconditional rows at all). Filters apply in the order temperature, top-k,
-top-p, min-p. For each sampled token it returns two log-probs:
-  logp_policy  - log pi_theta(token | prompt): the conditional branch at
-                 temperature 1, unfiltered. This is the distribution GRPO
-                 trains (the loss recomputes exactly this quantity), so it is
-                 the one used as the "old" policy.
-  logp_sampled - the guided, tempered, filtered distribution the token was
-                 actually drawn from (for logging and off-policy analysis).
+top-p, min-p. For each sampled token it returns `logp_sampled`, its log-prob
+under the guided, tempered, filtered distribution it was actually drawn from
+(logged; with no CFG, temperature 1 and no filter it is log pi_theta). The
+log-probs GRPO trains on are computed teacher-forced after the rollout
+(rl.make_logp_fn, rl.token_logprobs), so the decode loop computes nothing else.
 """
 
 import dataclasses
@@ -87,12 +85,10 @@ def sample_categorical(key, logits):
 @dataclasses.dataclass
 class Samples:
   codes: jax.Array          # [B*G, N] int32, prompt-major (rows of prompt b: b*G .. b*G+G-1)
-  logp_policy: jax.Array    # [B*G, N] float32
   logp_sampled: jax.Array   # [B*G, N] float32
 
 
-jax.tree_util.register_dataclass(Samples, data_fields=["codes", "logp_policy", "logp_sampled"],
-                                 meta_fields=[])
+jax.tree_util.register_dataclass(Samples, data_fields=["codes", "logp_sampled"], meta_fields=[])
 
 
 def sample_image_tokens(model, ids, valid, uncond_ids, uncond_valid, key, cache, *,
@@ -113,8 +109,8 @@ def sample_image_tokens(model, ids, valid, uncond_ids, uncond_valid, key, cache,
       guided = uncond + cfg.cfg_weight * (cond - uncond)
     filtered = filter_logits(guided, cfg)
     code = sample_categorical(step_key, filtered)
-    pick = lambda lg: jnp.take_along_axis(jax.nn.log_softmax(lg), code[:, None], -1)[:, 0]
-    return code.astype(jnp.int32), pick(cond), pick(filtered)
+    logp = jnp.take_along_axis(jax.nn.log_softmax(filtered), code[:, None], -1)[:, 0]
+    return code.astype(jnp.int32), logp
 
   # Prefill: the prompt fills cache slots [0, p); image token i goes to slot p + i.
   slots_valid = jnp.concatenate([valid, jnp.zeros((valid.shape[0], num_tokens - 1), bool)], 1)
