@@ -13,6 +13,7 @@ import numpy as np
 
 from gvu_jax.errors import InputError
 from gvu_jax.models.janus import text_hidden
+from gvu_jax.pixels import on_8bit_grid
 
 AGGREGATIONS = ("geo_mean_prob", "prob", "mean_logprob", "weighted")
 
@@ -56,24 +57,46 @@ def aggregate(token_logp, mask, kind, weights=None):
   raise InputError(f"reward.aggregation: unknown {kind!r}; expected one of {AGGREGATIONS}")
 
 
+def word_token_ids(tokenizer, word):
+  """The token ids a word takes inside a prompt: alone at the start ("photo") and
+  after a space ("Ġphoto" in byte-level BPE, as Janus and X-Omni store it); each
+  form that is one known token. Empty when the word is never a single token."""
+  unk = getattr(tokenizer.model, "unk_token", None)
+  unk_id = tokenizer.token_to_id(unk) if unk is not None else None
+  ids = set()
+  for form in (word, " " + word):
+    pieces = tokenizer.encode(form, add_special_tokens=False).ids
+    if len(pieces) == 1 and pieces[0] != unk_id:
+      ids.add(pieces[0])
+  return sorted(ids)
+
+
 def token_weight_table(tokenizer, word_weights, vocab_size):
-  """Per-vocabulary-id weights for the `weighted` aggregation (1 unless listed)."""
+  """Per-vocabulary-id weights for the `weighted` aggregation (1 unless listed):
+  each listed word's weight goes to every token id the word takes in a prompt."""
   table = np.ones((vocab_size,), np.float32)
   for word, weight in word_weights.items():
-    token_id = tokenizer.token_to_id(word)
-    if token_id is None:
-      raise InputError(f"reward.token_weights: {word!r} is not a token of the tokenizer")
-    table[token_id] = weight
+    token_ids = word_token_ids(tokenizer, word)
+    if not token_ids:
+      pieces = tokenizer.encode(" " + word, add_special_tokens=False).tokens
+      raise InputError(f"reward.token_weights: {word!r} is not one token of the tokenizer "
+                       f"(in a prompt it reads as {pieces}); list single tokens")
+    table[token_ids] = weight
   return table
 
 
-def intrinsic_reward(judge, pixels, query, kind, weight_table=None):
+def intrinsic_reward(judge, pixels, query, kind, weight_table=None, quantize_pixels=True):
   """Decoded images [B, H, W, 3] -> (reward [B], token log-likelihoods [B, L]).
 
   `judge` is the model whose understanding branch scores (the policy itself by
   default, or the frozen reference); `query` holds the understanding batch arrays
   for the same prompts (ids, valid, image_slots, answer_mask, answer_start).
+  With `quantize_pixels` float pixels are first rounded to 8 bits, so the reward
+  scores the image a user saves (as every reference implementation does); image
+  tokens (X-Omni reads its own) pass through.
   """
+  if quantize_pixels and jnp.issubdtype(pixels.dtype, jnp.floating):
+    pixels = on_8bit_grid(pixels)
   token_logp = answer_token_logprobs(judge, query["ids"], query["valid"], query["image_slots"],
                                      pixels, query["answer_mask"], query["answer_start"])
   weights = None

@@ -12,12 +12,13 @@ import tokenizers
 from tokenizers import Regex, decoders, models, pre_tokenizers, processors, trainers
 
 from gvu_jax import janus_text as jt
+from gvu_jax import reward, xomni_text
 from gvu_jax.errors import InputError
 
 PROMPTS = ["a red cat", "  3 blue dogs, on a mat.  ", '"Big" (cat) and 12 birds!', "x"]
 
 
-def make_tokenizer(specials=jt.SPECIALS):
+def make_tokenizer(specials=jt.SPECIALS, extra_corpus=()):
   """Byte-level BPE with the deepseek tokenizer's kind of pre-tokenizer; the
   post-processor adds <bos> like the real LlamaTokenizerFast."""
   tok = tokenizers.Tokenizer(models.BPE())
@@ -30,7 +31,7 @@ def make_tokenizer(specials=jt.SPECIALS):
       pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
   tok.decoder = decoders.ByteLevel()
   corpus = [jt.SYSTEM_PROMPT, jt.UNDERSTANDING_QUERY, "<|User|>: <|Assistant|>: User: Assistant:",
-            *PROMPTS]
+            *PROMPTS, *extra_corpus]
   tok.train_from_iterator(corpus, trainers.BpeTrainer(
       vocab_size=400, special_tokens=list(specials), show_progress=False,
       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
@@ -246,3 +247,49 @@ def test_preprocessor_config_errors(tmp_path, edit, match):
     jt.load_preprocessor_config(str(path))
   with pytest.raises(InputError, match="cannot read preprocessor config .*missing.json"):
     jt.load_preprocessor_config(str(tmp_path / "missing.json"))
+
+
+# --- reward.token_weights on a byte-level tokenizer ---------------------------
+
+WEIGHTED_PROMPTS = ["a photo of a red cat", "photo of two dogs", "of a photo, a photo"]
+TEMPLATE_WORDS = {"a": 0.0, "photo": 0.0, "of": 0.5}
+
+
+def janus_templates(tok):
+  return jt.JanusTemplates(tok, image_tokens=4, max_prompt_tokens=12)
+
+
+def xomni_templates(tok):
+  return xomni_text.XOmniTemplates(tok, (2, 2), 12, tok.get_vocab_size(), system_prompt="")
+
+
+XOMNI_SPECIALS = (xomni_text.SOM, xomni_text.EOM, xomni_text.IMAGE, xomni_text.IM_START,
+                  xomni_text.IM_END, xomni_text.PAD)
+
+
+@pytest.mark.parametrize("make_templates, specials", [(janus_templates, jt.SPECIALS),
+                                                      (xomni_templates, XOMNI_SPECIALS)])
+def test_token_weights_reach_every_answer_token_of_a_listed_word(make_templates, specials):
+  """The README's template-word example on byte-level BPE: a listed word gets its
+  weight wherever it stands in the answer the reward scores (first word, after a
+  space), every other answer token keeps weight 1."""
+  tok = make_tokenizer(specials, extra_corpus=WEIGHTED_PROMPTS * 3)
+  templates = make_templates(tok)
+  table = reward.token_weight_table(tok, TEMPLATE_WORDS, tok.get_vocab_size())
+  batch = templates.understanding(WEIGHTED_PROMPTS)
+  answers = batch.ids[:, batch.answer_start:batch.answer_start + batch.answer_mask.shape[1]]
+  listed = 0
+  for row, mask in zip(answers, batch.answer_mask):
+    for token_id in row[mask]:
+      word = tok.decode([int(token_id)]).strip()
+      assert table[token_id] == TEMPLATE_WORDS.get(word, 1.0), (word, table[token_id])
+      listed += word in TEMPLATE_WORDS
+  assert listed == 11
+
+
+def test_token_weights_refuse_a_word_that_is_no_token():
+  tok = make_tokenizer(extra_corpus=WEIGHTED_PROMPTS * 3)
+  with pytest.raises(InputError, match=r"reward.token_weights: 'zebra' is not one token "
+                                       r"of the tokenizer \(in a prompt it reads as \[") as e:
+    reward.token_weight_table(tok, {"photo": 0.0, "zebra": 0.0}, tok.get_vocab_size())
+  assert "\n" not in str(e.value)

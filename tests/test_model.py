@@ -9,8 +9,9 @@ from flax import nnx
 
 import helpers_model as hm
 from gvu_jax import lora
+from gvu_jax import pixels as pixels_lib
 from gvu_jax.data import world
-from gvu_jax.models import build, cell_tokenizer, janus, llama, presets
+from gvu_jax.models import build, cell_tokenizer, janus, layers, llama, presets
 
 
 @pytest.fixture(scope="module")
@@ -268,6 +269,29 @@ def test_lora_split_keeps_only_adapters(adapted):
   jax.tree.map(np.testing.assert_array_equal, merged, params)
 
 
+def test_lora_a_starts_as_peft():
+  """A ~ kaiming-uniform(a=sqrt 5) on torch's [r, din] weight, as PEFT's
+  reset_lora_parameters draws it: U(-1/sqrt(din), 1/sqrt(din)); B = 0."""
+  import math
+
+  import torch
+  din, rank = 768, 16
+  layer = layers.Dense(din, 64, lora_rank=rank, lora_alpha=32.0, rngs=nnx.Rngs(0))
+  a = np.asarray(layer.lora_a[...]).ravel()
+  peft = torch.empty(rank, din)
+  torch.nn.init.kaiming_uniform_(peft, a=math.sqrt(5))
+  peft = peft.numpy().ravel()
+  bound = 1.0 / math.sqrt(din)
+  for sample in (a, peft):   # the same support and spread as PEFT's draw
+    assert np.abs(sample).max() <= bound and np.abs(sample).max() > 0.99 * bound
+    np.testing.assert_allclose(sample.std(), bound / math.sqrt(3.0), rtol=0.03)
+    assert abs(sample.mean()) < 0.03 * bound
+  # Same distribution: the quantiles of the two samples agree.
+  qs = np.linspace(0.05, 0.95, 19)
+  np.testing.assert_allclose(np.quantile(a, qs), np.quantile(peft, qs), atol=0.03 * bound)
+  assert not np.asarray(layer.lora_b[...]).any()
+
+
 def test_fresh_lora_is_the_base_model(base, adapted):
   graphdef, base_params = base
   _, adapters = lora.split(adapted[1])
@@ -441,7 +465,7 @@ def test_cell_tokenizer_round_trip():
   assert float(pixels.min()) >= -1.0 and float(pixels.max()) <= 1.0
   np.testing.assert_array_equal(np.asarray(tok.encode(pixels)), codes)
   np.testing.assert_array_equal(np.asarray(tok.decode(tok.encode(pixels))), np.asarray(pixels))
-  np.testing.assert_array_equal(np.asarray(cell_tokenizer.to_uint8(pixels)),
+  np.testing.assert_array_equal(np.asarray(pixels_lib.to_uint8(pixels)),
                                 world.codes_to_image(codes))
   noisy = pixels + np.random.default_rng(0).normal(0, 0.1, pixels.shape).astype(np.float32)
   np.testing.assert_array_equal(np.asarray(tok.encode(noisy)), codes)
@@ -454,7 +478,7 @@ def test_cell_tokenizer_reads_world_images():
   tok = cell_tokenizer.CellTokenizer()
   np.testing.assert_array_equal(np.asarray(tok.encode(pixels)), world.image_to_codes(images))
   np.testing.assert_array_equal(np.asarray(tok.encode(pixels)), codes)
-  assert cell_tokenizer.to_uint8(jnp.array([-1.5, -1.0, 0.0, 1.0, 2.0])).tolist() == \
+  assert pixels_lib.to_uint8(jnp.array([-1.5, -1.0, 0.0, 1.0, 2.0])).tolist() == \
       [0, 0, 128, 255, 255]
 
 

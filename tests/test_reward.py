@@ -13,6 +13,7 @@ from flax import nnx
 
 import helpers_model as hm
 from gvu_jax import gvu, lora, reward, text
+from gvu_jax import pixels as pixels_lib
 from gvu_jax.data import world
 from gvu_jax.errors import InputError
 from gvu_jax.models import janus, presets
@@ -64,10 +65,11 @@ def reward_fn_for(setup, lora_model, pixels):
   graphdef, base, adapters, _ = lora_model
   example = (adapters, base, pixels, templates.understanding(list(PROMPTS)).arrays())
 
-  def make(judge, aggregation="geo_mean_prob", weights=None):
+  def make(judge, aggregation="geo_mean_prob", weights=None, quantize_pixels=True):
     ctx = types.SimpleNamespace(
         config=ml_collections.ConfigDict(dict(reward=dict(
-            kind="intrinsic", aggregation=aggregation, judge=judge, token_weights={}))),
+            kind="intrinsic", aggregation=aggregation, judge=judge, token_weights={},
+            quantize_pixels=quantize_pixels))),
         reward_weights=weights)
     fn = gvu.make_reward_fn(ctx, graphdef, lora.Roles(True))
     return fn.lower(*example).compile(compiler_options=FAST)
@@ -223,3 +225,26 @@ def test_judge_policy_or_reference(setup, lora_model, reward_fn_for, policy_fn, 
   # The reference judge is the base alone: the policy with the adapters zeroed.
   r_base, _ = policy_fn(jax.tree.map(jnp.zeros_like, trained), base, pixels, query)
   np.testing.assert_allclose(r_ref2, r_base, rtol=1e-6)
+
+
+# --- what the judge sees -----------------------------------------------------
+
+def test_reward_scores_the_8bit_image(setup, reward_fn_for, policy_fn, lora_model, pixels):
+  """By default the reward reads the decoded image rounded to 8 bits (what a saved
+  PNG holds); quantize_pixels=False reads the raw floats."""
+  _, _, templates = setup
+  _, base, _, trained = lora_model
+  query = templates.understanding(list(PROMPTS)).arrays()
+  # Off the 8-bit grid by up to 0.45 of a level, as a VQ decoder's floats are.
+  offset = np.random.default_rng(5).uniform(-0.45, 0.45, pixels.shape) / 127.5
+  floats = jnp.clip(pixels + offset.astype(np.float32), -1.0, 1.0)
+  saved = pixels_lib.on_8bit_grid(floats)
+  np.testing.assert_array_equal(np.asarray(pixels_lib.to_uint8(saved)),
+                                np.asarray(pixels_lib.to_uint8(floats)))
+  raw_fn = reward_fn_for("policy", quantize_pixels=False)
+  r_default, t_default = policy_fn(trained, base, floats, query)
+  r_saved, t_saved = raw_fn(trained, base, saved, query)
+  np.testing.assert_array_equal(r_default, r_saved)
+  np.testing.assert_array_equal(t_default, t_saved)
+  r_raw, _ = raw_fn(trained, base, floats, query)
+  assert np.abs(np.asarray(r_raw) - np.asarray(r_saved)).max() > 1e-7

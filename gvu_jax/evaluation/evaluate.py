@@ -40,7 +40,7 @@ def make_scorer(ctx, graphdef):
     model = nnx.merge(graphdef, params)
     pixels = ctx.image_tokenizer.decode(codes, model)
     rewards, token_logp = reward_lib.intrinsic_reward(model, pixels, query, r.aggregation,
-                                                      ctx.reward_weights)
+                                                      ctx.reward_weights, r.quantize_pixels)
     return token_logp.sum(-1), rewards, pixels
 
   return jax.jit(score)

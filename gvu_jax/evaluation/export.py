@@ -40,7 +40,7 @@ from gvu_jax.errors import InputError
 from gvu_jax.data import prompt_files, world
 from gvu_jax.evaluation import grid, judge
 from gvu_jax.evaluation.evaluate import make_scorer, padded_chunks
-from gvu_jax.models.cell_tokenizer import to_uint8
+from gvu_jax.pixels import to_uint8
 from gvu_jax.sampling import Sampler, SamplingConfig
 
 DATASET_LAYOUTS = {"geneval_prompts": "geneval", "geneval_plus": "geneval_plus",

@@ -37,8 +37,3 @@ class CellTokenizer:
     table = self.table.reshape(self.table.shape[0], -1)
     dist = jnp.sum((patches[:, :, None] - table[None, None]) ** 2, axis=-1)
     return jnp.argmin(dist, axis=-1).astype(jnp.int32)
-
-
-def to_uint8(pixels):
-  """[-1, 1] floats -> uint8 images (for the judge and image grids)."""
-  return jnp.clip(jnp.round((pixels + 1.0) * 127.5), 0, 255).astype(jnp.uint8)

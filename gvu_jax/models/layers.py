@@ -15,8 +15,9 @@ class Dense(nnx.Module):
   """y = x W (+ b), plus (alpha / r) * x A B when a LoRA rank is set.
 
   Weights are stored in `param_dtype` (fp32 master weights) and cast to the
-  compute dtype `dtype` at use. B starts at zero, so a fresh adapter leaves the
-  layer unchanged; the reference policy is the same layer with B zeroed.
+  compute dtype `dtype` at use. The adapter starts as PEFT's does: A from
+  kaiming-uniform(a=sqrt 5) = U(-1/sqrt(din), 1/sqrt(din)), B zero, so a fresh
+  adapter leaves the layer unchanged; the reference policy is the layer with B zeroed.
   """
 
   def __init__(self, din, dout, *, use_bias=False, lora_rank=0, lora_alpha=1.0,
@@ -25,7 +26,8 @@ class Dense(nnx.Module):
     self.kernel = nnx.Param(init(rngs.params(), (din, dout), param_dtype))
     self.bias = nnx.Param(jnp.zeros((dout,), param_dtype)) if use_bias else None
     if lora_rank:
-      a_init = nnx.initializers.normal(1.0 / math.sqrt(din))
+      # variance 1/(3 din), uniform: bound sqrt(3 var) = 1/sqrt(din) (fan_in = din)
+      a_init = nnx.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
       self.lora_a = LoRAParam(a_init(rngs.params(), (din, lora_rank), param_dtype))
       self.lora_b = LoRAParam(jnp.zeros((lora_rank, dout), param_dtype))
       self.lora_scale = lora_alpha / lora_rank
