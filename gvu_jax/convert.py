@@ -1,7 +1,7 @@
 """Convert a published Janus or X-Omni checkpoint into gvu_jax's format.
 
   python -m gvu_jax.convert --src=DIR --dst=DIR [--model=auto|<preset>]
-      [--dtype=bfloat16] [--force] [--check]
+      [--dtype=auto|float32|bfloat16|float16] [--force] [--check]
 
 Reads either published layout:
   original (deepseek-ai/Janus*): config.json with model_type "multi_modality",
@@ -12,7 +12,8 @@ Reads either published layout:
       as above, and the image tokenizer's ViT and projector files that
       vision_config.encoder names, if present (its FLUX decoder is not converted)
 and writes DST (a local path or gs://...):
-  params/                   Orbax checkpoint of the weights, in `--dtype`
+  params/                   Orbax checkpoint of the weights, in `--dtype` (auto: the
+                            widest floating dtype the source stores)
   model_config.json         the recipe's `model` block (gvu_jax.models.presets)
   image_tokenizer/          X-Omni only: its SigLIP-VQ encoder, when the release has it
   tokenizer.json, ...       tokenizer and image-processor files, copied
@@ -237,15 +238,48 @@ _SAFETENSORS_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16,
                        "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
 
 
+def _safetensors_header(f):
+  """The JSON header of an open safetensors file -> (its size, {name: info})."""
+  size = int.from_bytes(f.read(8), "little")
+  header = json.loads(f.read(size))
+  header.pop("__metadata__", None)
+  return size, header
+
+
+def stored_dtypes(shards):
+  """The numpy dtypes of the tensors in `shards` (headers only for safetensors; a
+  memory-mapped, weights-only load for torch files)."""
+  out = set()
+  for path in shards:
+    if path.name.endswith(".safetensors"):
+      with path.open("rb") as f:
+        out |= {np.dtype(_SAFETENSORS_DTYPES[info["dtype"]])
+                for info in _safetensors_header(f)[1].values()
+                if info["dtype"] in _SAFETENSORS_DTYPES}
+    else:
+      out |= {np.dtype(a.dtype) for _, a in read_shard(path)}
+  return out
+
+
+def auto_dtype(shards):
+  """--dtype=auto: the source's own dtype, as transformers' torch_dtype="auto"
+  keeps it, read from the weights themselves. Nothing is rounded: float64, or a
+  mix of float16 and bfloat16, is stored as float32."""
+  stored = stored_dtypes(shards)
+  floats = {name for name, d in DTYPES.items() if np.dtype(d) in stored}
+  if not floats and np.dtype(np.float64) not in stored:
+    raise InputError(f"{shards[0].parent}: no floating-point tensor to take --dtype=auto "
+                     "from; pass --dtype")
+  return floats.pop() if len(floats) == 1 else "float32"
+
+
 def read_shard(path: epath.Path):
   """Yields (name, numpy array) for every tensor in one shard, one at a time."""
   if path.name.endswith(".safetensors"):
     # The format is an 8-byte header size, a JSON header, then raw tensors: read
     # each tensor's bytes straight into its array (bfloat16 too, no framework).
     with path.open("rb") as f:
-      size = int.from_bytes(f.read(8), "little")
-      header = json.loads(f.read(size))
-      header.pop("__metadata__", None)
+      size, header = _safetensors_header(f)
       for name, info in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0]):
         start, end = info["data_offsets"]
         if info["dtype"] not in _SAFETENSORS_DTYPES:
@@ -481,11 +515,11 @@ def convert_tensors(m, named_arrays, dtype, source="checkpoint"):
 
 # --------------------------------------------------------------------- driver
 
-def convert(src, dst, model="auto", dtype="bfloat16", force=False, log=print):
+def convert(src, dst, model="auto", dtype="auto", force=False, log=print):
   """Converts `src` into `dst`; returns the `model` config."""
   src, dst = epath.Path(src), epath.Path(dst)
-  if dtype not in DTYPES:
-    raise InputError(f"--dtype={dtype}: expected one of {list(DTYPES)}")
+  if dtype != "auto" and dtype not in DTYPES:
+    raise InputError(f"--dtype={dtype}: expected 'auto' or one of {list(DTYPES)}")
   if dst.exists() and any(dst.iterdir()):
     if not force:
       raise InputError(f"{dst} exists; pass --force to replace it")
@@ -497,6 +531,8 @@ def convert(src, dst, model="auto", dtype="bfloat16", force=False, log=print):
     raise InputError(f"{src / 'tokenizer.json'}: not found (the converter copies the tokenizer "
                      "next to the weights)")
   layout, shards = find_shards(src)
+  if dtype == "auto":
+    dtype = auto_dtype(shards)
   log(f"convert: {layout} layout, {len(shards)} shard(s), to {dtype}")
   tic = time.perf_counter()
 
@@ -625,6 +661,11 @@ def read_converted_config(path):
   return ml_collections.ConfigDict(json.loads((path / CONFIG_FILE).read_text()))
 
 
+def stored_dtype(path):
+  """The dtype a finished conversion stores its weights in ("float32", ...)."""
+  return json.loads((epath.Path(path) / DONE_FILE).read_text())["dtype"]
+
+
 def load(path, dtype=None, like_model=None, param_dtype=None, layout=None):
   """A finished conversion -> (model config, parameters in the stored dtype, or
   `param_dtype`: Orbax casts while restoring). `dtype` sets the config's compute
@@ -636,7 +677,7 @@ def load(path, dtype=None, like_model=None, param_dtype=None, layout=None):
   if dtype:
     m.dtype = dtype
   path = epath.Path(path)
-  stored = DTYPES[json.loads((path / DONE_FILE).read_text())["dtype"]]
+  stored = DTYPES[stored_dtype(path)]
   _, like = build.abstract(m)
   like = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, param_dtype or stored), like)
   if layout:
@@ -650,7 +691,8 @@ def define_flags():
   flags.DEFINE_string("src", None, "Directory of the published checkpoint (either layout).")
   flags.DEFINE_string("dst", None, "Output directory (local or gs://).")
   flags.DEFINE_string("model", "auto", f"auto (from config.json) or one of {presets.JANUS_PRESETS}.")
-  flags.DEFINE_string("dtype", "bfloat16", "Stored dtype: bfloat16, float32 or float16.")
+  flags.DEFINE_string("dtype", "auto", "Stored dtype: auto (the source's own), float32, "
+                      "bfloat16 or float16.")
   flags.DEFINE_bool("force", False, "Replace an existing conversion at --dst.")
   flags.DEFINE_bool("check", False, "After converting, compare against transformers on random "
                     "inputs (needs torch + transformers); exit 1 above tolerance.")

@@ -252,14 +252,54 @@ def test_grouped_bfloat16_save_restores_in_any_dtype(sources, converted, tmp_pat
 
 
 def test_convert_cli_check(sources, tmp_path):
+  """The default conversion (--dtype=auto: this float32 source stays float32)
+  passes its own check."""
   dst = tmp_path / "dst"
   run = subprocess.run([sys.executable, "-m", "gvu_jax.convert", f"--src={sources['original']}",
-                        f"--dst={dst}", "--dtype=float32", "--check"],
+                        f"--dst={dst}", "--check"],
                        capture_output=True, text=True, cwd=ROOT, timeout=600)
   assert run.returncode == 0, run.stderr[-2000:]
   report = json.loads(run.stdout[run.stdout.index("{"):])
   assert report["ok"] and all(report["passed"].values())
+  assert report["stored_dtype"] == "float32" and convert.stored_dtype(dst) == "float32"
   assert report["max_abs_diff"]["vq_encode_code_mismatches"] == 0
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_a_narrower_conversion_passes_its_check_and_says_how(sources, tmp_path, dtype):
+  """--dtype=bfloat16 / float16 is checked against transformers with its weights
+  rounded the same way, at the float32 tolerance, codes identical."""
+  dst = tmp_path / dtype
+  convert.convert(str(sources["transformers"]), str(dst), dtype=dtype, log=lambda *_: None)
+  report = parity.check(str(sources["transformers"]), str(dst))
+  assert report["ok"], report
+  assert report["stored_dtype"] == dtype and report["tolerance"] == parity.TOLERANCE
+  assert f"rounded to {dtype}" in report["tolerance_note"]
+  assert report["max_abs_diff"]["vq_encode_code_mismatches"] == 0
+
+
+@pytest.mark.parametrize("stored, expected", [
+    (("float32",), "float32"), (("bfloat16",), "bfloat16"), (("float16",), "float16"),
+    (("bfloat16", "int64"), "bfloat16"), (("float64",), "float32"),
+    (("float16", "bfloat16"), "float32"), (("bfloat16", "float32"), "float32"),
+    (("int64",), None)])
+@pytest.mark.parametrize("fmt", ["safetensors", "bin"])
+def test_auto_dtype_is_the_widest_the_source_stores(tmp_path, stored, expected, fmt):
+  """--dtype=auto over every mix of stored dtypes, in both file formats: nothing
+  is rounded, and a source without floats is one error naming the directory."""
+  from safetensors.torch import save_file
+  tensors = {f"t{i}": torch.ones(2, 3, dtype=getattr(torch, d)) for i, d in enumerate(stored)}
+  path = tmp_path / f"model.{fmt}"
+  if fmt == "safetensors":
+    save_file(tensors, str(path))
+  else:
+    torch.save(tensors, path)
+  shards = [convert.epath.Path(path)]
+  if expected is None:
+    with pytest.raises(InputError, match=f"{tmp_path}: no floating-point tensor .* pass --dtype"):
+      convert.auto_dtype(shards)
+  else:
+    assert convert.auto_dtype(shards) == expected
 
 
 def test_gvu_recipe_runs_on_a_converted_checkpoint(converted, tmp_path):
@@ -307,7 +347,7 @@ def test_eval_writes_the_geneval_layout_and_resumes(converted, tmp_path):
   run = lambda workdir: subprocess.run(
       [sys.executable, "-m", "gvu_jax.main", "--config=configs/janus_pro_1b.py:lora",
        f"--config.checkpoint={converted['transformers']}", "--config.expect_model=any",
-       "--config.mode=eval", f"--config.eval.prompts={prompts}",
+       "--config.mode=eval", f"--config.eval.prompts={prompts}", "--config.data.prompts=world",
        "--config.eval.images_per_prompt=2", "--config.eval.batch_size=2",
        "--config.model_options.max_prompt_tokens=4", "--config.model_options.dtype=float32",
        f"--workdir={workdir}"], capture_output=True, text=True, cwd=ROOT, timeout=600)
@@ -366,6 +406,7 @@ def test_eval_on_a_dataset_writes_its_benchmark_layout(converted, tmp_path):
       [sys.executable, "-m", "gvu_jax.main", "--config=configs/janus_pro_1b.py:lora",
        f"--config.checkpoint={converted['transformers']}", "--config.expect_model=any",
        "--config.mode=eval", "--config.eval.prompts=t2i_compbench:color_val+shape_val",
+       "--config.data.prompts=world",
        f"--config.data.tfds_dir={tmp_path / 'tfds'}", f"--config.data.manual_dir={manual}",
        "--config.eval.images_per_prompt=2", "--config.eval.batch_size=2",
        "--config.model_options.max_prompt_tokens=4", "--config.model_options.dtype=float32",
