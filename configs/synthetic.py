@@ -34,7 +34,10 @@ def get_config(arg=None):
   # the caption (loose alt-text); captioning pairs stay exact. This builds in the gap
   # GvU relies on, understanding better than generation (README, "The embedded world");
   # 0 gives exact pairs for both branches.
+  # Optimizer (both stages): AdamW after global-norm clipping; schedule constant |
+  # cosine | linear (decay to 0) after a linear warmup, sized in optimizer updates.
   c.pretrain = dict(steps=800, batch_size=32, lr=2e-3, warmup_steps=100, schedule="cosine",
+                    adam_b1=0.9, adam_b2=0.95, adam_eps=1e-8,
                     weight_decay=0.0, max_grad_norm=1.0, cond_dropout=0.1,
                     t2i_mislabel=0.3, log_every=50, checkpoint_every=200, keep=2)
 
@@ -49,7 +52,8 @@ def get_config(arg=None):
 
   # GvU: GRPO on the intrinsic reward. No judge, labels or renders are used here.
   c.gvu = dict(steps=300, prompts_per_step=8, group_size=16, mu=1, grad_accum=1,
-               lr=1e-3, warmup_steps=10, schedule="constant", weight_decay=0.0,
+               lr=1e-3, warmup_steps=10, schedule="constant",
+               adam_b1=0.9, adam_b2=0.95, adam_eps=1e-8, weight_decay=0.0,
                max_grad_norm=1.0, clip_eps=0.2, beta=0.03,
                # A = r - mean_G r (Dr. GRPO). Dividing by std_G r (the paper's DESIGN §1.4,
                # set True to get it) gives groups the judge cannot tell apart (here:
@@ -58,13 +62,15 @@ def get_config(arg=None):
                scale_advantages_by_std=False,
                lora=dict(enabled=True, rank=8, alpha=32.0,
                          targets=("q", "k", "v", "o", "gate", "up", "down")),
+               full_ft_modules=(),   # without LoRA: the top-level modules trained (() = all)
                sampling=dict(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, cfg_weight=1.0),
                log_every=10, checkpoint_every=100, keep=2, grid_every=100,
                max_nonfinite_steps=5)
   c.reward = dict(kind="intrinsic",            # intrinsic | shuffled (control ablation)
                   aggregation="geo_mean_prob",  # geo_mean_prob | prob | mean_logprob | weighted
                   judge="policy",               # policy | reference
-                  token_weights={})             # word -> weight, for `weighted`
+                  token_weights={},             # word -> weight, for `weighted`
+                  quantize_pixels=True)         # score the 8-bit image (False: raw floats)
 
   if preset == "mini":  # seconds, for tests
     c.model = presets.synthetic("mini")

@@ -399,10 +399,10 @@ def bench_grpo(config, m, params, abstract, rng, layout):
   if c.lora.enabled:
     make = lambda: build.create_adapters(m, config.seed + 1, **overrides)
     trainable = jax.eval_shape(make) if abstract else make()
-  else:   # fp32 master weights, a copy of the (reference) base
-    to_fp32 = lambda p: jax.tree.map(lambda x: x.astype(jnp.float32), p)
+  else:   # fp32 master weights of what full fine-tuning trains
+    to_fp32 = lambda p: lora.full_ft_trainable(p, tuple(c.full_ft_modules))
     trainable = jax.eval_shape(to_fp32, params) if abstract else jax.jit(to_fp32)(params)
-  tx = rl.make_optimizer(c, total_steps=c.steps)
+  tx, _ = rl.make_optimizer(c, c.steps, updates_per_step=c.mu)
   opt_state = jax.eval_shape(tx.init, trainable) if abstract else tx.init(trainable)
   state = place(layout, {"trainable": trainable, "opt_state": opt_state, "step": jnp.int32(0),
                          "rng": jax.random.key_data(jax.random.key(0))}, abstract)

@@ -23,7 +23,7 @@ from gvu_jax.data import pipeline
 from gvu_jax.errors import InputError, NonFiniteError
 from gvu_jax.evaluation import grid
 from gvu_jax.models import build
-from gvu_jax.models.cell_tokenizer import to_uint8
+from gvu_jax.pixels import to_uint8
 from gvu_jax.sampling import Sampler, SamplingConfig
 
 
@@ -39,6 +39,9 @@ def _setup(ctx, base_params):
     overrides = dict(lora_rank=c.lora.rank, lora_alpha=c.lora.alpha,
                      lora_targets=tuple(c.lora.targets))
   signature = dict(build.signature(ctx.model), gvu_lora=overrides)
+  if not c.lora.enabled and c.full_ft_modules:   # (recorded only when set, as before it existed)
+    lora.check_modules(base_params, c.full_ft_modules)   # before anything is written
+    signature["gvu_full_ft_modules"] = list(c.full_ft_modules)
   if config.get("checkpoint"):
     signature["checkpoint"] = os.path.abspath(config.checkpoint)
   checkpoint.check_model_config(ctx.path("gvu"), signature)
@@ -53,14 +56,15 @@ def _setup(ctx, base_params):
       checkpoint.save_frozen(reference_path, base_params)
   if c.lora.enabled:
     trainable = build.create_adapters(ctx.model, config.seed + 1, **overrides)
-  else:   # fp32 master weights; a copy, since the state is donated and the reference stays
-    trainable = jax.tree.map(lambda x: jnp.array(x, dtype=jnp.float32), frozen)
-  tx = rl.make_optimizer(c, total_steps=c.steps)
+  else:   # fp32 master weights of what full fine-tuning trains
+    trainable = lora.full_ft_trainable(frozen, tuple(c.full_ft_modules))
+  # mu updates per step: the schedule is sized in updates (steps x mu)
+  tx, schedule = rl.make_optimizer(c, c.steps, updates_per_step=c.mu)
   state = {"trainable": trainable, "opt_state": tx.init(trainable), "step": jnp.int32(0),
            "rng": jax.random.key_data(jax.random.key(config.seed))}
   state, frozen = ctx.layout.put_params(state), ctx.layout.put_params(frozen)
   store = checkpoint.CheckpointStore(ctx.path("gvu", "checkpoints"), c.keep)
-  return graphdef, roles, tx, state, frozen, store
+  return graphdef, roles, (tx, schedule), state, frozen, store
 
 
 def load(ctx, base_params):
@@ -91,7 +95,7 @@ def make_reward_fn(ctx, graphdef, roles):
   def reward_fn(trainable, frozen, pixels, query):
     params = (roles.policy if r.judge == "policy" else roles.reference)(trainable, frozen)
     return reward_lib.intrinsic_reward(nnx.merge(graphdef, params), pixels, query,
-                                       r.aggregation, weights)
+                                       r.aggregation, weights, r.quantize_pixels)
 
   return jax.jit(reward_fn)
 
@@ -146,7 +150,7 @@ def run(ctx, base_params):
   g, n, layout = c.group_size, c.prompts_per_step, ctx.layout
   layout.check_batch("gvu.prompts_per_step x gvu.group_size", n * g)   # the rollout's rows
   prompts = prompt_stream(ctx)   # (these two checks before anything is written)
-  graphdef, roles, tx, state, frozen, store = _setup(ctx, base_params)
+  graphdef, roles, (tx, schedule), state, frozen, store = _setup(ctx, base_params)
   latest = store.latest_step()
   if latest is not None:
     state, meta = store.restore(latest, state)
@@ -161,7 +165,8 @@ def run(ctx, base_params):
   reward_fn = make_reward_fn(ctx, graphdef, roles)
   logp_fn = rl.make_logp_fn(graphdef, roles, with_policy=c.mu > 1)
   grpo_step = rl.make_grpo_step(graphdef, roles, tx, clip_eps=c.clip_eps, beta=c.beta,
-                                grad_accum=c.grad_accum, layout=layout, state=state)
+                                grad_accum=c.grad_accum, schedule=schedule, layout=layout,
+                                state=state)
   shuffle = jax.jit(rl.shuffle_within_groups, static_argnums=1)
   advantages = jax.jit(functools.partial(rl.group_advantages, group_size=g,
                                          scale_by_std=c.scale_advantages_by_std))

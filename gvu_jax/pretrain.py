@@ -17,9 +17,10 @@ from gvu_jax.models.janus import image_logits
 from gvu_jax.reward import answer_token_logprobs
 
 
-def make_train_step(graphdef, image_tokenizer, tx, answer_start, layout=None, state=None):
+def make_train_step(graphdef, image_tokenizer, tx, schedule, answer_start, layout=None,
+                    state=None):
   """Pure (state, batch) -> (state, metrics), jit-compiled, state donated (and kept
-  in its shardings, given a sharding.Layout)."""
+  in its shardings, given a sharding.Layout). metrics["lr"]: what the update applied."""
 
   def loss_fn(params, batch):
     model = nnx.merge(graphdef, params)
@@ -37,7 +38,8 @@ def make_train_step(graphdef, image_tokenizer, tx, answer_start, layout=None, st
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     return ({"params": params, "opt_state": opt_state, "step": state["step"] + 1},
-            dict(aux, loss=loss, grad_norm=optax.tree.norm(grads)))
+            dict(aux, loss=loss, grad_norm=optax.tree.norm(grads),
+                 lr=rl.learning_rate(schedule, state["opt_state"])))
 
   return jax.jit(step, donate_argnums=0, out_shardings=rl.state_out_shardings(layout, state))
 
@@ -56,11 +58,11 @@ def _setup(ctx):
   config, c = ctx.config, ctx.config.pretrain
   checkpoint.check_model_config(ctx.path("pretrain"), checkpoint_signature(ctx.model, c))
   graphdef, params = build.create(ctx.model, config.seed)
-  tx = rl.make_optimizer(c, total_steps=c.steps)
+  tx, schedule = rl.make_optimizer(c, c.steps)   # one update a step
   state = ctx.layout.put_params(
       {"params": params, "opt_state": tx.init(params), "step": jnp.int32(0)})
   store = checkpoint.CheckpointStore(ctx.path("pretrain", "checkpoints"), c.keep)
-  return graphdef, tx, state, store
+  return graphdef, (tx, schedule), state, store
 
 
 def load(ctx):
@@ -88,7 +90,7 @@ def run(ctx):
   if not 0 <= c.t2i_mislabel < 1:
     raise InputError(f"pretrain.t2i_mislabel={c.t2i_mislabel}: expected a fraction "
                      "0 <= q < 1 of text->image pairs to mislabel")
-  graphdef, tx, state, store = _setup(ctx)
+  graphdef, (tx, schedule), state, store = _setup(ctx)
   ctx.tokenizer.save(ctx.path("pretrain", "tokenizer.json"))
   latest = store.latest_step()
   if latest is not None:
@@ -100,7 +102,7 @@ def run(ctx):
     print(f"pretrain: resuming from step {latest}")
 
   answer_start = ctx.templates.understanding(["a photo of a circle"]).answer_start
-  train_step = make_train_step(graphdef, ctx.image_tokenizer, tx, answer_start,
+  train_step = make_train_step(graphdef, ctx.image_tokenizer, tx, schedule, answer_start,
                                layout=ctx.layout, state=state)
   writer = metrics.MetricsWriter(ctx.path("pretrain", "metrics.jsonl"))
   start = int(state["step"])

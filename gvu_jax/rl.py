@@ -63,27 +63,54 @@ def token_logprobs(model, prompt_ids, prompt_valid, codes):
   return logp, entropy
 
 
-def make_optimizer(c, total_steps):
-  """AdamW after global-norm clipping; linear warmup, then constant or cosine."""
-  if c.schedule == "cosine":
-    schedule = optax.cosine_decay_schedule(c.lr, max(total_steps - c.warmup_steps, 1))
-  elif c.schedule == "constant":
-    schedule = optax.constant_schedule(c.lr)
-  else:
-    raise InputError(f"schedule: unknown {c.schedule!r}; expected 'constant' or 'cosine'")
-  if c.warmup_steps:
+SCHEDULES = ("constant", "cosine", "linear")
+
+
+def make_schedule(c, steps, updates_per_step=1):
+  """The learning rate of optimizer update k (k = 0, 1, ...): linear warmup from 0
+  over `c.warmup_steps` steps, then constant, cosine decay or linear decay to 0
+  (transformers' `get_linear_schedule_with_warmup`). Sized in updates: a stage of
+  `steps` steps of `updates_per_step` updates each (GvU's mu) makes
+  steps x updates_per_step updates, and warmup ends after warmup_steps steps."""
+  if c.schedule not in SCHEDULES:
+    raise InputError(f"schedule: unknown {c.schedule!r}; expected one of {list(SCHEDULES)}")
+  total, warmup = steps * updates_per_step, c.warmup_steps * updates_per_step
+  decay_updates = max(total - warmup, 1)
+  schedule = {"constant": lambda: optax.constant_schedule(c.lr),
+              "cosine": lambda: optax.cosine_decay_schedule(c.lr, decay_updates),
+              "linear": lambda: optax.linear_schedule(c.lr, 0.0, decay_updates)}[c.schedule]()
+  if warmup:
     schedule = optax.join_schedules(
-        [optax.linear_schedule(0.0, c.lr, c.warmup_steps), schedule], [c.warmup_steps])
-  return optax.chain(optax.clip_by_global_norm(c.max_grad_norm),
-                     optax.adamw(schedule, b1=0.9, b2=0.95, weight_decay=c.weight_decay))
+        [optax.linear_schedule(0.0, c.lr, warmup), schedule], [warmup])
+  return schedule
 
 
-def make_grpo_step(graphdef, roles, tx, *, clip_eps, beta, grad_accum, layout=None, state=None):
+def make_optimizer(c, steps, updates_per_step=1):
+  """AdamW (c.adam_b1, c.adam_b2, c.adam_eps, c.weight_decay) after global-norm
+  clipping, on make_schedule's learning rate -> (optax transform, schedule)."""
+  schedule = make_schedule(c, steps, updates_per_step)
+  tx = optax.chain(optax.clip_by_global_norm(c.max_grad_norm),
+                   optax.adamw(schedule, b1=c.adam_b1, b2=c.adam_b2, eps=c.adam_eps,
+                               weight_decay=c.weight_decay))
+  return tx, schedule
+
+
+def learning_rate(schedule, opt_state):
+  """The learning rate the next update applies: the schedule at the optimizer's
+  own update count (which a skipped, non-finite update does not advance)."""
+  is_count = lambda x: isinstance(x, optax.ScaleByScheduleState)
+  (count,) = [x.count for x in jax.tree.leaves(opt_state, is_leaf=is_count) if is_count(x)]
+  return jnp.asarray(schedule(count), jnp.float32)
+
+
+def make_grpo_step(graphdef, roles, tx, *, clip_eps, beta, grad_accum, schedule=None,
+                   layout=None, state=None):
   """Returns step(state, frozen, batch) -> (state, metrics), pure and jit-compiled
   with the state donated (and, given a sharding.Layout and the state, kept in the
   layout's shardings). `batch` holds prompt_ids, prompt_valid, codes,
   advantages, ref_logp and old_logp (or no old_logp: mu=1 is exactly on-policy,
-  so the old policy is the current one held constant)."""
+  so the old policy is the current one held constant). Given the optimizer's
+  `schedule`, metrics["lr"] is the learning rate this update applied."""
 
   def loss_fn(trainable, frozen, micro):
     model = nnx.merge(graphdef, roles.policy(trainable, frozen))
@@ -116,6 +143,8 @@ def make_grpo_step(graphdef, roles, tx, *, clip_eps, beta, grad_accum, layout=No
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(optax.tree.norm(updates))
     keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
     metrics = dict(stats, loss=loss, grad_norm=grad_norm, skipped=1.0 - finite)
+    if schedule is not None:
+      metrics["lr"] = learning_rate(schedule, state["opt_state"])
     return dict(state, trainable=keep(trainable, state["trainable"]),
                 opt_state=keep(opt_state, state["opt_state"]), step=state["step"] + 1), metrics
 

@@ -40,12 +40,12 @@ def sample(lay, graphdef, params, ids, valid):
                              layout=lay)
   with lay.active():
     out = sampler(lay.put_params(params), *lay.put_batch((ids, valid)), jax.random.key(7))
-  return np.asarray(out.codes), np.asarray(out.logp_policy)
+  return np.asarray(out.codes), np.asarray(out.logp_sampled)
 
 
 def grpo(lay, graphdef, roles, trainable, frozen, batch):
   """One Adam step from the same state; -> the new trainable weights, flat."""
-  tx = rl.make_optimizer(optimizer_config(), total_steps=10)
+  tx, _ = rl.make_optimizer(optimizer_config(), 10)
   trainable = jax.tree.map(jnp.copy, trainable)   # the state is donated
   state = lay.put_params({"trainable": trainable, "opt_state": tx.init(trainable),
                           "step": jnp.int32(0), "rng": jax.random.key_data(jax.random.key(0))})
@@ -61,7 +61,8 @@ def grpo(lay, graphdef, roles, trainable, frozen, batch):
 
 def optimizer_config():
   return ml_collections.ConfigDict(dict(lr=1e-3, warmup_steps=0, schedule="constant",
-                                        weight_decay=0.0, max_grad_norm=1.0))
+                                        weight_decay=0.0, max_grad_norm=1.0,
+           adam_b1=0.9, adam_b2=0.95, adam_eps=1e-8))
 
 
 def main(out_path, ckpt_dir):
@@ -93,7 +94,7 @@ def main(out_path, ckpt_dir):
 
   # A checkpoint saved under FSDP over 8 devices, restored under tensor parallelism
   # over 4 of them.
-  tx = rl.make_optimizer(optimizer_config(), total_steps=10)
+  tx, _ = rl.make_optimizer(optimizer_config(), 10)
   saved = {"params": params, "opt_state": tx.init(params), "step": jnp.int32(5)}
   fsdp8, tensor4 = layout(fsdp=8), layout(devices=4, tensor=4)
   store = checkpoint.CheckpointStore(ckpt_dir, keep=1)

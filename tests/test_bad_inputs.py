@@ -162,7 +162,15 @@ CASES = [
     ("conversion of another model", lambda w, s, d: (
         xomni(d, w, "--config.expect_model=xomni_en"), {}),
      "is not xomni_en: lm is"),
+    ("full fine-tuning of a module the model lacks", lambda w, s, d: (
+        xomni(d, w, "--config.data.prompts=" + prompts_file(w, "p.txt", "w1 w2\nw3\n"),
+              "--config.gvu.lora.enabled=False",
+              "--config.gvu.full_ft_modules=('lm', 'vision_tower')"), {}),
+     "gvu.full_ft_modules: ['vision_tower'] not in the model"),
     # converter
+    ("unknown stored dtype", lambda w, s, d: (
+        CONVERT + [f"--src={s}", f"--dst={w}/out", "--dtype=float8"], {}),
+     "--dtype=float8: expected 'auto' or one of ['float32', 'bfloat16', 'float16']"),
     ("non-empty destination", lambda w, s, d: (CONVERT + [f"--src={s}", f"--dst={d}"], {}),
      "exists; pass --force to replace it"),
     ("no weights in the source", lambda w, s, d: (

@@ -57,15 +57,32 @@ def test_pretraining_loss_decreases(full_run):
   assert rows[-1]["loss"] < rows[0]["loss"]
   assert rows[-1]["t2i_loss"] < rows[0]["t2i_loss"]
   assert rows[-1]["i2t_loss"] < rows[0]["i2t_loss"]
+  assert 0 < rows[-1]["lr"] < rows[0]["lr"]   # cosine decay, still moving at the end
 
 
 def test_gvu_logs_every_quantity(full_run):
   rows = read_jsonl(os.path.join(full_run[0], "gvu", "metrics.jsonl"))
   assert [r["step"] for r in rows] == [2, 4]
   for key in ("reward_mean", "reward_std", "token_logp_mean", "kl", "clip_fraction",
-              "entropy", "grad_norm", "time_rollout", "time_decode", "time_reward",
+              "entropy", "grad_norm", "lr", "time_rollout", "time_decode", "time_reward",
               "time_update", "images_per_s"):
     assert all(np.isfinite(r[key]) for r in rows), key
+
+
+def test_lr_spans_every_update_when_each_step_updates_mu_times(full_run, tmp_path):
+  """gvu.mu=2 with a cosine schedule: the schedule runs over steps x mu updates, so
+  warmup ends after warmup_steps steps and the last step still learns; metrics.jsonl
+  logs the rate of each step's last update."""
+  workdir = str(tmp_path)
+  shutil.copytree(os.path.join(full_run[0], "pretrain"), os.path.join(workdir, "pretrain"))
+  run_main(workdir, "--config.mode=gvu", "--config.gvu.mu=2", "--config.gvu.schedule=cosine",
+           "--config.gvu.warmup_steps=1", "--config.gvu.log_every=1")
+  lr = [r["lr"] for r in read_jsonl(os.path.join(workdir, "gvu", "metrics.jsonl"))]
+  peak, updates, warmup = 1e-3, 4 * 2, 1 * 2   # the mini preset: 4 steps, lr 1e-3
+  cosine = lambda k: peak * 0.5 * (1 + np.cos(np.pi * (k - warmup) / (updates - warmup)))
+  # The last update of step s is update 2s - 1 (from 0): 1 is warmup's second half.
+  np.testing.assert_allclose(lr, [peak * 1 / 2, cosine(3), cosine(5), cosine(7)], rtol=1e-5)
+  assert lr[-1] > 0.05 * peak
 
 
 def test_gvu_resume_reproduces_uninterrupted_run(full_run, tmp_path):

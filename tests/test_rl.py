@@ -151,7 +151,8 @@ def test_grpo_on_policy_ratio_is_one():
 # --- the optimizer ------------------------------------------------------------
 
 def opt_config(**kw):
-  c = dict(lr=0.1, warmup_steps=1, schedule="constant", weight_decay=0.0, max_grad_norm=1.0)
+  c = dict(lr=0.1, warmup_steps=1, schedule="constant", weight_decay=0.0, max_grad_norm=1.0,
+           adam_b1=0.9, adam_b2=0.95, adam_eps=1e-8)
   return ml_collections.ConfigDict(dict(c, **kw))
 
 
@@ -173,9 +174,9 @@ def test_optimizer_clips_global_norm_before_adam():
   # Adam is scale-free, except for its eps (1e-8): a gradient clipped to a
   # global norm of 1e-12 moves the weights by ~1e-4 lr, an unclipped one by ~lr.
   lr = 0.1
-  tiny = updates_of(rl.make_optimizer(opt_config(lr=lr, max_grad_norm=1e-12), 10),
+  tiny = updates_of(rl.make_optimizer(opt_config(lr=lr, max_grad_norm=1e-12), 10)[0],
                     [grads] * 3, params)
-  free = updates_of(rl.make_optimizer(opt_config(lr=lr, max_grad_norm=1e12), 10),
+  free = updates_of(rl.make_optimizer(opt_config(lr=lr, max_grad_norm=1e12), 10)[0],
                     [grads] * 3, params)
   big = max(float(jnp.abs(x).max()) for x in jax.tree.leaves(free[-1]))
   small = max(float(jnp.abs(x).max()) for x in jax.tree.leaves(tiny[-1]))
@@ -186,7 +187,7 @@ def test_optimizer_clips_global_norm_before_adam():
 def test_optimizer_linear_warmup():
   params = {"w": jnp.zeros(3)}
   grads = {"w": jnp.array([1.0, -2.0, 3.0])}   # constant: Adam steps by ~lr_t per element
-  ups = updates_of(rl.make_optimizer(opt_config(warmup_steps=2), 100), [grads] * 4, params)
+  ups = updates_of(rl.make_optimizer(opt_config(warmup_steps=2), 100)[0], [grads] * 4, params)
   np.testing.assert_allclose([float(np.abs(u["w"]).max()) for u in ups],
                              [0.0, 0.05, 0.1, 0.1], rtol=1e-3)
 
@@ -199,9 +200,49 @@ def test_optimizer_unknown_schedule_raises():
 @pytest.mark.parametrize("schedule", ["constant", "cosine"])
 def test_optimizer_without_warmup_uses_lr_from_the_first_step(schedule):
   params = {"w": jnp.zeros(3)}
-  first = updates_of(rl.make_optimizer(opt_config(warmup_steps=0, schedule=schedule), 100),
+  first = updates_of(rl.make_optimizer(opt_config(warmup_steps=0, schedule=schedule), 100)[0],
                      [{"w": jnp.array([1.0, -2.0, 3.0])}], params)[0]
   np.testing.assert_allclose(np.abs(first["w"]), 0.1, rtol=1e-3)
+
+
+@pytest.mark.parametrize("mu", [1, 2])
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_schedule_is_sized_in_optimizer_updates_as_transformers_does(schedule, mu):
+  """steps x mu updates with warmup over warmup_steps x mu, each update's learning
+  rate as transformers' scheduler (the reference's Trainer) gives it: warmup ends
+  where the config says and the last update still moves."""
+  import torch
+  from transformers import get_cosine_schedule_with_warmup, get_linear_schedule_with_warmup
+  steps, warmup = 12, 3
+  ours = rl.make_schedule(opt_config(lr=0.1, warmup_steps=warmup, schedule=schedule), steps,
+                          updates_per_step=mu)
+  make = {"linear": get_linear_schedule_with_warmup,
+          "cosine": get_cosine_schedule_with_warmup}[schedule]
+  opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+  theirs = make(opt, num_warmup_steps=warmup * mu, num_training_steps=steps * mu)
+  expected = []
+  for _ in range(steps * mu):
+    expected.append(theirs.get_last_lr()[0])
+    opt.step()
+    theirs.step()
+  got = [float(ours(k)) for k in range(steps * mu)]
+  np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-9)
+  assert got[warmup * mu] == pytest.approx(0.1) and got[warmup * mu - 1] < 0.1
+  assert got[-1] > 0
+
+
+def test_lr_metric_is_what_the_optimizer_applies():
+  """rl.learning_rate reads the optimizer's own update count: Adam with a
+  constant gradient moves each weight by about the scheduled rate."""
+  c = opt_config(lr=0.1, warmup_steps=2, schedule="linear")
+  tx, schedule = rl.make_optimizer(c, 6)
+  params, grads = {"w": jnp.zeros(3)}, {"w": jnp.array([1.0, -2.0, 3.0])}
+  state = tx.init(params)
+  for k in range(6):
+    lr = float(rl.learning_rate(schedule, state))
+    assert lr == pytest.approx(float(schedule(k)))
+    update, state = tx.update(grads, state, params)
+    np.testing.assert_allclose(np.abs(update["w"]), lr, rtol=1e-3, atol=1e-7)
 
 
 # --- the update step on the mini model ---------------------------------------
@@ -309,6 +350,33 @@ def test_grpo_step_on_policy_gradient(mini, sgd_steps, independent_grad):
   assert_trees_equal(params, before)   # the frozen reference is untouched
 
 
+def test_full_ft_of_chosen_modules_trains_only_them(mini, independent_grad):
+  """gvu.full_ft_modules=("lm",) (T2I-R1's choice): one SGD step moves the language
+  model by exactly the full fine-tune's gradient on it; gen_* and the vision
+  tower stay the reference's."""
+  graphdef, params, batch = mini
+  tx = optax.sgd(1.0)
+  trainable = lora.full_ft_trainable(params, ("lm",))
+  assert set(trainable) == {"lm"}
+  state = {"trainable": trainable, "opt_state": tx.init(trainable), "step": jnp.int32(0),
+           "rng": jax.random.key_data(jax.random.key(0))}
+  roles = lora.Roles(False)
+  step = compile_fast(rl.make_grpo_step(graphdef, roles, tx, clip_eps=0.2, beta=STEP_BETA,
+                                        grad_accum=1), state, params, batch)
+  state, _ = step(state, params, batch)
+  policy = roles.policy(state["trainable"], params)
+  grads = independent_grad(params, batch, STEP_BETA)
+  expected_lm = jax.tree.map(lambda p, g: np.asarray(p) - np.asarray(g), params["lm"], grads["lm"])
+  assert max_abs_diff(policy["lm"], expected_lm) < 1e-6
+  assert max_abs_diff(policy["lm"], params["lm"]) > 1e-3
+  for module in set(params) - {"lm"}:
+    if module.startswith("gen_"):
+      assert norm(grads[module]) > 0   # they would move under full fine-tuning
+    assert_trees_equal(policy[module], params[module])
+  with pytest.raises(InputError, match=r"gvu.full_ft_modules: \['gen'\] not in the model"):
+    lora.full_ft_trainable(params, ("lm", "gen"))
+
+
 def test_grad_accumulation_matches_one_batch(mini, sgd_steps):
   _, params, batch = mini
   tx, step1, step2 = sgd_steps
@@ -324,7 +392,7 @@ def test_grad_accumulation_matches_one_batch(mini, sgd_steps):
 @pytest.fixture(scope="module")
 def adam_step(mini):
   graphdef, params, batch = mini
-  tx = rl.make_optimizer(opt_config(lr=1e-2, max_grad_norm=1.0), total_steps=10)
+  tx, _ = rl.make_optimizer(opt_config(lr=1e-2, max_grad_norm=1.0), 10)
   step = rl.make_grpo_step(graphdef, lora.Roles(False), tx, clip_eps=0.2, beta=0.0,
                            grad_accum=1)
   return tx, compile_fast(step, fresh_state(tx, params), params, batch)
