@@ -1,15 +1,19 @@
 """GvU on a converted Janus-Pro-7B checkpoint.
 
   python -m gvu_jax.convert --src=Janus-Pro-7B --dst=/ckpt/janus_pro_7b
+  python -m gvu_jax.data.builders --name=geneval_prompts
   python -m gvu_jax.main --config=configs/janus_pro_7b.py:lora \
       --config.checkpoint=/ckpt/janus_pro_7b --workdir=/runs/gvu_7b
 
-Presets:
-  lora     the paper's recipe (DESIGN §1.5): G=2, beta 0.03, lr 1e-6, one on-policy
-           step, LoRA r8/alpha32 on the decoder projections (embeddings and heads
-           excluded), temperature 1, min_p 0.03, CFG off.
-  t2i_r1   the T2I-R1-like peer recipe: full fine-tuning, G=8, beta 0.01, lr 1e-6,
-           CFG 5 in the rollout, 1600 steps.
+Presets (docs/recipes.md sets each value beside its source, file and line):
+  lora     the paper's recipe, as the GvU reference runs it (omni_r1/scripts/run_grpo.sh,
+           X-Omni-En) applied to Janus: 8 prompts x G=2 a step, beta 0.03, lr 1e-6
+           with linear decay to 0, AdamW (0.9, 0.999), one on-policy update, LoRA
+           r8/alpha32 on the decoder projections (embeddings and heads excluded),
+           temperature 1, min_p 0.03, CFG off, 4 epochs of GenEval-style prompts.
+  t2i_r1   T2I-R1's optimisation (CaraJ7/T2I-R1 src/scripts/run_grpo.sh) with GvU's
+           reward: full fine-tuning of the language model, 16 prompts x G=8 a step,
+           beta 0.01, lr 1e-6 with linear decay, CFG 5 in the rollout, 1600 steps.
   small    `mode=bench` on random weights of a 78 M-parameter Janus (presets.janus_small)
            in float32: the CPU benchmark (gvu_jax/bench.py).
 
@@ -46,24 +50,31 @@ def get_config(arg=None, model=MODEL):
   # geneval_prompts, GenEval-style training prompts), or the embedded world's.
   # Batches keep tags balanced; datasets live in tfds_dir ("" = TFDS's default)
   # and are prepared from manual_dir (or by python -m gvu_jax.data.builders).
-  c.data = dict(prompts="world", balance_tags=True, tfds_dir="", manual_dir="")
+  c.data = dict(prompts="geneval_prompts", balance_tags=True, tfds_dir="", manual_dir="")
   # Devices (gvu_jax/sharding.py; docs/scaling.md for each machine): FSDP over all of
   # them shards the weights and optimizer state and splits the rows, which
   # (prompts_per_step x group_size) must divide; past that, add --config.mesh.tensor.
   c.mesh = sharding.mesh_config()
   c.mesh.update(data=1, fsdp=-1)
 
-  c.gvu = dict(steps=1000, prompts_per_step=16, group_size=2, mu=1, grad_accum=1,
-               lr=1e-6, warmup_steps=0, schedule="constant", weight_decay=0.0,
+  # The optimizer is transformers Trainer's default, which the reference uses: AdamW
+  # (0.9, 0.999, eps 1e-8), no weight decay, clipping at 1, linear decay to 0
+  # (schedule: constant | cosine | linear, after warmup_steps; sized in updates).
+  # steps: the reference's 4 epochs at 8 prompts a step; geneval_prompts:train
+  # holds about 2,200 prompts, so 1100 (set 4 x prompts / 8 for another set).
+  c.gvu = dict(steps=1100, prompts_per_step=8, group_size=2, mu=1, grad_accum=1,
+               lr=1e-6, warmup_steps=0, schedule="linear",
+               adam_b1=0.9, adam_b2=0.999, adam_eps=1e-8, weight_decay=0.0,
                max_grad_norm=1.0, clip_eps=0.2, beta=0.03,
                scale_advantages_by_std=True,     # the paper's A = (r - mean) / (std + eps)
                lora=dict(enabled=True, rank=8, alpha=32.0,
                          targets=("q", "k", "v", "o", "gate", "up", "down")),
+               full_ft_modules=(),   # without LoRA: the top-level modules trained (() = all)
                sampling=dict(temperature=1.0, top_k=0, top_p=1.0, min_p=0.03, cfg_weight=1.0),
                log_every=1, checkpoint_every=50, keep=3, grid_every=50,
                max_nonfinite_steps=5)
   c.reward = dict(kind="intrinsic", aggregation="geo_mean_prob", judge="policy",
-                  token_weights={})
+                  token_weights={}, quantize_pixels=True)
   # mode=eval: images of eval.prompts (default: data.prompts) for the base model and
   # the latest GvU policy, in WORKDIR/eval/{base,gvu}/<layout>/, the layout each
   # benchmark's scorer reads: geneval | geneval_plus | t2i_compbench | dpg_bench
@@ -79,8 +90,9 @@ def get_config(arg=None, model=MODEL):
                  transformers=True, analysis_only=False,
                  machine="")   # analysis_only: estimate a step on v5e | v4 | h100 | h200 chips
 
-  if preset == "t2i_r1":
-    c.gvu.update(steps=1600, group_size=8, prompts_per_step=4, beta=0.01)
+  if preset == "t2i_r1":   # 8 GPUs x 1 prompt x 2 accumulated micro-batches, G=8
+    c.gvu.update(steps=1600, group_size=8, prompts_per_step=16, grad_accum=2, beta=0.01,
+                 full_ft_modules=("lm",))   # the language model; vision and gen_* frozen
     c.gvu.lora.enabled = False
     c.gvu.sampling.update(min_p=0.0, cfg_weight=5.0)
   if preset == "small":
