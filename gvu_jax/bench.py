@@ -324,7 +324,8 @@ def bench_vq(graphdef, params, m, b, abstract, rng, layout):
 def bench_reward(graphdef, params, m, b, images, abstract, rng, layout):
   query = understanding_query(m, images, b.reward_answer_tokens, rng)
   size = m.vision.image_size
-  pixels = rng.uniform(-1, 1, (images, size, size, 3)).astype(np.float32)
+  # An 8-bit image, as the reward reads one: the reference pass sees the same pixels.
+  pixels = (rng.integers(0, 256, (images, size, size, 3)) / 127.5 - 1.0).astype(np.float32)
   placed_pixels, placed_query = place(layout, (pixels, query), abstract, batch=True)
 
   @jax.jit

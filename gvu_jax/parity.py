@@ -3,10 +3,11 @@
 
 Each check feeds the same random inputs to both models in float32 (transformers'
 weights rounded to the conversion's stored dtype first, so a bfloat16 conversion is
-held to the same tolerance as a float32 one) and reports the max abs difference: understanding logits, CFG-guided generation logits, VQ decode
-pixels, VQ encode codes (number of mismatches), and the GvU reward's token
-log-likelihoods against the reference algorithm (one transformers forward pass
-per prompt token, one image at a time, as the GvU reference code computes it).
+held to the same tolerance as a float32 one) and reports the max abs difference:
+understanding logits, CFG-guided generation logits, VQ decode pixels, VQ encode
+codes (number of mismatches), and the GvU reward's token log-likelihoods against
+the reference algorithm (one transformers forward pass per prompt token, one image
+at a time, as the GvU reference code computes it).
 Needs torch and transformers; nothing here is used in training.
 """
 

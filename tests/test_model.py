@@ -331,8 +331,14 @@ def test_lora_roles(base, adapted):
                                 want_ref)
   np.testing.assert_array_equal(lora_logits(adapted, roles.policy(trained, base_params)),
                                 lora_logits(adapted, lora.merge(base_params, trained)))
-  full = lora.Roles(False)
-  assert full.policy(base_params, None) is base_params
+  full = lora.Roles(False)   # the policy: the frozen weights with the trained ones in place
+  zeros = jax.tree.map(np.zeros_like, base_params)
+  every = full.policy(base_params, zeros)
+  assert all(a is b for a, b in zip(jax.tree.leaves(every), jax.tree.leaves(base_params)))
+  only_lm = full.policy({"lm": base_params["lm"]}, zeros)
+  assert only_lm["lm"] is not zeros["lm"] and only_lm["gen_head"] is zeros["gen_head"]
+  assert all(a is b for a, b in zip(jax.tree.leaves(only_lm["lm"]),
+                                    jax.tree.leaves(base_params["lm"])))
   assert full.reference(None, base_params) is base_params
 
 

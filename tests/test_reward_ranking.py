@@ -44,3 +44,19 @@ def test_a_reward_blind_to_the_image_is_at_chance(ctx):
   blind = lambda params, codes, query: (jnp.zeros(codes.shape[0]),) * 2 + (None,)
   ranking = evaluate.reward_ranking(ctx, None, blind, world.all_specs())
   assert ranking == {"overall": 0.5, **{c: 0.5 for c in world.CATEGORIES}}
+
+
+@pytest.mark.parametrize("gap, expected", [(0.0, 0.5), (3e-8, 0.5), (4e-7, 0.5), (1e-5, 1.0),
+                                           (1e-2, 1.0)])
+def test_rewards_within_float_rounding_are_a_tie(ctx, gap, expected):
+  """A right render whose reward exceeds the near miss's by `gap` (relative): a gap
+  the summation order of another mesh can make is a tie, a real one a preference."""
+  judging = judging_scorer(ctx)
+
+  def nearly(params, codes, query):
+    _, verdict, _ = judging(params, codes, query)
+    reward = jnp.float32(0.3) * (1.0 + gap * verdict)
+    return jnp.log(reward), reward, None
+
+  ranking = evaluate.reward_ranking(ctx, None, nearly, world.all_specs())
+  assert ranking == {"overall": expected, **{c: expected for c in world.CATEGORIES}}

@@ -113,7 +113,9 @@ def reward_ranking(ctx, params, scorer, prompts):
   """Per category, how often the intrinsic reward of a prompt is higher on a render
   that satisfies it than on a render of its near miss (world.near_miss), which the
   judge rejects: 1 = always, 0.5 = chance (ties count half). Both are ground-truth
-  renders, so this measures the reward signal GvU gets, apart from generation."""
+  renders, so this measures the reward signal GvU gets, apart from generation.
+  Rewards within float32 rounding of each other (1e-6 relative) are a tie: a tie
+  must not turn into a preference with the summation order of another mesh."""
   specs = balanced_prompts(prompts, ctx.config.eval.images_per_category)
   codes = []
   for i, spec in enumerate(specs):
@@ -122,7 +124,8 @@ def reward_ranking(ctx, params, scorer, prompts):
     codes += [world.scene_to_codes(world.sample_scene(spec, rng)), world.scene_to_codes(wrong)]
   _, rewards = score_rows(ctx, params, scorer, codes, [s.text for s in specs for _ in range(2)])
   right, wrong = rewards[0::2], rewards[1::2]
-  return judge.category_accuracy(list((right > wrong) + 0.5 * (right == wrong)), specs)
+  tie = np.abs(right - wrong) <= 1e-6 * np.maximum(np.abs(right), np.abs(wrong))
+  return judge.category_accuracy(list(np.where(tie, 0.5, (right > wrong) * 1.0)), specs)
 
 
 def run(ctx, graphdef, params, stage):
