@@ -24,7 +24,7 @@ import PIL.Image
 import tokenizers
 
 from gvu_jax.errors import InputError
-from gvu_jax.text import ReleaseTemplates
+from gvu_jax.text import ReleaseTemplates, shown
 
 BOS, EOS, PAD = "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜▁pad▁｜>"
 BOI, EOI, IMG = "<begin_of_image>", "<end_of_image>", "<image_placeholder>"
@@ -71,7 +71,7 @@ class JanusTemplates(ReleaseTemplates):
     ids = self._encode(" " + text)
     unk = getattr(self.tok.model, "unk_token", None)
     if unk is not None and self.tok.token_to_id(unk) in ids:
-      raise InputError(f"prompt {text!r}: has characters the tokenizer maps to {unk!r}")
+      raise InputError(f"prompt {shown(text)}: has characters the tokenizer maps to {unk!r}")
     return ids
 
   def unconditional(self, batch):

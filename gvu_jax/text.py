@@ -54,12 +54,17 @@ class UnderstandingBatch:
             "answer_start": self.answer_start}
 
 
+def shown(text, limit=80):
+  """A prompt as an error message quotes it: its first `limit` characters."""
+  return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
 def checked_prompt(text, ids, max_prompt_tokens):
   """`ids` (the prompt's tokens), or an error if the prompt is empty or too long."""
   if not ids:
     raise InputError("empty prompt")
   if len(ids) > max_prompt_tokens:
-    raise InputError(f"prompt {text!r} is {len(ids)} tokens; the context leaves room for "
+    raise InputError(f"prompt {shown(text)} is {len(ids)} tokens; the context leaves room for "
                      f"{max_prompt_tokens} (config model.max_prompt_tokens)")
   return ids
 
@@ -149,7 +154,8 @@ class Templates:
     ids = self.tok.encode(text, add_special_tokens=False).ids
     if self.ids[UNK] in ids:
       words = [w for w, i in zip(text.split(), ids) if i == self.ids[UNK]]
-      raise InputError(f"prompt {text!r}: words not in the tokenizer's vocabulary: {words}")
+      raise InputError(f"prompt {shown(text)}: words not in the tokenizer's vocabulary: "
+                       f"{words[:5]}")
     return checked_prompt(text, ids, self.max_prompt_tokens)
 
   @property

@@ -195,6 +195,8 @@ CASES = [
     ("malformed jsonl line",
      gvu_on_prompt_file("p.jsonl", '{"prompt": "w1 w2"}\n{"prompt": "w3"\n'),
      "p.jsonl:2: not valid JSON"),
+    ("prompt that is not text", gvu_on_prompt_file("p.jsonl", '{"prompt": "w1"}\n{"prompt": [1]}\n'),
+     "p.jsonl:2: 'prompt' is a JSON array, expected a string"),
     ("empty prompt file", gvu_on_prompt_file("p.txt", "# nothing\n\n"),
      "p.txt: the file holds no prompts"),
     ("bytes that are not UTF-8", gvu_on_prompt_file("p.txt", b"w1 w2\nw3 caf\xe9\n"),

@@ -7,9 +7,11 @@
   .csv    a header row with a "prompt" (or "text") column, optional "id" and
           "tag"/"category" columns
 
-Every problem is one line naming the file and line: bytes that are not UTF-8, a
-malformed JSON line, a missing or empty prompt, a duplicate id, a file with no
-prompts at all.
+Lines end at "\n" only (one "\r" before it is dropped), as the formats define
+them: a form feed or a Unicode line separator inside a prompt is part of it, and
+line numbers are the file's. Every problem is one line naming the file and line:
+bytes that are not UTF-8, a malformed JSON line, a missing, empty or non-text
+prompt, a duplicate id, a file with no prompts at all.
 """
 
 import csv
@@ -21,6 +23,8 @@ from typing import NamedTuple
 from gvu_jax.errors import InputError
 
 FORMATS = (".txt", ".jsonl", ".csv")
+_JSON_TYPES = {int: "number", float: "number", bool: "boolean", list: "array", dict: "object",
+               type(None): "null"}
 UNTAGGED = "prompts"   # the category of a prompt whose file gives none
 
 
@@ -68,14 +72,21 @@ def _decode(path, raw):
                      f"{column})") from None
 
 
+def _lines(text):
+  """(number, content) of each line: split at "\n" only, one trailing "\r" dropped
+  (str.splitlines would also split at form feeds and U+2028)."""
+  for number, content in enumerate(text.split("\n"), 1):
+    yield number, content[:-1] if content.endswith("\r") else content
+
+
 def _txt_rows(path, text):
-  for line, content in enumerate(text.splitlines(), 1):
+  for line, content in _lines(text):
     if content.strip() and not content.lstrip().startswith("#"):
       yield line, {"prompt": content}
 
 
 def _jsonl_rows(path, text):
-  for line, content in enumerate(text.splitlines(), 1):
+  for line, content in _lines(text):
     if not content.strip():
       continue
     try:
@@ -102,10 +113,13 @@ def _csv_rows(path, text):
 
 def _prompt(path, line, fields, index):
   key = "prompt" if "prompt" in fields else "text"
-  text = fields.get(key)
-  if text is None:
+  if key not in fields:
     raise InputError(f"{path}:{line}: no 'prompt' field (fields: {sorted(fields)})")
-  if not isinstance(text, str) or not text.strip():
+  text = fields[key]
+  if not isinstance(text, str):
+    raise InputError(f"{path}:{line}: {key!r} is a JSON {_JSON_TYPES[type(text)]}, "
+                     "expected a string")
+  if not text.strip():
     raise InputError(f"{path}:{line}: empty prompt")
   category = fields.get("tag") or fields.get("category") or UNTAGGED
   ident = fields.get("id")
