@@ -185,15 +185,27 @@ def _siglip_vq_sizes(encoder, name):
               projector_path=encoder.get("projector_path", ""))
 
 
+def read_json_object(path):
+  """A JSON file that must hold an object -> dict, or one error naming the file."""
+  try:
+    value = json.loads(path.read_text())
+  except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise InputError(f"{path}: not valid JSON ({e})") from None
+  if not isinstance(value, dict):
+    raise InputError(f"{path}: holds a JSON {type(value).__name__}, expected an object")
+  return value
+
+
 def read_model_config(src: epath.Path, model="auto"):
   path = src / "config.json"
   if not path.exists():
     raise InputError(f"{path}: not found (every Janus checkpoint has a config.json)")
+  cfg = read_json_object(path)
   try:
-    cfg = json.loads(path.read_text())
-  except json.JSONDecodeError as e:
-    raise InputError(f"{path}: not valid JSON ({e})") from None
-  found = model_config_from_json(cfg, str(path))
+    found = model_config_from_json(cfg, str(path))
+  except (AttributeError, KeyError, TypeError, ValueError) as e:   # a field of the wrong kind
+    raise InputError(f"{path}: a field has the wrong type or form ({type(e).__name__}: "
+                     f"{str(e)[:120]})") from None
   if model != "auto":
     diff = presets.difference(model, found)
     if diff:
@@ -212,12 +224,15 @@ def find_shards(src: epath.Path):
                                  "model.safetensors.index.json"),
                                 ("original", "pytorch_model.bin", "pytorch_model.bin.index.json")):
     if (src / index).exists():
-      try:
-        weight_map = json.loads((src / index).read_text())["weight_map"]
-      except (json.JSONDecodeError, KeyError) as e:
-        raise InputError(f"{src / index}: not a weight index ({e!r})") from None
+      weight_map = read_json_object(src / index).get("weight_map")
+      if not (isinstance(weight_map, dict) and weight_map
+              and all(isinstance(v, str) for v in weight_map.values())):
+        raise InputError(f"{src / index}: not a weight index (expected \"weight_map\": "
+                         "{tensor name: file name})")
       files = sorted(set(weight_map.values()))
       for f in files:
+        if f != f.strip() or not f or "/" in f or "\\" in f or f in (".", ".."):
+          raise InputError(f"{src / index} names {f!r}, not a file name in {src}")
         if not (src / f).exists():
           raise InputError(f"{src / index} names {f}, which is missing from {src}")
       return layout, [src / f for f in files]
@@ -238,12 +253,49 @@ _SAFETENSORS_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16,
                        "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
 
 
-def _safetensors_header(f):
-  """The JSON header of an open safetensors file -> (its size, {name: info})."""
+def _safetensors_header(f, path):
+  """The JSON header of an open safetensors file -> (its size, {name: info}),
+  every entry checked against the file before any tensor is read: a known dtype,
+  a shape, and data offsets inside the file that hold exactly that many bytes."""
+  f.seek(0, 2)
+  file_size = f.tell()
+  f.seek(0)
+  if file_size < 8:
+    raise InputError(f"{path}: {file_size} bytes, too short for a safetensors file")
   size = int.from_bytes(f.read(8), "little")
-  header = json.loads(f.read(size))
+  if size > file_size - 8:
+    raise InputError(f"{path}: header of {size} bytes runs past the end of the "
+                     f"{file_size}-byte file (truncated, or not safetensors)")
+  try:
+    header = json.loads(f.read(size))
+  except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise InputError(f"{path}: header is not valid JSON ({e})") from None
+  if not isinstance(header, dict):
+    raise InputError(f"{path}: header is a JSON {type(header).__name__}, expected an object")
   header.pop("__metadata__", None)
+  data_size = file_size - 8 - size
+  for name, info in header.items():
+    _check_tensor_entry(path, name, info, data_size)
   return size, header
+
+
+def _check_tensor_entry(path, name, info, data_size):
+  ok_ints = lambda v, n: (isinstance(v, list) and (n is None or len(v) == n)
+                          and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0
+                                  for x in v))
+  if not (isinstance(info, dict) and ok_ints(info.get("shape"), None)
+          and ok_ints(info.get("data_offsets"), 2)):
+    raise InputError(f"{path}: tensor {name}: malformed header entry {str(info)[:80]}")
+  if not isinstance(info.get("dtype"), str) or info["dtype"] not in _SAFETENSORS_DTYPES:
+    raise InputError(f"{path}: tensor {name} has unsupported dtype {info.get('dtype')}")
+  start, end = info["data_offsets"]
+  if not start <= end <= data_size:
+    raise InputError(f"{path}: tensor {name}: data offsets [{start}, {end}] run past the "
+                     f"{data_size} bytes of data (truncated file?)")
+  want = int(np.prod(info["shape"])) * np.dtype(_SAFETENSORS_DTYPES[info["dtype"]]).itemsize
+  if end - start != want:
+    raise InputError(f"{path}: tensor {name}: {end - start} bytes of data for shape "
+                     f"{tuple(info['shape'])} {info['dtype']} ({want} bytes)")
 
 
 def stored_dtypes(shards):
@@ -254,8 +306,7 @@ def stored_dtypes(shards):
     if path.name.endswith(".safetensors"):
       with path.open("rb") as f:
         out |= {np.dtype(_SAFETENSORS_DTYPES[info["dtype"]])
-                for info in _safetensors_header(f)[1].values()
-                if info["dtype"] in _SAFETENSORS_DTYPES}
+                for info in _safetensors_header(f, path)[1].values()}
     else:
       out |= {np.dtype(a.dtype) for _, a in read_shard(path)}
   return out
@@ -279,11 +330,9 @@ def read_shard(path: epath.Path):
     # The format is an 8-byte header size, a JSON header, then raw tensors: read
     # each tensor's bytes straight into its array (bfloat16 too, no framework).
     with path.open("rb") as f:
-      size, header = _safetensors_header(f)
+      size, header = _safetensors_header(f, path)
       for name, info in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0]):
         start, end = info["data_offsets"]
-        if info["dtype"] not in _SAFETENSORS_DTYPES:
-          raise InputError(f"{path}: tensor {name} has unsupported dtype {info['dtype']}")
         f.seek(8 + size + start)
         data = np.frombuffer(f.read(end - start), _SAFETENSORS_DTYPES[info["dtype"]])
         yield name, data.reshape(info["shape"])

@@ -115,6 +115,17 @@ def sharded_without_second(work):
   return src
 
 
+def truncated_release(work):
+  """A copy of the release whose model.safetensors lost its second half."""
+  src = source_variant(work, lambda t: None)
+  path = os.path.join(src, "model.safetensors")
+  with open(path, "rb") as f:
+    data = f.read()
+  with open(path, "wb") as f:
+    f.write(data[:len(data) // 2])
+  return src
+
+
 def no_weights(work):
   src = os.path.join(work, "src3")
   os.makedirs(src)
@@ -187,6 +198,9 @@ CASES = [
         CONVERT + [f"--src={source_variant(w, lambda t: t.update({'mm_head.weight': t['mm_head.weight'][:-1]}))}",
                    f"--dst={w}/out"], {}),
      "tensor mm_head.weight has shape (23, 16), expected (24, 16)"),
+    ("safetensors header past the end of the file", lambda w, s, d: (
+        CONVERT + [f"--src={truncated_release(w)}", f"--dst={w}/out"], {}),
+     "run past the 17860 bytes of data (truncated file?)"),
     ("tensor of the wrong dtype", lambda w, s, d: (
         CONVERT + [f"--src={source_variant(w, lambda t: t.update({'model.mm_norm.weight': np.ones(16, np.int32)}))}",
                    f"--dst={w}/out"], {}),
