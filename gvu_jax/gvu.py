@@ -20,7 +20,7 @@ from flax import nnx
 from gvu_jax import checkpoint, context, lora, metrics, preemption, rl, sharding
 from gvu_jax import reward as reward_lib
 from gvu_jax.data import pipeline
-from gvu_jax.errors import InputError, NonFiniteError
+from gvu_jax.errors import NonFiniteError
 from gvu_jax.evaluation import grid
 from gvu_jax.models import build
 from gvu_jax.pixels import to_uint8
@@ -31,9 +31,6 @@ def _setup(ctx, base_params):
   """Model definition with adapters (if LoRA), roles, optimizer, initial state,
   the frozen weights and the checkpoint store."""
   config, c = ctx.config, ctx.config.gvu
-  if c.group_size < 2:
-    raise InputError(f"gvu.group_size={c.group_size}: GRPO needs at least 2 samples per "
-                     "prompt (the advantage compares samples of the same prompt)")
   overrides = {}
   if c.lora.enabled:
     overrides = dict(lora_rank=c.lora.rank, lora_alpha=c.lora.alpha,
@@ -83,13 +80,6 @@ def make_reward_fn(ctx, graphdef, roles):
   """Jitted (trainable, frozen, pixels, query) -> (reward, token log-likelihoods),
   with the policy (default) or the frozen reference as the judge."""
   r = ctx.config.reward
-  if r.judge not in ("policy", "reference"):
-    raise InputError(f"reward.judge: unknown {r.judge!r}; expected 'policy' or 'reference'")
-  if r.kind not in ("intrinsic", "shuffled"):
-    raise InputError(f"reward.kind: unknown {r.kind!r}; expected 'intrinsic' or 'shuffled'")
-  if r.aggregation not in reward_lib.AGGREGATIONS:
-    raise InputError(f"reward.aggregation: unknown {r.aggregation!r}; "
-                     f"expected one of {list(reward_lib.AGGREGATIONS)}")
   weights = ctx.reward_weights
 
   def reward_fn(trainable, frozen, pixels, query):
@@ -177,7 +167,7 @@ def run(ctx, base_params):
   if start < c.steps:
     grpo_step = compile_ahead(ctx, sampler, grpo_step, state, frozen, roles)
   bar = metrics.progress(c.steps, "gvu", initial=start)
-  nonfinite_in_a_row = 0
+  nonfinite_in_a_row, updates, skipped = 0, 0, 0   # (updates of this process)
   for step in range(start, c.steps):
     texts = [p.text for p in next(prompts)]
     rows = [t for t in texts for _ in range(g)]
@@ -203,9 +193,12 @@ def run(ctx, base_params):
                               "prompt_valid": np.repeat(prompt[1], g, 0),
                               "codes": samples.codes, "advantages": advantages(used)})
     batch.update(layout.put_batch(logp_fn(state["trainable"], frozen, batch)))
+    skips = []
     for _ in range(c.mu):
       state, m = grpo_step(state, frozen, batch)
+      skips.append(m["skipped"])
     m = metrics.to_python(jax.block_until_ready(m))
+    updates, skipped = updates + c.mu, skipped + int(sum(float(s) for s in skips))
     t_update = time.perf_counter() - tic
     preemption.kill_point("update", step + 1)
 
@@ -236,6 +229,11 @@ def run(ctx, base_params):
       store.close()
       raise NonFiniteError(f"gvu: {nonfinite_in_a_row} non-finite updates in a row at step "
                            f"{done}; stopped, last good checkpoint kept in {ctx.path('gvu')}")
+    if done == c.steps and skipped == updates:   # nothing learned: not a finished run
+      bar.close()
+      store.close()
+      raise NonFiniteError(f"gvu: all {updates} updates of this run were skipped (non-finite "
+                           f"loss or gradient); the final checkpoint was not written")
     stop = preemption.stop_requested(done)
     if done % c.checkpoint_every == 0 or done == c.steps or stop:
       store.save(done, state, {"data": prompts.get_state(), "step": done})

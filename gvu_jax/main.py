@@ -19,16 +19,13 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from gvu_jax import context, gvu, preemption, pretrain, report, sharding
+from gvu_jax import config_check, context, gvu, preemption, pretrain, report, sharding
 from gvu_jax.errors import InputError, NonFiniteError
 from gvu_jax.evaluation import evaluate, export
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe file[:preset].",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and reports.")
-
-MODES = ("all", "pretrain", "eval", "gvu", "bench")
-
 
 def check_workdir(workdir):
   if not workdir:
@@ -42,8 +39,7 @@ def check_workdir(workdir):
 
 
 def run(config, workdir):
-  if config.mode not in MODES:
-    raise InputError(f"config.mode: unknown {config.mode!r}; expected one of {list(MODES)}")
+  config_check.check(config)   # every value, before anything runs or is written
   check_workdir(workdir)
   if config.mode == "bench":
     from gvu_jax import bench

@@ -87,9 +87,6 @@ def run(ctx):
   config, c = ctx.config, ctx.config.pretrain
   directory = ctx.path("pretrain")
   ctx.layout.check_batch("pretrain.batch_size", c.batch_size)   # before anything is written
-  if not 0 <= c.t2i_mislabel < 1:
-    raise InputError(f"pretrain.t2i_mislabel={c.t2i_mislabel}: expected a fraction "
-                     "0 <= q < 1 of text->image pairs to mislabel")
   graphdef, (tx, schedule), state, store = _setup(ctx)
   ctx.tokenizer.save(ctx.path("pretrain", "tokenizer.json"))
   latest = store.latest_step()

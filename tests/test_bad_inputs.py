@@ -144,7 +144,7 @@ CASES = [
     ("wrong value type", lambda w, s, d: (MINI + [f"--workdir={w}", "--config.seed=abc"], {}),
      "--config.seed"),
     ("unknown mode", lambda w, s, d: (MINI + [f"--workdir={w}", "--config.mode=train"], {}),
-     "config.mode: unknown 'train'"),
+     "mode='train': expected one of ['all', 'pretrain', 'eval', 'gvu', 'bench']"),
     ("mesh larger than the devices", lambda w, s, d: (
         MINI + [f"--workdir={w}", "--config.mesh.data=3"], {}),
      "mesh: data=3 fsdp=1 tensor=1 needs 3 devices, this run has 1"),

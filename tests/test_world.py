@@ -193,3 +193,35 @@ def test_mislabelled_text_to_image_pairs_keep_the_captions_exact():
   mislabelled = (noisy["codes"] != exact["codes"]).any(1)
   assert 20 <= mislabelled.sum() <= 44   # Binomial(64, 0.5): within 3 sigma
   np.testing.assert_array_equal(right(noisy["codes"]), ~mislabelled)
+
+
+# --- the batch prefetch thread ---------------------------------------------------
+
+@pytest.mark.parametrize("error", [ValueError("need at least one array"), ZeroDivisionError(),
+                                   KeyError("x"), MemoryError()])
+@pytest.mark.parametrize("fail_at, depth", [(0, 1), (0, 2), (1, 2), (3, 1), (3, 4), (5, 2)])
+def test_an_error_in_the_prefetch_thread_reaches_the_consumer(error, fail_at, depth):
+  """make_batch raising at any step, whatever it raises and however far ahead the
+  thread runs: the consumer gets every batch before it, then the same exception,
+  and never waits forever on a batch that will not come."""
+  import threading
+
+  def make_batch(step):
+    if step == fail_at:
+      raise error
+    return step
+
+  got, raised = [], []
+
+  def consume():
+    try:
+      for batch in batches.prefetch(make_batch, range(6), depth=depth):
+        got.append(batch)
+    except BaseException as e:  # noqa: BLE001
+      raised.append(e)
+
+  consumer = threading.Thread(target=consume, daemon=True)
+  consumer.start()
+  consumer.join(timeout=30)
+  assert not consumer.is_alive(), "the consumer hung"
+  assert got == list(range(fail_at)) and raised == [error]

@@ -65,20 +65,28 @@ def supervised_batch(templates, specs, n, rng, cond_dropout, t2i_mislabel=0.0):
 
 def prefetch(make_batch, steps, depth=2):
   """Yields make_batch(step) for step in `steps`, computed `depth` ahead on a
-  background thread so host-side rendering overlaps the device step."""
+  background thread so host-side rendering overlaps the device step. An error in
+  make_batch is raised here, in the consumer, at the step it belongs to (the
+  consumer would otherwise wait forever for a batch that never comes)."""
   out = queue.Queue(maxsize=depth)
   done = threading.Event()
 
   def worker():
-    for step in steps:
-      if done.is_set():
-        return
-      out.put(make_batch(step))
+    try:
+      for step in steps:
+        if done.is_set():
+          return
+        out.put((make_batch(step), None))
+    except BaseException as error:  # noqa: BLE001 - handed to the consumer, which raises it
+      out.put((None, error))
 
   thread = threading.Thread(target=worker, daemon=True)
   thread.start()
   try:
     for _ in steps:
-      yield out.get()
+      batch, error = out.get()
+      if error is not None:
+        raise error
+      yield batch
   finally:
     done.set()
