@@ -153,7 +153,9 @@ def test_prepare_command_uses_manual_dir(manual_dir, tmp_path):
                         f"--manual_dir={manual_dir}", f"--data_dir={tmp_path}"],
                        capture_output=True, text=True, cwd=ROOT, timeout=300)
   assert run.returncode == 0, run.stderr[-2000:]
-  assert "dpg_bench: {'test': 2} in " in run.stdout
+  # one line of ours; TFDS's stage lines, warnings and bars stay out of the console
+  assert run.stdout.strip().startswith("dpg_bench: {'test': 2} in ")
+  assert len(run.stdout.strip().splitlines()) == 1 and not run.stderr.strip(), run.stderr
 
 
 # --- the GvU prompt stream ---------------------------------------------------
@@ -239,3 +241,33 @@ def test_layouts_write_what_each_scorer_reads(tmp_path):
   assert not list((tmp_path / "dpg").glob("*.partial"))
   with pytest.raises(InputError, match=r"eval.images_per_prompt=5: DPG-Bench tiles at most 4"):
     export.DpgBenchLayout(str(tmp_path / "dpg5"), 5, ps)
+
+
+def test_offline_preparation_fails_fast_with_one_line(tmp_path, monkeypatch):
+  """No network (here: a refused connection): one attempt, then one line naming
+  the file, its URL and --manual_dir; nothing prepared, no partial file."""
+  import time
+  url = "http://127.0.0.1:9/Geneval++.jsonl"
+  monkeypatch.setitem(builders.GenevalPlus.SOURCES, "Geneval++.jsonl", url)
+  tic = time.perf_counter()
+  with pytest.raises(InputError) as e:
+    builders.prepare("geneval_plus", str(tmp_path / "tfds"), allow_download=True)
+  assert time.perf_counter() - tic < builders.DOWNLOAD_TIMEOUT_S
+  message = str(e.value)
+  assert message.startswith(f"geneval_plus: Geneval++.jsonl: cannot download {url} (")
+  assert message.endswith("pass it as --manual_dir=DIR") and "\n" not in message
+  assert not builders.builder("geneval_plus", str(tmp_path / "tfds")).is_prepared()
+  assert not list(tmp_path.rglob("*.part"))
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--name=nope"], "unknown prompt dataset 'nope'; expected one of"),
+    (["--name=geneval_plus", "--manual_dir=/no/such/folder"],
+     "--manual_dir=/no/such/folder: no such folder"),
+])
+def test_prepare_command_bad_input_is_one_line(tmp_path, args, expected):
+  run = subprocess.run([sys.executable, "-m", "gvu_jax.data.builders", *args,
+                        f"--data_dir={tmp_path}"], capture_output=True, text=True, cwd=ROOT,
+                       timeout=120)
+  assert run.returncode == 2 and run.stderr.strip().startswith("error: ")
+  assert expected in run.stderr and len(run.stderr.strip().splitlines()) == 1, run.stderr

@@ -24,15 +24,21 @@ below does; gvu_jax.main never downloads:
 ("t2i_compbench:color_val", "geneval_prompts:test", "a+b" joins splits).
 """
 
+import contextlib
 import csv
 import hashlib
+import io
 import json
 import os
 import re
+import shutil
+import sys
+import urllib.error
+import urllib.request
 
 import numpy as np
 import tensorflow_datasets as tfds
-from absl import app, flags
+from absl import app, flags, logging
 
 from gvu_jax.data import geneval, prompt_files, world
 from gvu_jax.errors import InputError
@@ -93,7 +99,30 @@ class _PromptBuilder(tfds.core.GeneratorBasedBuilder):
       raise InputError(f"{self.name}: {name} is not in manual_dir "
                        f"({local or 'none given'}); put it there (from {self.SOURCES[name]}) "
                        f"or run python -m gvu_jax.data.builders --name={self.name}")
-    return os.fspath(dl_manager.download(self.SOURCES[name]))
+    return fetch(self.SOURCES[name], os.path.join(os.fspath(dl_manager.download_dir), name),
+                 f"{self.name}: {name}")
+
+
+DOWNLOAD_TIMEOUT_S = 20
+
+
+def fetch(url, path, what):
+  """Downloads `url` to `path` in one attempt (written aside, then renamed), or one
+  error within DOWNLOAD_TIMEOUT_S naming the file, its URL and --manual_dir. (TFDS's
+  own download manager retries for minutes when there is no network.)"""
+  if os.path.isfile(path):
+    return path
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  try:
+    with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response, \
+        open(path + ".part", "wb") as f:
+      shutil.copyfileobj(response, f)
+  except (urllib.error.URLError, OSError, ValueError) as e:
+    reason = getattr(e, "reason", None) or e
+    raise InputError(f"{what}: cannot download {url} ({reason}); put the file in a folder "
+                     "and pass it as --manual_dir=DIR") from None
+  os.replace(path + ".part", path)
+  return path
 
 
 class GvuWorld(_PromptBuilder):
@@ -276,8 +305,18 @@ def data_sources(spec, data_dir=None, manual_dir=None):
 def main(argv):
   del argv
   f = flags.FLAGS
-  b = prepare(f.name, f.data_dir or None, f.manual_dir or None, f.path or None,
-              allow_download=True)
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.ERROR)   # TFDS logs every stage and warns of a new folder
+  tfds.disable_progress_bar()
+  try:
+    if f.manual_dir and not os.path.isdir(f.manual_dir):
+      raise InputError(f"--manual_dir={f.manual_dir}: no such folder")
+    with contextlib.redirect_stdout(io.StringIO()):   # TFDS prints its stages too
+      b = prepare(f.name, f.data_dir or None, f.manual_dir or None, f.path or None,
+                  allow_download=True)
+  except InputError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
   print(f"{b.name}: {dict((k, v.num_examples) for k, v in b.info.splits.items())} "
         f"in {b.data_dir}")
 
