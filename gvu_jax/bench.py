@@ -49,7 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from gvu_jax import lora, rl, sharding
+from gvu_jax import files, lora, rl, sharding
 from gvu_jax import reward as reward_lib
 from gvu_jax.errors import InputError
 from gvu_jax.models import attention as attention_lib
@@ -567,9 +567,7 @@ def run(config, workdir):
                                      report["reward"], report["grpo"]) if x["peak_bytes"]]
   report["largest_peak_bytes"] = max(peaks) if peaks else None
 
-  text = json.dumps(report, indent=1)
-  with open(os.path.join(workdir, "bench.json"), "w") as f:
-    f.write(text)
+  files.write_atomic(os.path.join(workdir, "bench.json"), json.dumps(report, indent=1))
   print(table(report))
   return report
 

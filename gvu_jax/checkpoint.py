@@ -12,6 +12,7 @@ import time
 import jax
 import orbax.checkpoint as ocp
 
+from gvu_jax import files
 from gvu_jax.errors import InputError
 
 MODEL_CONFIG_FILE = "model_config.json"
@@ -25,8 +26,12 @@ def check_model_config(directory, model_config: dict):
   """Record `model_config` in `directory`, or refuse if a different one is there."""
   path = os.path.join(directory, MODEL_CONFIG_FILE)
   if os.path.exists(path):
-    with open(path) as f:
-      stored = json.load(f)
+    try:
+      with open(path, encoding="utf-8") as f:
+        stored = json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+      raise InputError(f"{path}: damaged ({e}); it says which model the checkpoints beside it "
+                       "hold, so use another --workdir") from None
     current = json.loads(json.dumps(model_config))   # same JSON normal form
     if stored != current:
       diffs = [f"{k}: checkpoint has {v!r}, config has {w!r}"
@@ -35,8 +40,7 @@ def check_model_config(directory, model_config: dict):
                                f"({'; '.join(diffs)}); use another --workdir")
     return
   os.makedirs(directory, exist_ok=True)
-  with open(path, "w") as f:
-    json.dump(model_config, f, indent=2, sort_keys=True)
+  files.write_atomic(path, json.dumps(model_config, indent=2, sort_keys=True))
 
 
 def _diff(a, b, prefix=""):

@@ -160,10 +160,9 @@ def run(ctx, base_params):
   shuffle = jax.jit(rl.shuffle_within_groups, static_argnums=1)
   advantages = jax.jit(functools.partial(rl.group_advantages, group_size=g,
                                          scale_by_std=c.scale_advantages_by_std))
-  writer = metrics.MetricsWriter(ctx.path("gvu", "metrics.jsonl"))
   base_key = jax.random.wrap_key_data(np.asarray(state["rng"]))   # state is donated
-
   start = int(state["step"]) // c.mu
+  writer = metrics.MetricsWriter(ctx.path("gvu", "metrics.jsonl"), resume_step=start)
   if start < c.steps:
     grpo_step = compile_ahead(ctx, sampler, grpo_step, state, frozen, roles)
   bar = metrics.progress(c.steps, "gvu", initial=start)

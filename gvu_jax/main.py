@@ -19,7 +19,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from gvu_jax import config_check, context, gvu, preemption, pretrain, report, sharding
+from gvu_jax import config_check, context, files, gvu, metrics, preemption, pretrain, report
+from gvu_jax import sharding
 from gvu_jax.errors import InputError, NonFiniteError
 from gvu_jax.evaluation import evaluate, export
 
@@ -41,6 +42,8 @@ def check_workdir(workdir):
 def run(config, workdir):
   config_check.check(config)   # every value, before anything runs or is written
   check_workdir(workdir)
+  if metrics.is_main_host():
+    files.hold_workdir(workdir)   # one run at a time writes here
   if config.mode == "bench":
     from gvu_jax import bench
     bench.run(config, workdir)

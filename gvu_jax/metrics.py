@@ -7,6 +7,8 @@ import jax
 import numpy as np
 import tqdm
 
+from gvu_jax import files
+
 
 def is_main_host():
   return jax.process_index() == 0
@@ -17,12 +19,15 @@ def to_python(metrics):
 
 
 class MetricsWriter:
-  """Appends {"step": s, ...} lines to `path`."""
+  """Appends {"step": s, ...} lines to `path`. A run resumed from step
+  `resume_step` first cuts the file back to the whole lines of steps up to it,
+  so a crash's cut line or the steps after the checkpoint are not repeated."""
 
-  def __init__(self, path):
+  def __init__(self, path, resume_step=0):
     self.path = path
     if is_main_host():
       os.makedirs(os.path.dirname(path), exist_ok=True)
+      files.read_jsonl(path, keep=lambda r: r.get("step", 0) <= resume_step)
 
   def write(self, step, metrics):
     if is_main_host():

@@ -101,8 +101,8 @@ def run(ctx):
   answer_start = ctx.templates.understanding(["a photo of a circle"]).answer_start
   train_step = make_train_step(graphdef, ctx.image_tokenizer, tx, schedule, answer_start,
                                layout=ctx.layout, state=state)
-  writer = metrics.MetricsWriter(ctx.path("pretrain", "metrics.jsonl"))
   start = int(state["step"])
+  writer = metrics.MetricsWriter(ctx.path("pretrain", "metrics.jsonl"), resume_step=start)
   bar = metrics.progress(c.steps, "pretrain", initial=start)
   tic, seen = time.perf_counter(), 0
   make_batch = lambda step: ctx.layout.put_batch(batches.supervised_batch(

@@ -4,7 +4,7 @@ accuracies in [0, 1] (the contract other tools read), and a markdown table."""
 import json
 import os
 
-from gvu_jax import metrics
+from gvu_jax import files, metrics
 
 
 def add_stage(ctx, stage, result):
@@ -17,10 +17,7 @@ def add_stage(ctx, stage, result):
   order = {"pretrained": 0, "gvu": 1}
   report = dict(sorted(report.items(), key=lambda kv: order.get(kv[0], len(order))))
   if metrics.is_main_host():
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-      json.dump(report, f, indent=2)
-    os.replace(tmp, path)   # never a half-written report
+    files.write_atomic(path, json.dumps(report, indent=2))   # never a half-written report
 
 
 def markdown(report):
@@ -44,5 +41,4 @@ def show(ctx):
     table = markdown(json.load(f))
   if metrics.is_main_host():
     print(table)
-    with open(ctx.path("report.md"), "w") as f:
-      f.write(table + "\n")
+    files.write_atomic(ctx.path("report.md"), table + "\n")

@@ -393,6 +393,33 @@ def test_eval_writes_the_geneval_layout_and_resumes(converted, tmp_path):
       (out.parent / "geneval_summary.json").read_text().replace(str(tmp_path / "whole"),
                                                                 str(tmp_path / "resumed"))
 
+  # What a kill leaves at other moments, then the rerun: every file as the whole
+  # run wrote it (the grid shows what one process made, so it is left out).
+  def files_of(workdir):
+    root = workdir / "eval"
+    return {str(p.relative_to(root)): p.read_bytes().replace(str(workdir).encode(), b"W")
+            for p in sorted(root.rglob("*")) if p.is_file() and not p.name.endswith("grid.png")}
+
+  # (a) all three folders written, record 1 cut mid-line, record 2 never written
+  # (a rerun once failed on 'Directory not empty'; a cut line was a traceback)
+  cut = tmp_path / "cut"
+  shutil.copytree(tmp_path / "whole", cut)
+  lines = (cut / "eval" / "base" / "geneval_rewards.jsonl").read_text().splitlines(True)
+  (cut / "eval" / "base" / "geneval_rewards.jsonl").write_text(lines[0] + lines[1][:-9])
+  # (b) a real SIGKILL after prompt 2's images, before its record
+  killed = tmp_path / "killed"
+  for workdir, fault in ((cut, None), (killed, "export_images:2")):
+    if fault:
+      os.environ["GVU_KILL_AT"] = fault
+      try:
+        died = run(workdir)
+      finally:
+        del os.environ["GVU_KILL_AT"]
+      assert died.returncode == -9, died.stderr[-2000:]
+    again = run(workdir)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert files_of(workdir) == files_of(tmp_path / "whole"), fault
+
 
 def test_eval_on_a_dataset_writes_its_benchmark_layout(converted, tmp_path):
   """eval.prompts names a prompt dataset (prepared from manual_dir): T2I-CompBench's

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from gvu_jax import checkpoint
+from gvu_jax import checkpoint, files
 from gvu_jax.data import world
 from helpers_run import REPO, run_main
 
@@ -90,6 +90,10 @@ def test_gvu_resume_reproduces_uninterrupted_run(full_run, tmp_path):
   workdir = str(tmp_path)
   shutil.copytree(os.path.join(full_run[0], "pretrain"), os.path.join(workdir, "pretrain"))
   run_main(workdir, "--config.mode=gvu", "--config.gvu.steps=2")
+  # What a crash after the checkpoint can leave: a later step's line and a cut one.
+  # The resumed run cuts them off instead of appending after them.
+  with open(os.path.join(workdir, "gvu", "metrics.jsonl"), "a") as f:
+    f.write('{"step": 3, "loss": 1.0}\n{"step": 4, "lo')
   proc = run_main(workdir, "--config.mode=gvu")
   assert "gvu: resuming from step 2" in proc.stdout
   timing = lambda r: {k: v for k, v in r.items() if not k.startswith(("time_", "images_per_s"))}
@@ -104,6 +108,21 @@ def test_gvu_resume_reproduces_uninterrupted_run(full_run, tmp_path):
   jax.tree.map(np.testing.assert_array_equal, sa, sb)
   a.close()
   b.close()
+
+
+def test_a_second_run_on_a_busy_workdir_is_refused(tmp_path):
+  """Two runs never write into one workdir: the second is one line naming the
+  first's pid, and writes nothing."""
+  import fcntl
+  with open(tmp_path / files.LOCK_FILE, "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    lock.write("4242")
+    lock.flush()
+    proc = run_main(str(tmp_path), check=False)
+  assert proc.returncode == 2
+  assert proc.stderr.strip() == (f"error: --workdir={tmp_path}: in use by another gvu_jax run "
+                                 "(pid 4242); wait for it to finish or use another --workdir")
+  assert os.listdir(tmp_path) == [files.LOCK_FILE]
 
 
 def test_finished_pretraining_is_skipped(full_run):

@@ -35,7 +35,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from PIL import Image
 
-from gvu_jax import context, metrics, sharding
+from gvu_jax import context, files, metrics, preemption, sharding
 from gvu_jax.errors import InputError
 from gvu_jax.data import prompt_files, world
 from gvu_jax.evaluation import grid, judge
@@ -91,6 +91,9 @@ class GenevalLayout:
     for n, image in enumerate(images):
       with open(os.path.join(partial, "samples", f"{n:04d}.{self.ext}"), "wb") as f:
         _write_image(f, image, prompt)
+    # A folder without its reward record (a run stopped between the two) is made
+    # again, to the same bytes, and replaces the old one.
+    shutil.rmtree(final, ignore_errors=True)
     os.replace(partial, final)
 
   def scorer_hint(self):
@@ -117,8 +120,8 @@ class GenevalPlusLayout(_FilesLayout):
   def __init__(self, directory, per_prompt, prompts, ext="png"):
     super().__init__(directory, per_prompt, prompts, ext)
     os.makedirs(directory, exist_ok=True)
-    with open(os.path.join(directory, "Geneval++.jsonl"), "w", encoding="utf-8") as f:
-      f.writelines(json.dumps(metadata(p)) + "\n" for p in prompts)
+    files.write_atomic(os.path.join(directory, "Geneval++.jsonl"),
+                       "".join(json.dumps(metadata(p)) + "\n" for p in prompts))
 
   def files(self, i, prompt):
     return [os.path.join(self.directory, f"sample_{n}", f"{i}.{self.ext}")
@@ -184,10 +187,9 @@ def layout_name(c, source):
 
 
 def _read_rewards(path):
-  if not os.path.isfile(path):
-    return {}
-  with open(path, encoding="utf-8") as f:
-    return {r["index"]: r for r in map(json.loads, f)}
+  """Each finished prompt's record by index. A prompt is finished when its record
+  is written (after its images): one cut by a crash is dropped and made again."""
+  return {r["index"]: r for r in files.read_jsonl(path)}
 
 
 def export(ctx, graphdef, params, stage_dir, prompts, source, judge_specs=None):
@@ -241,11 +243,14 @@ def export(ctx, graphdef, params, stage_dir, prompts, source, judge_specs=None):
           i = int(i)
           mine = images[row * per_prompt:(row + 1) * per_prompt]
           layout.write(i, prompts[i], mine)
+          preemption.kill_point("export_images", i)
           rewards[i] = {"index": i, "tag": prompts[i].category, "reward": float(r[row])}
           if judge_specs:
             rewards[i]["judge"] = float(judge.judge_batch(mine, [judge_specs[i]] * len(mine))
                                         .mean())
           f.write(json.dumps(rewards[i]) + "\n")   # after the images: a line means done
+          f.flush()
+          preemption.kill_point("export_record", i)
           if pixels and len(shown) < 32:
             shown.append((mine[0], f"{prompts[i].text} r={r[row]:.2f}"))
     n_new = int(todo[idx[:real]].sum())
@@ -260,8 +265,8 @@ def export(ctx, graphdef, params, stage_dir, prompts, source, judge_specs=None):
                    ncols=8, scale=max(1, 128 // shown[0][0].shape[0]),
                    captions=[t for _, t in shown])
   summary = summarize(prompts, rewards, per_prompt, directory, layout.scorer_hint())
-  with open(os.path.join(stage_dir, f"{name}_summary.json"), "w", encoding="utf-8") as f:
-    json.dump(summary, f, indent=1)
+  files.write_atomic(os.path.join(stage_dir, f"{name}_summary.json"),
+                     json.dumps(summary, indent=1))
   return summary
 
 
@@ -300,8 +305,7 @@ def run(ctx, stages):
                               specs)
   if metrics.is_main_host():
     table = summary_table(summaries)
-    with open(ctx.path("eval", "summary.md"), "w", encoding="utf-8") as f:
-      f.write(table + "\n")
+    files.write_atomic(ctx.path("eval", "summary.md"), table + "\n")
     print(table)
     for stage, s in summaries.items():
       print(f"eval: {stage}: {s['prompts']} prompts x {s['images_per_prompt']} images in "
