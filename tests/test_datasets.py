@@ -11,6 +11,8 @@ import grain
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from gvu_jax import context
@@ -271,3 +273,41 @@ def test_prepare_command_bad_input_is_one_line(tmp_path, args, expected):
                        timeout=120)
   assert run.returncode == 2 and run.stderr.strip().startswith("error: ")
   assert expected in run.stderr and len(run.stderr.strip().splitlines()) == 1, run.stderr
+
+
+HOSTILE = ["../../../../../ESCAPED", "/etc/passwd", "..", ".", "a\x00b", "x" * 300,
+           "é" * 200, "a\\b", "\n\t", "", "ok", "ok", "a/b", "a b"]
+
+
+@pytest.mark.parametrize("layout_cls, field", [(export.T2iCompbenchLayout, "text"),
+                                               (export.T2iCompbenchLayout, "category"),
+                                               (export.DpgBenchLayout, "id")])
+def test_no_prompt_field_writes_outside_the_folder_or_over_another_prompt(tmp_path,
+                                                                          layout_cls, field):
+  """Prompt text, tag and id become paths: any of them (traversal, absolute, NUL,
+  over-long, empty, duplicate, or two that read alike once made safe) names files
+  inside the output folder, short enough for the file system, one prompt's files
+  never another's."""
+  prompts = [Prompt(**{"text": "a photo", "category": "c", "id": str(i), field: v or "_"})
+             if field != "text" else Prompt(v or "_", "c", str(i))
+             for i, v in enumerate(HOSTILE)]
+  out = tmp_path / "out"
+  layout = layout_cls(str(out), 2, prompts)
+  for i, p in enumerate(prompts):
+    layout.write(i, p, images(2))
+  written = [os.path.relpath(os.path.join(root, f), out) for root, _, fs in os.walk(out)
+             for f in fs]
+  assert not [p for p in tmp_path.rglob("*") if out not in p.parents and p != out]
+  per_prompt = 1 if layout_cls is export.DpgBenchLayout else 2
+  assert len(written) == len(set(written)) == per_prompt * len(prompts)
+  assert all(len(part.encode()) <= 255 for w in written for part in w.split(os.sep))
+  assert all(layout.done(i, p) for i, p in enumerate(prompts))
+
+
+@settings(max_examples=60, deadline=None)
+@given(text=st.text(max_size=400))
+def test_a_safe_name_is_one_path_component(text):
+  name = export.safe_name(text)
+  assert name and os.sep not in name and "\\" not in name and "\0" not in name
+  assert name not in (".", "..") and not name.startswith(".")
+  assert len(name.encode()) <= export.NAME_BYTES

@@ -12,6 +12,10 @@ the mean intrinsic reward as a label-free metric beside them. WORKDIR/eval/<stag
   dpg_bench      <id>.png: the images_per_prompt (at most 4) images tiled 2x2
                  (DPG-Bench's compute_dpg_bench.py with --pic-num)
 
+Names made from a prompt's text, tag or id are made safe first (safe_name: one
+path component, no control characters, at most 180 bytes) and never shared by
+two prompts; each prompt's record keeps its original text.
+
 (a model that reads its own tokens, X-Omni, writes each image as its token grid
 and prompt, .npz, in place of the .png: evaluation/render_xomni.py renders them) and beside it <layout>_rewards.jsonl (each prompt's mean intrinsic reward and,
 on the embedded world, the fraction of its images the judge passes),
@@ -29,6 +33,7 @@ import json
 import os
 import shutil
 import time
+import unicodedata
 
 import jax
 import numpy as np
@@ -101,11 +106,45 @@ class GenevalLayout:
             f"--outfile {self.directory}_results.jsonl --model-path <detector>  (GenEval)")
 
 
+NAME_BYTES = 180   # a name's UTF-8 bytes: room for "_000000.png" within the usual 255
+
+
+def safe_name(text):
+  """A file or folder name made from prompt text, an id or a tag: path separators
+  and control characters (NUL among them) become spaces, runs of space one, no
+  leading dot ("." and ".." are not names), at most NAME_BYTES bytes."""
+  name = "".join(" " if c in "/\\" or unicodedata.category(c)[0] == "C" else c for c in text)
+  name = " ".join(name.split()).lstrip(".").strip()
+  return name.encode("utf-8")[:NAME_BYTES].decode("utf-8", "ignore").strip() or "_"
+
+
+def inside(directory, path):
+  """`path`, once it is sure to resolve inside `directory` (or one error)."""
+  root = os.path.realpath(directory)
+  if not os.path.realpath(path).startswith(root + os.sep):
+    raise InputError(f"{path}: resolves outside the output folder {directory}")
+  return path
+
+
 class _FilesLayout:
-  """Layouts where a prompt is a set of image files: done when all are there."""
+  """Layouts where a prompt is a set of image files: done when all are there.
+  Every prompt's files are named before anything is made (`name(i, prompt)` ->
+  (folder, stem) from the prompt's text, id or tag, made safe); a prompt whose
+  name an earlier one already has continues its numbering (files
+  stem_{per_prompt}, ... for the second), so no two prompts share a file."""
 
   def __init__(self, directory, per_prompt, prompts, ext="png"):
     self.directory, self.per_prompt, self.ext = directory, per_prompt, ext
+    self.paths, taken = [], {}
+    for i, p in enumerate(prompts):
+      folder, stem = self.name(i, p)
+      first = taken.get((folder, stem), 0)
+      taken[(folder, stem)] = first + self.per_prompt
+      self.paths.append([inside(directory, self.file(folder, stem, first + n))
+                         for n in range(self.per_prompt)])
+
+  def files(self, i, prompt):
+    return self.paths[i]
 
   def done(self, i, prompt):
     return all(os.path.isfile(p) for p in self.files(i, prompt))
@@ -123,9 +162,11 @@ class GenevalPlusLayout(_FilesLayout):
     files.write_atomic(os.path.join(directory, "Geneval++.jsonl"),
                        "".join(json.dumps(metadata(p)) + "\n" for p in prompts))
 
-  def files(self, i, prompt):
-    return [os.path.join(self.directory, f"sample_{n}", f"{i}.{self.ext}")
-            for n in range(self.per_prompt)]
+  def name(self, i, prompt):
+    return "", str(i)
+
+  def file(self, folder, stem, n):
+    return os.path.join(self.directory, f"sample_{n}", f"{stem}.{self.ext}")
 
   def scorer_hint(self):
     return (f"evaluation/evaluation_geneval_plus.py (GvU) with meta_path "
@@ -133,11 +174,14 @@ class GenevalPlusLayout(_FilesLayout):
 
 
 class T2iCompbenchLayout(_FilesLayout):
+  """<tag>/samples/<prompt>_<n:06d>.png: its scorers read the prompt back from the
+  file name (a prompt made safe keeps its text in <layout>_rewards.jsonl)."""
 
-  def files(self, i, prompt):
-    name = prompt.text.replace("/", " ")
-    return [os.path.join(self.directory, prompt.category, "samples", f"{name}_{n:06d}.{self.ext}")
-            for n in range(self.per_prompt)]
+  def name(self, i, prompt):
+    return os.path.join(safe_name(prompt.category), "samples"), safe_name(prompt.text)
+
+  def file(self, folder, stem, n):
+    return os.path.join(self.directory, folder, f"{stem}_{n:06d}.{self.ext}")
 
   def scorer_hint(self):
     return (f"T2I-CompBench's BLIPvqa_eval / UniDet_eval / CLIPScore_eval with "
@@ -150,10 +194,15 @@ class DpgBenchLayout(_FilesLayout):
     if not 1 <= per_prompt <= 4:
       raise InputError(f"eval.images_per_prompt={per_prompt}: DPG-Bench tiles at most 4 "
                        "images 2x2 (its --pic-num)")
-    super().__init__(directory, per_prompt, prompts, ext)
+    super().__init__(directory, 1, prompts, ext)   # one tiled image a prompt
+    self.per_prompt = per_prompt
 
-  def files(self, i, prompt):
-    return [os.path.join(self.directory, f"{prompt.id}.{self.ext}")]
+  def name(self, i, prompt):
+    return "", safe_name(prompt.id)
+
+  def file(self, folder, stem, n):   # a second prompt of the same id: <id>_1.png, ...
+    return os.path.join(self.directory, f"{stem}.{self.ext}" if n == 0 else
+                        f"{stem}_{n}.{self.ext}")
 
   def write(self, i, prompt, images):
     if images[0].dtype != np.uint8:   # token grids: the renderer tiles the pictures
@@ -244,7 +293,8 @@ def export(ctx, graphdef, params, stage_dir, prompts, source, judge_specs=None):
           mine = images[row * per_prompt:(row + 1) * per_prompt]
           layout.write(i, prompts[i], mine)
           preemption.kill_point("export_images", i)
-          rewards[i] = {"index": i, "tag": prompts[i].category, "reward": float(r[row])}
+          rewards[i] = {"index": i, "tag": prompts[i].category, "reward": float(r[row]),
+                        "prompt": prompts[i].text}
           if judge_specs:
             rewards[i]["judge"] = float(judge.judge_batch(mine, [judge_specs[i]] * len(mine))
                                         .mean())
