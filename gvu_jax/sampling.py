@@ -68,14 +68,23 @@ def filter_logits(logits, cfg: SamplingConfig):
   return logits
 
 
+def row_uniforms(key, rows):
+  """One uniform per row: from one key for the whole batch (row r takes the r-th
+  number), or from a key per row ([rows] keys: each row's draw is its own, whatever
+  batch it shares, so evaluation does not depend on batch size or devices)."""
+  if key.shape == ():
+    return jax.random.uniform(key, (rows, 1))
+  return jax.vmap(lambda k: jax.random.uniform(k, (1,)))(key)
+
+
 def sample_categorical(key, logits):
   """One draw per row from softmax(logits), by inverting the CDF with one uniform
-  per row. (jax.random.categorical draws one Gumbel per vocabulary entry: 16384
-  random numbers per row per step, 11 ms of a 75 ms CPU decode step at 32 rows;
-  this takes 3 ms.) Tokens with zero probability are never drawn."""
+  per row (row_uniforms). (jax.random.categorical draws one Gumbel per vocabulary
+  entry: 16384 random numbers per row per step, 11 ms of a 75 ms CPU decode step at
+  32 rows; this takes 3 ms.) Tokens with zero probability are never drawn."""
   probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
   cdf = jnp.cumsum(probs, axis=-1)
-  u = jax.random.uniform(key, logits.shape[:-1] + (1,)) * cdf[..., -1:]
+  u = row_uniforms(key, logits.shape[0]) * cdf[..., -1:]
   index = jnp.sum(cdf <= u, axis=-1)
   # u * total can round up to total: fall back to the last token with mass.
   last = logits.shape[-1] - 1 - jnp.argmax(probs[..., ::-1] > 0, axis=-1)
@@ -91,9 +100,25 @@ class Samples:
 jax.tree_util.register_dataclass(Samples, data_fields=["codes", "logp_sampled"], meta_fields=[])
 
 
+def fold_in(key, i):
+  """jax.random.fold_in for one key or a [rows] array of keys."""
+  return jax.random.fold_in(key, i) if key.shape == () else jax.vmap(
+      lambda k: jax.random.fold_in(k, i))(key)
+
+
+def row_keys(key, indices, group_size=1):
+  """A key per row for prompts at global `indices` (G rows each, prompt-major):
+  fold_in(fold_in(key, index), sample). The same prompt and sample draw the same
+  image in any batch, padded or not, on any number of devices."""
+  per_prompt = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.asarray(indices))
+  return jax.vmap(lambda k: jax.vmap(lambda n: jax.random.fold_in(k, n))(
+      jnp.arange(group_size)))(per_prompt).reshape(-1)
+
+
 def sample_image_tokens(model, ids, valid, uncond_ids, uncond_valid, key, cache, *,
                         cfg: SamplingConfig, num_tokens):
-  """One batch of rows (already repeated G times). Returns (Samples, cache)."""
+  """One batch of rows (already repeated G times). `key`: one key for the batch,
+  or a [rows] array of keys (row_keys). Returns (Samples, cache)."""
   rows = ids.shape[0]
   if cfg.guided:
     ids = jnp.concatenate([ids, uncond_ids])
@@ -117,7 +142,7 @@ def sample_image_tokens(model, ids, valid, uncond_ids, uncond_valid, key, cache,
   mask = causal_mask(slots_valid)[:, :p]
   hidden, cache = model.lm(model.lm.embed_tokens(ids), positions_from_valid(valid), mask,
                            cache, 0)
-  first = next_token(model.image_head(hidden[:, -1]), jax.random.fold_in(key, 0))
+  first = next_token(model.image_head(hidden[:, -1]), fold_in(key, 0))
   out = jax.tree.map(lambda x: jnp.zeros((rows, num_tokens), x.dtype).at[:, 0].set(x), first)
 
   def body(i, carry):
@@ -130,7 +155,7 @@ def sample_image_tokens(model, ids, valid, uncond_ids, uncond_valid, key, cache,
     slot = jnp.arange(p + num_tokens - 1)
     step_mask = (slots_valid | ((slot >= p) & (slot < p + i)))[:, None, :]
     hidden, cache = model.lm(x, positions, step_mask, cache, p + i - 1)
-    new = next_token(model.image_head(hidden[:, 0]), jax.random.fold_in(key, i))
+    new = next_token(model.image_head(hidden[:, 0]), fold_in(key, i))
     out = jax.tree.map(lambda o, n: o.at[:, i].set(n), out, new)
     return out, cache
 
@@ -205,7 +230,7 @@ class Sampler:
     shape = (ids.shape[0], ids.shape[1])
     if self._cache is None or self._cache_shape != shape:
       self._cache, self._cache_shape = self._new_cache(params, *shape), shape
-    run = self._compiled.get(shape, self._run)
+    run = self._compiled.get((shape, key.shape), self._run)
     samples, self._cache = run(self._weights(params), ids, valid, key, self._cache)
     return samples
 
@@ -216,7 +241,7 @@ class Sampler:
     cache = self._new_cache(params, *ids.shape, abstract=True)
     compiled = self._run.lower(self._weights(params, abstract=True), ids, valid, key,
                                cache).compile()
-    self._compiled[tuple(ids.shape)] = compiled
+    self._compiled[(tuple(ids.shape), key.shape)] = compiled
     return compiled
 
   def compilations(self):

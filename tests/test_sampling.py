@@ -292,3 +292,20 @@ def test_sample_categorical_matches_the_distribution():
   sigma = np.sqrt(probs * (1 - probs) / n)
   assert np.all(np.abs(freq - probs) <= 4 * sigma + 1e-12), freq
   assert freq[1] == freq[5] == 0.0
+
+
+def test_a_key_per_row_draws_the_same_image_in_any_batch(model, guided):
+  """Evaluation's keys (sampling.row_keys): a prompt draws the same codes alone,
+  in a batch of four, or padded, so no accuracy depends on eval.batch_size or the
+  number of devices."""
+  ids, valid = hm.prompts(4)
+  key = jax.random.key(5)
+  together = np.asarray(guided(model[1], ids, valid, sampling.row_keys(key, [0, 1, 2, 3], G)).codes)
+  for i in range(4):
+    alone = guided(model[1], ids[i:i + 1], valid[i:i + 1], sampling.row_keys(key, [i], G))
+    np.testing.assert_array_equal(np.asarray(alone.codes), together[i * G:(i + 1) * G])
+  padded = guided(model[1], ids[[2, 3, 2, 2]], valid[[2, 3, 2, 2]],
+                  sampling.row_keys(key, [2, 3, 2, 2], G))
+  np.testing.assert_array_equal(np.asarray(padded.codes)[:2 * G], together[2 * G:])
+  # and the G samples of a prompt differ from each other
+  assert (together[0] != together[1]).mean() > 0.3

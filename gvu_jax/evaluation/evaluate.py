@@ -18,7 +18,7 @@ from gvu_jax import metrics
 from gvu_jax import reward as reward_lib
 from gvu_jax.data import batches, world
 from gvu_jax.evaluation import grid, judge
-from gvu_jax.sampling import Sampler, SamplingConfig
+from gvu_jax.sampling import Sampler, SamplingConfig, row_keys
 from gvu_jax.sharding import to_host
 
 
@@ -67,10 +67,10 @@ def generation(ctx, graphdef, params, scorer, prompts=None):
   put = ctx.layout.put_batch
   key = jax.random.key(ctx.config.seed)
   codes, rewards = [], []
-  for i, (idx, real) in enumerate(padded_chunks(len(specs), c.batch_size)):
+  for idx, real in padded_chunks(len(specs), c.batch_size):
     texts = [specs[j].text for j in idx]
     ids, valid = put(ctx.templates.generation(texts))
-    out = sampler(params, ids, valid, jax.random.fold_in(key, i))
+    out = sampler(params, ids, valid, put(row_keys(key, idx)))   # a key per prompt
     _, r, _ = scorer(params, out.codes, put(ctx.templates.understanding(texts).arrays()))
     codes.append(to_host(out.codes)[:real])
     rewards.append(to_host(r)[:real])

@@ -46,7 +46,7 @@ from gvu_jax.data import prompt_files, world
 from gvu_jax.evaluation import grid, judge
 from gvu_jax.evaluation.evaluate import make_scorer, padded_chunks
 from gvu_jax.pixels import to_uint8
-from gvu_jax.sampling import Sampler, SamplingConfig
+from gvu_jax.sampling import Sampler, SamplingConfig, row_keys
 
 DATASET_LAYOUTS = {"geneval_prompts": "geneval", "geneval_plus": "geneval_plus",
                    "t2i_compbench": "t2i_compbench", "dpg_bench": "dpg_bench"}
@@ -274,12 +274,13 @@ def export(ctx, graphdef, params, stage_dir, prompts, source, judge_specs=None):
   bar = metrics.progress(len(prompts), f"eval {os.path.basename(stage_dir)} {name}",
                          initial=int((~todo).sum()))
   tic, made, shown = time.perf_counter(), 0, []
-  for k, (idx, real) in enumerate(padded_chunks(len(prompts), batch)):
+  for idx, real in padded_chunks(len(prompts), batch):
     if not todo[idx[:real]].any():
       continue
     texts = [prompts[i].text for i in idx]
     ids, valid = ctx.layout.put_batch(ctx.templates.generation(texts))
-    samples = sampler(params, ids, valid, jax.random.fold_in(key, k))
+    samples = sampler(params, ids, valid,   # a key per prompt and sample: any batch size
+                      ctx.layout.put_batch(row_keys(key, idx, per_prompt)))
     query = ctx.templates.understanding(texts).arrays(repeat=per_prompt)
     _, r, seen = scorer(params, samples.codes, ctx.layout.put_batch(query))
     images = sharding.to_host(as_images(seen))
