@@ -710,9 +710,14 @@ def read_converted_config(path):
   return ml_collections.ConfigDict(json.loads((path / CONFIG_FILE).read_text()))
 
 
+def conversion_info(path):
+  """What a finished conversion records of itself: source, layout, dtype."""
+  return json.loads((epath.Path(path) / DONE_FILE).read_text())
+
+
 def stored_dtype(path):
   """The dtype a finished conversion stores its weights in ("float32", ...)."""
-  return json.loads((epath.Path(path) / DONE_FILE).read_text())["dtype"]
+  return conversion_info(path)["dtype"]
 
 
 def load(path, dtype=None, like_model=None, param_dtype=None, layout=None):

@@ -6,8 +6,9 @@ write_atomic   a state file appears complete or not at all (written aside,
 read_jsonl     the complete lines of a JSON-lines file; a line cut by a crash is
                dropped (and cut from the file), a malformed complete line is one
                error naming file:line
-hold_workdir   an exclusive lock on the workdir for this process's lifetime, so
-               two runs never write into one workdir at once
+hold_workdir   an exclusive lock on the workdir while this process runs, so two
+               runs never write into one workdir at once (release_workdirs
+               removes the lock file on the way out)
 """
 
 import fcntl
@@ -82,3 +83,14 @@ def hold_workdir(workdir):
   f.write(str(os.getpid()))
   f.flush()
   _held[workdir] = f
+
+
+def release_workdirs():
+  """Gives up every workdir lock this process holds and removes its lock file."""
+  for workdir, f in list(_held.items()):
+    try:
+      os.remove(os.path.join(workdir, LOCK_FILE))
+    except OSError:
+      pass
+    f.close()
+    del _held[workdir]

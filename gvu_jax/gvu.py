@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from gvu_jax import checkpoint, context, lora, metrics, preemption, rl, sharding
+from gvu_jax import checkpoint, context, lora, metrics, preemption, provenance, rl, sharding
 from gvu_jax import reward as reward_lib
 from gvu_jax.data import pipeline
 from gvu_jax.errors import NonFiniteError
@@ -141,6 +141,8 @@ def run(ctx, base_params):
   layout.check_batch("gvu.prompts_per_step x gvu.group_size", n * g)   # the rollout's rows
   prompts = prompt_stream(ctx)   # (these two checks before anything is written)
   graphdef, roles, (tx, schedule), state, frozen, store = _setup(ctx, base_params)
+  if metrics.is_main_host():
+    provenance.record_stage(config, ctx.path("gvu"), "gvu")
   latest = store.latest_step()
   if latest is not None:
     state, meta = store.restore(latest, state)

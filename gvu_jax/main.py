@@ -19,8 +19,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from gvu_jax import config_check, context, files, gvu, metrics, preemption, pretrain, report
-from gvu_jax import sharding
+from gvu_jax import config_check, context, files, gvu, metrics, preemption, pretrain
+from gvu_jax import provenance, report, sharding
 from gvu_jax.errors import InputError, NonFiniteError
 from gvu_jax.evaluation import evaluate, export
 
@@ -65,6 +65,7 @@ def run(config, workdir):
 
 def run_checkpoint(ctx):
   """GvU on a converted checkpoint, or benchmark images of it and of its GvU policy."""
+  provenance.check_stages(ctx.config, ctx.path, ["gvu"])   # before anything runs
   graphdef, base = ctx.load_base()
   if ctx.config.mode == "gvu":
     gvu.run(ctx, base)
@@ -76,6 +77,8 @@ def run_checkpoint(ctx):
 def run_embedded(ctx):
   """The embedded world: pretrain, GvU and their evaluations, as `mode` says."""
   mode = ctx.config.mode
+  provenance.check_stages(ctx.config, ctx.path,   # every stage, before any runs
+                          ["pretrain"] if mode == "pretrain" else ["pretrain", "gvu"])
   if mode == "pretrain":
     pretrain.run(ctx)
     return
@@ -144,9 +147,12 @@ def main(argv):
     # Leave without interpreter shutdown: after a failed read TensorStore still has
     # callbacks for Orbax's closed event loop, whose tracebacks would follow the
     # line. Nothing is left to write here (stores are closed before these errors).
+    files.release_workdirs()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(2)
+  finally:
+    files.release_workdirs()
 
 
 if __name__ == "__main__":

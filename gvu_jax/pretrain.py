@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from gvu_jax import checkpoint, metrics, preemption, rl
+from gvu_jax import checkpoint, metrics, preemption, provenance, rl
 from gvu_jax.data import batches
 from gvu_jax.errors import InputError
 from gvu_jax.models import build
@@ -88,6 +88,8 @@ def run(ctx):
   directory = ctx.path("pretrain")
   ctx.layout.check_batch("pretrain.batch_size", c.batch_size)   # before anything is written
   graphdef, (tx, schedule), state, store = _setup(ctx)
+  if metrics.is_main_host():
+    provenance.record_stage(config, directory, "pretrain")
   ctx.tokenizer.save(ctx.path("pretrain", "tokenizer.json"))
   latest = store.latest_step()
   if latest is not None:

@@ -306,8 +306,10 @@ def test_gvu_recipe_runs_on_a_converted_checkpoint(converted, tmp_path):
   """configs/janus_pro_1b.py:lora end to end on the tiny conversion (2 steps)."""
   prompts = tmp_path / "prompts.txt"
   prompts.write_text("# GenEval-style\nw5 w6 w7\nw8 w9\nw10 w11\n")
+  # (a constant learning rate, so a 1-step run continues into the 2-step one exactly)
   args = recipe_command("configs/janus_pro_1b.py:lora", converted["transformers"], prompts,
-                        tmp_path / "run", "--config.gvu.checkpoint_every=1")
+                        tmp_path / "run", "--config.gvu.checkpoint_every=1",
+                        "--config.gvu.schedule=constant")
   run_two_gvu_steps(args, tmp_path / "run")
   assert not (tmp_path / "run" / "gvu" / "reference").exists()   # the conversion is the reference
   # Stopped after step 1 and resumed: the grain prompt stream continues from the

@@ -149,19 +149,44 @@ def test_finished_pretraining_is_skipped(full_run):
   assert snapshot(os.path.join(full_run[0], "pretrain", "checkpoints")) == before
 
 
-@pytest.mark.parametrize("override, message", [
-    ("--config.model.lm.hidden=48", "lm.hidden: checkpoint has 32, config has 48"),
+@pytest.mark.parametrize("overrides, message", [
+    (["--config.model.lm.hidden=48"], "pretrain/ (model.lm.hidden: 32 -> 48); gvu/ "
+     "(model.lm.hidden: 32 -> 48, upstream model.lm.hidden: 32 -> 48)"),
     # a checkpoint pretrained on other text->image data is not silently reused
-    ("--config.pretrain.t2i_mislabel=0", "pretrain_t2i_mislabel: checkpoint has 0.3, "
-                                         "config has None"),
+    (["--config.pretrain.t2i_mislabel=0"], "pretrain/ (pretrain.t2i_mislabel: 0.3 -> 0.0); "
+     "gvu/ (upstream pretrain.t2i_mislabel: 0.3 -> 0.0)"),
+    # a finished run rerun with other settings: not 'skipping' with the old report
+    (["--config.gvu.lr=0.5", "--config.seed=7"],
+     "pretrain/ (seed: 0 -> 7); gvu/ (gvu.lr: 0.001 -> 0.5, seed: 0 -> 7, upstream seed: 0 -> 7)"),
+    (["--config.reward.aggregation=prob"], "gvu/ (reward.aggregation: \"geo_mean_prob\" -> \"prob\")"),
+    # pretraining run longer under a GvU stage whose reference is the shorter one
+    (["--config.pretrain.steps=40"],
+     "pretrain/ (pretrain.steps: 30 -> 40); gvu/ (upstream pretrain.steps: 30 -> 40)"),
 ])
-def test_mismatched_model_is_refused_and_nothing_overwritten(full_run, override, message):
-  before = snapshot(os.path.join(full_run[0], "pretrain"))
-  proc = run_main(full_run[0], "--config.mode=pretrain", override, check=False)
+def test_a_workdir_never_reports_results_another_config_produced(full_run, overrides, message):
+  """A rerun whose result-affecting keys or upstream differ from what the stages
+  hold is refused before any stage runs, naming every key (old -> new); nothing
+  in the workdir changes, the report included."""
+  before = snapshot(full_run[0])
+  proc = run_main(full_run[0], *overrides, check=False)
   assert proc.returncode == 2
   err = proc.stderr.strip().splitlines()
-  assert len(err) == 1 and message in err[0], proc.stderr
-  assert snapshot(os.path.join(full_run[0], "pretrain")) == before
+  assert err == [f"error: {full_run[0]} holds results of another config: {message}; use "
+                 "another --workdir, or the same settings"], proc.stderr
+  assert snapshot(full_run[0]) == before
+
+
+def test_each_stage_records_what_produced_it(full_run):
+  from gvu_jax import provenance
+  for stage in ("pretrain", "gvu"):
+    with open(os.path.join(full_run[0], stage, "run.json")) as f:
+      record = json.load(f)
+    assert record["stage"] == stage and record["config"]["seed"] == 0
+    assert set(record["environment"]) == {"jax", "flax", "device_kind", "device_count",
+                                          "process_count", "git_commit"}
+    assert record["environment"]["jax"] == jax.__version__
+  assert record["config"]["gvu.lr"] == 1e-3 and "gvu.log_every" not in record["config"]
+  assert record["upstream"]["pretrain.steps"] == 30
 
 
 @pytest.mark.parametrize("args, message", [
