@@ -46,8 +46,9 @@ def _remember(signum, frame):
 @contextlib.contextmanager
 def watching():
   """Within this block a first SIGTERM or SIGINT is remembered instead of ending
-  the process (the main thread only: signal handlers live there). Stages without
-  training steps (evaluation) do not look: there a second signal stops them."""
+  the process (the main thread only: signal handlers live there). Training loops
+  stop after their step (stop_requested); evaluation after its batch
+  (stop_evaluation)."""
   if jax.process_count() > 1:   # JAX's notifier handles it (see above)
     yield
     return
@@ -67,6 +68,15 @@ def stop_requested(step):
   return bool(_received)
 
 
+def stop_evaluation(stage):
+  """Evaluation has no checkpoint to write: once a signal has arrived it stops
+  after the batch in flight (a rerun evaluates again; an export resumes where it
+  stopped). On several hosts a second signal stops it (see above)."""
+  if jax.process_count() == 1 and _received:
+    raise Preempted(f"{stage}: stopped on {signal.Signals(_received[0]).name}; run the same "
+                    "command to resume")
+
+
 def stop(stage, step, store, bar):
   """Ends a loop whose checkpoint of `step` has just been written."""
   bar.close()
@@ -81,6 +91,10 @@ KILL_AT = "GVU_KILL_AT"
 
 def kill_point(name, step):
   """Fault injection for the restart tests: with GVU_KILL_AT=<name>:<step> in the
-  environment the process kills itself (SIGKILL, as a lost machine) here."""
-  if os.environ.get(KILL_AT) == f"{name}:{step}":
+  environment the process kills itself (SIGKILL, as a lost machine) here;
+  <name>:<step>:TERM sends SIGTERM instead (a preemption notice)."""
+  at = os.environ.get(KILL_AT, "")
+  if at == f"{name}:{step}":
     os.kill(os.getpid(), signal.SIGKILL)
+  if at == f"{name}:{step}:TERM":
+    os.kill(os.getpid(), signal.SIGTERM)

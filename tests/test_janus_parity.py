@@ -408,16 +408,21 @@ def test_eval_writes_the_geneval_layout_and_resumes(converted, tmp_path):
   shutil.copytree(tmp_path / "whole", cut)
   lines = (cut / "eval" / "base" / "geneval_rewards.jsonl").read_text().splitlines(True)
   (cut / "eval" / "base" / "geneval_rewards.jsonl").write_text(lines[0] + lines[1][:-9])
-  # (b) a real SIGKILL after prompt 2's images, before its record
-  killed = tmp_path / "killed"
-  for workdir, fault in ((cut, None), (killed, "export_images:2")):
+  # (b) a real SIGKILL after prompt 2's images, before its record; (c) a SIGTERM
+  # after prompt 0's images: evaluation stops after that batch and exits 0
+  for workdir, fault in ((cut, None), (tmp_path / "killed", "export_images:2"),
+                         (tmp_path / "stopped", "export_images:0:TERM")):
     if fault:
       os.environ["GVU_KILL_AT"] = fault
       try:
         died = run(workdir)
       finally:
         del os.environ["GVU_KILL_AT"]
-      assert died.returncode == -9, died.stderr[-2000:]
+      if fault.endswith("TERM"):
+        assert died.returncode == 0 and "eval: stopped on SIGTERM" in died.stdout, died.stderr
+        assert not (workdir / "eval" / "base" / "geneval" / "00002").exists()
+      else:
+        assert died.returncode == -9, died.stderr[-2000:]
     again = run(workdir)
     assert again.returncode == 0, again.stderr[-3000:]
     assert files_of(workdir) == files_of(tmp_path / "whole"), fault

@@ -14,7 +14,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from gvu_jax import metrics
+from gvu_jax import metrics, preemption
 from gvu_jax import reward as reward_lib
 from gvu_jax.data import batches, world
 from gvu_jax.evaluation import grid, judge
@@ -24,8 +24,11 @@ from gvu_jax.sharding import to_host
 
 def padded_chunks(n, size):
   """Index arrays of exactly `size` covering range(n), the last one padded by
-  repeating its first index; yields (indices, number of real entries)."""
+  repeating its first index; yields (indices, number of real entries). Every
+  evaluation batch comes from here: after each, a preemption signal stops the run."""
   for start in range(0, n, size):
+    if start:
+      preemption.stop_evaluation("eval")
     idx = np.arange(start, min(start + size, n))
     yield np.concatenate([idx, np.full(size - len(idx), idx[0])]), len(idx)
 
