@@ -203,6 +203,8 @@ def read_model_config(src: epath.Path, model="auto"):
   cfg = read_json_object(path)
   try:
     found = model_config_from_json(cfg, str(path))
+  except InputError:
+    raise
   except (AttributeError, KeyError, TypeError, ValueError) as e:   # a field of the wrong kind
     raise InputError(f"{path}: a field has the wrong type or form ({type(e).__name__}: "
                      f"{str(e)[:120]})") from None

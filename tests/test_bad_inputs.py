@@ -95,6 +95,12 @@ def wrong_model_workdir(work):
     json.dump(other, f)
 
 
+def damaged_model_config(work):
+  """What a full disk left before state files were written aside: a 0-byte file."""
+  os.makedirs(os.path.join(work, "pretrain"))
+  open(os.path.join(work, "pretrain", "model_config.json"), "w").close()
+
+
 def source_variant(work, change):
   """A copy of the release with its tensors changed by `change(tensors)`."""
   tensors = release_tensors()
@@ -145,6 +151,22 @@ CASES = [
      "--config.seed"),
     ("unknown mode", lambda w, s, d: (MINI + [f"--workdir={w}", "--config.mode=train"], {}),
      "mode='train': expected one of ['all', 'pretrain', 'eval', 'gvu', 'bench']"),
+    # every value checked before anything runs (once: after pretraining, a traceback,
+    # a hang, or exit 0 having learned nothing)
+    *[(f"config {flag}", lambda w, s, d, flag=flag: (MINI + [f"--workdir={w}", flag], {}), message)
+      for flag, message in [
+          ("--config.gvu.group_size=1", "gvu.group_size=1: expected an integer >= 2"),
+          ("--config.pretrain.batch_size=0", "pretrain.batch_size=0: expected an integer >= 1"),
+          ("--config.gvu.mu=0", "gvu.mu=0: expected an integer >= 1"),
+          ("--config.model.dtype=float8", "model.dtype='float8': expected one of"),
+          ("--config.seed=12345678901234567890", "seed=12345678901234567890: expected an integer"),
+          ("--config.gvu.lr=nan", "gvu.lr=nan: expected a finite number > 0"),
+          ("--config.gvu.sampling.cfg_weight=inf", "gvu.sampling.cfg_weight=inf: expected a finite"),
+          ("--config.gvu.keep=0", "gvu.keep=0: expected an integer >= 1"),
+      ]],
+    ("damaged model_config.json", lambda w, s, d: (
+        damaged_model_config(w) or MINI + [f"--workdir={w}", "--config.mode=pretrain"], {}),
+     "model_config.json: damaged ("),
     ("mesh larger than the devices", lambda w, s, d: (
         MINI + [f"--workdir={w}", "--config.mesh.data=3"], {}),
      "mesh: data=3 fsdp=1 tensor=1 needs 3 devices, this run has 1"),
