@@ -278,6 +278,17 @@ def _safetensors_header(f, path):
   data_size = file_size - 8 - size
   for name, info in header.items():
     _check_tensor_entry(path, name, info, data_size)
+  # As the safetensors library requires, the tensors tile the data exactly: a
+  # header size off by a few bytes of padding would otherwise shift every tensor.
+  end = 0
+  for name, info in sorted(header.items(), key=lambda kv: tuple(kv[1]["data_offsets"])):
+    if info["data_offsets"][0] != end:
+      raise InputError(f"{path}: tensor {name} starts at byte {info['data_offsets'][0]} of the "
+                       f"data, expected {end} (tensors must follow one another)")
+    end = info["data_offsets"][1]
+  if end != data_size:
+    raise InputError(f"{path}: the tensors hold {end} bytes but the file has {data_size} "
+                     "bytes of data after the header (wrong header size, or not safetensors)")
   return size, header
 
 

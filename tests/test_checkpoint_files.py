@@ -63,6 +63,17 @@ def test_a_truncated_file_is_one_line(tmp_path, cut):
   assert got is None or cut >= len(data)
 
 
+@pytest.mark.parametrize("delta", [-8, -7, -3, -1, 1, 2, 8])
+def test_a_header_size_off_by_its_padding_is_refused(tmp_path, delta):
+  """The header is padded with spaces to 8 bytes, so a size a few bytes short
+  still parses as JSON: the tensors then no longer tile the data, and that is
+  refused rather than read shifted."""
+  data = valid_file()
+  size = int.from_bytes(data[:8], "little") + delta
+  with pytest.raises(InputError, match="model.safetensors: "):
+    read_all(tmp_path, size.to_bytes(8, "little") + data[8:])
+
+
 @SETTINGS
 @given(size=st.integers(0, 2**64 - 1))
 def test_any_header_size_is_one_line_or_the_real_one(tmp_path, size):
