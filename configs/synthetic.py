@@ -32,7 +32,7 @@ def get_config(arg=None):
   # Supervised pretraining: teacher-forced text->image plus image->text captioning.
   # t2i_mislabel: the fraction of text->image pairs whose image shows a near miss of
   # the caption (loose alt-text); captioning pairs stay exact. This builds in the gap
-  # GvU relies on, understanding better than generation (README, "The embedded world");
+  # GvU relies on, understanding better than generation (docs/design.md §7);
   # 0 gives exact pairs for both branches.
   # Optimizer (both stages): AdamW after global-norm clipping; schedule constant |
   # cosine | linear (decay to 0) after a linear warmup, sized in optimizer updates.
@@ -55,7 +55,7 @@ def get_config(arg=None):
                lr=1e-3, warmup_steps=10, schedule="constant",
                adam_b1=0.9, adam_b2=0.95, adam_eps=1e-8, weight_decay=0.0,
                max_grad_norm=1.0, clip_eps=0.2, beta=0.03,
-               # A = r - mean_G r (Dr. GRPO). Dividing by std_G r (the paper's DESIGN §1.4,
+               # A = r - mean_G r (Dr. GRPO). Dividing by std_G r (the paper's, docs/design.md §3,
                # set True to get it) gives groups the judge cannot tell apart (here:
                # position prompts) full-size random advantages; on this world that made
                # position and counting generation collapse on 2 of 3 seeds.

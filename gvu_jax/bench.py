@@ -49,12 +49,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from gvu_jax import files, lora, rl, sharding
+from gvu_jax import files, lora, optimizer, rl, sharding
 from gvu_jax import reward as reward_lib
 from gvu_jax.errors import InputError
 from gvu_jax.models import attention as attention_lib
 from gvu_jax.models import build, presets
-from gvu_jax.models.janus import causal_mask, positions_from_valid
+from gvu_jax.models.umm import causal_mask, positions_from_valid
 from gvu_jax.sampling import Sampler, SamplingConfig, in_compute_dtype
 
 # Dense bf16 peak TFLOP/s by device kind (vendor specs); other devices use the
@@ -403,7 +403,7 @@ def bench_grpo(config, m, params, abstract, rng, layout):
   else:   # fp32 master weights of what full fine-tuning trains
     to_fp32 = lambda p: lora.full_ft_trainable(p, tuple(c.full_ft_modules))
     trainable = jax.eval_shape(to_fp32, params) if abstract else jax.jit(to_fp32)(params)
-  tx, _ = rl.make_optimizer(c, c.steps, updates_per_step=c.mu)
+  tx, _ = optimizer.make_optimizer(c, c.steps, updates_per_step=c.mu)
   opt_state = jax.eval_shape(tx.init, trainable) if abstract else tx.init(trainable)
   state = place(layout, {"trainable": trainable, "opt_state": opt_state, "step": jnp.int32(0),
                          "rng": jax.random.key_data(jax.random.key(0))}, abstract)
@@ -451,7 +451,7 @@ def transformers_sampler(m, b, batches):
     from transformers import DynamicCache, GenerationConfig, JanusForConditionalGeneration
   except ImportError:
     return None
-  from gvu_jax import parity
+  from gvu_jax.convert import parity
   device = "cuda" if torch.cuda.is_available() else "cpu"
   dtype = torch.bfloat16 if m.dtype == "bfloat16" else torch.float32
   torch.manual_seed(0)

@@ -18,16 +18,22 @@ import time
 import numpy as np
 from absl import app, flags
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "Where the runs and the summary go.")
-_SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds to run.")
-_CONFIG = flags.DEFINE_string("config", "configs/synthetic.py", "Recipe[:preset].")
-_OVERRIDES = flags.DEFINE_multi_string("override", [], "Extra --config.k=v for every run.")
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+  """Defined only when run as a program, so importing this module beside
+  gvu_jax.main (which has --workdir and --config too) never clashes."""
+  flags.DEFINE_string("workdir", None, "Where the runs and the summary go.")
+  flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds to run.")
+  flags.DEFINE_string("config", "configs/synthetic.py", "Recipe[:preset].")
+  flags.DEFINE_multi_string("override", [], "Extra --config.k=v for every run.")
 
 
 def run_main(workdir, seed, extra):
-  cmd = [sys.executable, "-m", "gvu_jax.main", f"--config={_CONFIG.value}",
+  cmd = [sys.executable, "-m", "gvu_jax.main", f"--config={FLAGS.config}",
          f"--workdir={workdir}", f"--config.seed={seed}", *extra,
-         *[f"--config.{o}" for o in _OVERRIDES.value]]
+         *[f"--config.{o}" for o in FLAGS.override]]
   print("+", " ".join(cmd), flush=True)
   tic = time.perf_counter()
   subprocess.run(cmd, check=True)
@@ -76,12 +82,12 @@ def markdown(summary, seeds):
 
 def main(argv):
   del argv
-  if not _WORKDIR.value:
+  if not FLAGS.workdir:
     raise app.UsageError("--workdir is required")
   runs = []
-  for seed in _SEEDS.value:
-    main_dir = os.path.join(_WORKDIR.value, f"seed_{seed}")
-    control_dir = os.path.join(_WORKDIR.value, f"seed_{seed}_shuffled")
+  for seed in FLAGS.seeds:
+    main_dir = os.path.join(FLAGS.workdir, f"seed_{seed}")
+    control_dir = os.path.join(FLAGS.workdir, f"seed_{seed}_shuffled")
     report, seconds = run_main(main_dir, seed, [])
     if not os.path.exists(os.path.join(control_dir, "pretrain")):   # same start as the main run
       shutil.copytree(os.path.join(main_dir, "pretrain"), os.path.join(control_dir, "pretrain"))
@@ -89,14 +95,19 @@ def main(argv):
     runs.append({"seed": seed, "main": report, "control": control,
                  "seconds": seconds, "control_seconds": control_seconds})
   summary = summarize(runs)
-  table = markdown(summary, _SEEDS.value)
-  with open(os.path.join(_WORKDIR.value, "claim.json"), "w") as f:
+  table = markdown(summary, FLAGS.seeds)
+  with open(os.path.join(FLAGS.workdir, "claim.json"), "w") as f:
     json.dump({"summary": summary, "runs": runs}, f, indent=2)
-  with open(os.path.join(_WORKDIR.value, "claim.md"), "w") as f:
+  with open(os.path.join(FLAGS.workdir, "claim.md"), "w") as f:
     f.write(table + "\n")
   print(table)
   print("wall time per main run (s):", [round(r["seconds"]) for r in runs])
 
 
-if __name__ == "__main__":
+def cli():
+  define_flags()
   app.run(main)
+
+
+if __name__ == "__main__":
+  cli()

@@ -20,7 +20,7 @@ from gvu_jax.errors import InputError
 from gvu_jax.evaluation.export import LAYOUTS
 from gvu_jax.models.attention import IMPLEMENTATIONS
 from gvu_jax.reward import AGGREGATIONS
-from gvu_jax.rl import SCHEDULES
+from gvu_jax.optimizer import SCHEDULES
 
 MODES = ("all", "pretrain", "eval", "gvu", "bench")
 SEED_LIMIT = 2**31   # jax keys hold 32 bits and the LoRA adapters draw from seed + 1

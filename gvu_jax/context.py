@@ -13,8 +13,12 @@ Two kinds of run:
 import dataclasses
 import os
 
-from gvu_jax import janus_text, reward, sharding, text, xomni_text
-from gvu_jax.data import prompt_files, world
+from gvu_jax import reward, sharding
+from gvu_jax.text import janus as janus_text
+from gvu_jax.text import synthetic as text
+from gvu_jax.text import xomni as xomni_text
+from gvu_jax import world
+from gvu_jax.data import prompt_files
 from gvu_jax.data.prompt_files import Prompt
 from gvu_jax.errors import InputError
 from gvu_jax.models import build, presets

@@ -1,23 +1,27 @@
 """The GvU stage: self-supervised RL of the generation branch on the model's own
-understanding likelihood (DESIGN §1, §3). One step:
+understanding likelihood (docs/design.md §1-§4). One step:
 
-  prompts -> sample (G images each) -> decode -> intrinsic reward -> group
-  advantages -> GRPO update (mu inner iterations over the same rollout)
+  prompts -> rollout: sample G images each, decode -> score: intrinsic reward
+  -> training_batch: group advantages -> update: GRPO, mu inner iterations over
+  the same rollout -> log
 
 Nothing here sees the judge, the world's labels or ground-truth renders: the
 only signal is the reward the model computes from its own decoded pixels.
 """
 
+import dataclasses
 import functools
 import os
 import time
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from gvu_jax import checkpoint, context, lora, metrics, preemption, provenance, rl, sharding
+from gvu_jax import (checkpoint, context, lora, metrics, optimizer, preemption, provenance, rl,
+                     sharding)
 from gvu_jax import reward as reward_lib
 from gvu_jax.data import pipeline
 from gvu_jax.errors import NonFiniteError
@@ -56,7 +60,7 @@ def _setup(ctx, base_params):
   else:   # fp32 master weights of what full fine-tuning trains
     trainable = lora.full_ft_trainable(frozen, tuple(c.full_ft_modules))
   # mu updates per step: the schedule is sized in updates (steps x mu)
-  tx, schedule = rl.make_optimizer(c, c.steps, updates_per_step=c.mu)
+  tx, schedule = optimizer.make_optimizer(c, c.steps, updates_per_step=c.mu)
   state = {"trainable": trainable, "opt_state": tx.init(trainable), "step": jnp.int32(0),
            "rng": jax.random.key_data(jax.random.key(config.seed))}
   state, frozen = ctx.layout.put_params(state), ctx.layout.put_params(frozen)
@@ -128,17 +132,141 @@ def prompt_stream(ctx):
                                name=f"data.prompts={config.data.prompts}")
 
 
+@dataclasses.dataclass
+class StepFunctions:
+  """The jitted pieces of one GvU step, built once per run."""
+  sample: Sampler
+  decode: Callable        # (policy, codes) -> pixels (or codes, in token space)
+  reward: Callable        # (trainable, frozen, pixels, query) -> (rewards, token log-liks)
+  advantages: Callable    # rewards -> group-normalised advantages
+  shuffle: Callable       # (rewards, group_size, key) -> rewards permuted within groups
+  logp: Callable          # (trainable, frozen, batch) -> {"ref_logp"[, "old_logp"]}
+  update: Callable        # (state, frozen, batch) -> (state, metrics)
+
+
+@dataclasses.dataclass
+class Rollout:
+  """G images for each of the step's prompts (rows are prompt-major)."""
+  texts: list             # the step's prompts
+  prompt: tuple           # (ids, valid) host arrays, one row per prompt
+  samples: Any            # sampling.Samples: codes and the sampler's log-probs
+  pixels: Any             # decoded images (image codes for a token-space reward)
+  seconds: dict
+
+
+@dataclasses.dataclass
+class Scored:
+  """The intrinsic reward of every image of a rollout."""
+  rewards: Any            # [rows]: what the model's understanding says of each image
+  token_logp: Any         # [rows, L]: the per-token log-likelihoods behind it
+  answer_mask: Any        # [rows, L]: which of those are prompt tokens
+  used: Any               # the rewards the update sees (shuffled in the control run)
+  seconds: dict
+
+
 def _timed(fn, *args):
   tic = time.perf_counter()
   out = jax.block_until_ready(fn(*args))
   return out, time.perf_counter() - tic
 
 
+def step_functions(ctx, graphdef, roles, tx, schedule, state):
+  c = ctx.config.gvu
+  return StepFunctions(
+      sample=Sampler(graphdef, SamplingConfig(**c.sampling), num_tokens=ctx.model.image_tokens,
+                     uncond_row=ctx.templates.unconditional(1), group_size=c.group_size,
+                     layout=ctx.layout),
+      decode=jax.jit(lambda params, codes: ctx.image_tokenizer.decode(
+          codes, nnx.merge(graphdef, params))),
+      reward=make_reward_fn(ctx, graphdef, roles),
+      advantages=jax.jit(functools.partial(rl.group_advantages, group_size=c.group_size,
+                                           scale_by_std=c.scale_advantages_by_std)),
+      shuffle=jax.jit(rl.shuffle_within_groups, static_argnums=1),
+      logp=rl.make_logp_fn(graphdef, roles, with_policy=c.mu > 1),
+      update=rl.make_grpo_step(graphdef, roles, tx, clip_eps=c.clip_eps, beta=c.beta,
+                               grad_accum=c.grad_accum, schedule=schedule, layout=ctx.layout,
+                               state=state))
+
+
+def rollout(ctx, fns, policy, texts, key) -> Rollout:
+  """Samples G images per prompt and decodes them (design.md §4: sample, decode)."""
+  prompt = ctx.templates.generation(texts)
+  ids, valid = ctx.layout.put_batch(prompt)
+  samples, t_sample = _timed(fns.sample, policy, ids, valid, key)
+  pixels, t_decode = _timed(fns.decode, policy, samples.codes)
+  return Rollout(texts, prompt, samples, pixels, {"rollout": t_sample, "decode": t_decode})
+
+
+def score(ctx, fns, state, frozen, r: Rollout, key) -> Scored:
+  """The intrinsic reward of each image: the likelihood of its prompt under the
+  understanding branch (design.md §2); shuffled within groups in the control run."""
+  g = ctx.config.gvu.group_size
+  query = ctx.templates.understanding(r.texts).arrays(repeat=g)   # encoded once per prompt
+  answer_mask, query = query["answer_mask"], ctx.layout.put_batch(query)
+  (rewards, token_logp), seconds = _timed(fns.reward, state["trainable"], frozen, r.pixels,
+                                          query)
+  used = rewards
+  if ctx.config.reward.kind == "shuffled":
+    used = fns.shuffle(rewards, g, jax.random.fold_in(key, 1))
+  return Scored(rewards, token_logp, answer_mask, used, {"reward": seconds})
+
+
+def training_batch(ctx, fns, state, frozen, r: Rollout, s: Scored):
+  """The update's inputs: each prompt repeated per image, the sampled codes, their
+  group advantages (design.md §3) and the reference's (and, for mu > 1, the
+  sampling policy's) token log-probs."""
+  g = ctx.config.gvu.group_size
+  batch = ctx.layout.put_batch({"prompt_ids": np.repeat(r.prompt[0], g, 0),
+                                "prompt_valid": np.repeat(r.prompt[1], g, 0),
+                                "codes": r.samples.codes, "advantages": fns.advantages(s.used)})
+  batch.update(ctx.layout.put_batch(fns.logp(state["trainable"], frozen, batch)))
+  return batch
+
+
+def update(fns, state, frozen, batch, mu):
+  """mu GRPO updates over the same rollout -> (state, last update's metrics, how
+  many of the mu were skipped as non-finite)."""
+  skips = []
+  for _ in range(mu):
+    state, m = fns.update(state, frozen, batch)
+    skips.append(m["skipped"])
+  m = metrics.to_python(jax.block_until_ready(m))
+  return state, m, int(sum(float(x) for x in skips))
+
+
+def step_metrics(m, r: Rollout, s: Scored, group_size, seconds):
+  """What metrics.jsonl records of a step beside the update's own metrics."""
+  rewards = sharding.to_host(s.rewards)
+  token_lp = sharding.to_host(s.token_logp)[s.answer_mask]
+  m.update(reward_mean=float(np.mean(rewards)), reward_std=float(np.std(rewards)),
+           reward_group_std=float(rewards.reshape(-1, group_size).std(1).mean()),
+           token_logp_mean=float(token_lp.mean()), token_logp_min=float(token_lp.min()),
+           sampled_logp_mean=float(np.mean(sharding.to_host(r.samples.logp_sampled))),
+           **{f"time_{k}": v for k, v in seconds.items()},
+           images_per_s=len(rewards) / sum(seconds.values()))
+  return m
+
+
+def save_grid(ctx, r: Rollout, s: Scored, step):
+  """The first 32 images of the step with their prompts and rewards."""
+  g = ctx.config.gvu.group_size
+  rows = [t for t in r.texts for _ in range(g)]
+  captions = [f"{t} r={float(x):.2f}" for t, x in zip(rows, sharding.to_host(s.rewards))]
+  images = sharding.to_host(to_uint8(r.pixels))[:32]   # on every host: the gather is collective
+  if metrics.is_main_host():
+    grid.save_grid(ctx.path("gvu", "grids", f"step_{step:06d}.png"), images, ncols=8,
+                   captions=captions[:32])
+
+
 def run(ctx, base_params):
-  """Runs (or resumes, or skips when finished) the GvU stage -> (graphdef, policy params)."""
+  """Runs (or resumes, or skips when finished) the GvU stage -> (graphdef, policy params).
+
+  One step: rollout -> score -> training_batch (advantages) -> update -> log.
+  `step` counts GvU steps; the optimizer runs gvu.mu updates per step, so the
+  state's update counter is step x mu."""
   config, c = ctx.config, ctx.config.gvu
-  g, n, layout = c.group_size, c.prompts_per_step, ctx.layout
-  layout.check_batch("gvu.prompts_per_step x gvu.group_size", n * g)   # the rollout's rows
+  ctx.layout.check_batch("gvu.prompts_per_step x gvu.group_size",
+                         c.prompts_per_step * c.group_size)   # the rollout's rows
   prompts = prompt_stream(ctx)   # (these two checks before anything is written)
   graphdef, roles, (tx, schedule), state, frozen, store = _setup(ctx, base_params)
   if metrics.is_main_host():
@@ -150,96 +278,53 @@ def run(ctx, base_params):
     prompts.set_state(meta["data"] if "data" in meta else prompts.position(latest))
     print(f"gvu: resuming from step {latest}" if latest < c.steps else
           f"gvu: found a finished run at step {latest}; skipping")
-  sampler = Sampler(graphdef, SamplingConfig(**c.sampling), num_tokens=ctx.model.image_tokens,
-                    uncond_row=ctx.templates.unconditional(1), group_size=g, layout=layout)
-  decode = jax.jit(lambda params, codes: ctx.image_tokenizer.decode(
-      codes, nnx.merge(graphdef, params)))
-  reward_fn = make_reward_fn(ctx, graphdef, roles)
-  logp_fn = rl.make_logp_fn(graphdef, roles, with_policy=c.mu > 1)
-  grpo_step = rl.make_grpo_step(graphdef, roles, tx, clip_eps=c.clip_eps, beta=c.beta,
-                                grad_accum=c.grad_accum, schedule=schedule, layout=layout,
-                                state=state)
-  shuffle = jax.jit(rl.shuffle_within_groups, static_argnums=1)
-  advantages = jax.jit(functools.partial(rl.group_advantages, group_size=g,
-                                         scale_by_std=c.scale_advantages_by_std))
+  fns = step_functions(ctx, graphdef, roles, tx, schedule, state)
   base_key = jax.random.wrap_key_data(np.asarray(state["rng"]))   # state is donated
   start = int(state["step"]) // c.mu
   writer = metrics.MetricsWriter(ctx.path("gvu", "metrics.jsonl"), resume_step=start)
   if start < c.steps:
-    grpo_step = compile_ahead(ctx, sampler, grpo_step, state, frozen, roles)
+    fns.update = compile_ahead(ctx, fns.sample, fns.update, state, frozen, roles)
   bar = metrics.progress(c.steps, "gvu", initial=start)
-  nonfinite_in_a_row, updates, skipped = 0, 0, 0   # (updates of this process)
-  for step in range(start, c.steps):
+  nonfinite_in_a_row, skipped = 0, 0   # (skipped updates of this process)
+  for step in range(start + 1, c.steps + 1):
     texts = [p.text for p in next(prompts)]
-    rows = [t for t in texts for _ in range(g)]
-    prompt = ctx.templates.generation(texts)
-    ids, valid = layout.put_batch(prompt)
     # One key for the global batch, the same on every host (a jitted function's
     # arguments must be); rows draw distinct numbers by their place in it.
-    key = jax.random.fold_in(jax.random.fold_in(base_key, step), 0)   # stream 0: rollout
-    policy = roles.policy(state["trainable"], frozen)
-
-    samples, t_rollout = _timed(sampler, policy, ids, valid, key)
-    preemption.kill_point("rollout", step + 1)
-    pixels, t_decode = _timed(decode, policy, samples.codes)
-    query = ctx.templates.understanding(texts).arrays(repeat=g)   # encoded once per prompt
-    answer_mask, query = query["answer_mask"], layout.put_batch(query)
-    (rewards, token_logp), t_reward = _timed(reward_fn, state["trainable"], frozen, pixels, query)
-    used = rewards
-    if config.reward.kind == "shuffled":
-      used = shuffle(rewards, g, jax.random.fold_in(key, 1))
-
+    key = jax.random.fold_in(jax.random.fold_in(base_key, step - 1), 0)   # stream 0: rollout
+    r = rollout(ctx, fns, roles.policy(state["trainable"], frozen), texts, key)
+    preemption.kill_point("rollout", step)
+    s = score(ctx, fns, state, frozen, r, key)
     tic = time.perf_counter()
-    batch = layout.put_batch({"prompt_ids": np.repeat(prompt[0], g, 0),
-                              "prompt_valid": np.repeat(prompt[1], g, 0),
-                              "codes": samples.codes, "advantages": advantages(used)})
-    batch.update(layout.put_batch(logp_fn(state["trainable"], frozen, batch)))
-    skips = []
-    for _ in range(c.mu):
-      state, m = grpo_step(state, frozen, batch)
-      skips.append(m["skipped"])
-    m = metrics.to_python(jax.block_until_ready(m))
-    updates, skipped = updates + c.mu, skipped + int(sum(float(s) for s in skips))
-    t_update = time.perf_counter() - tic
-    preemption.kill_point("update", step + 1)
-
+    batch = training_batch(ctx, fns, state, frozen, r, s)
+    state, m, skips = update(fns, state, frozen, batch, c.mu)
+    seconds = {**r.seconds, **s.seconds, "update": time.perf_counter() - tic}
+    preemption.kill_point("update", step)
+    skipped += skips
     nonfinite_in_a_row = nonfinite_in_a_row + 1 if m["skipped"] else 0
-    done = step + 1
     bar.update(1)
-    if done % c.log_every == 0 or done == c.steps or m["skipped"]:
-      rewards = sharding.to_host(rewards)
-      token_lp = sharding.to_host(token_logp)[answer_mask]
-      total = t_rollout + t_decode + t_reward + t_update
-      m.update(reward_mean=float(np.mean(rewards)), reward_std=float(np.std(rewards)),
-               reward_group_std=float(rewards.reshape(-1, g).std(1).mean()),
-               token_logp_mean=float(token_lp.mean()), token_logp_min=float(token_lp.min()),
-               sampled_logp_mean=float(np.mean(sharding.to_host(samples.logp_sampled))),
-               time_rollout=t_rollout, time_decode=t_decode, time_reward=t_reward,
-               time_update=t_update, images_per_s=n * g / total)
-      writer.write(done, m)
+    if step % c.log_every == 0 or step == c.steps or m["skipped"]:
+      m = step_metrics(m, r, s, c.group_size, seconds)
+      writer.write(step, m)
       bar.set_postfix(reward=f"{m['reward_mean']:.3f}", kl=f"{m['kl']:.4f}",
                       img_s=f"{m['images_per_s']:.0f}")
-    if c.grid_every and done % c.grid_every == 0 and pixels.ndim == 4:   # not token space
-      captions = [f"{t} r={float(r):.2f}" for t, r in zip(rows, sharding.to_host(rewards))]
-      images = sharding.to_host(to_uint8(pixels))[:32]   # on every host: the gather is collective
-      if metrics.is_main_host():
-        grid.save_grid(ctx.path("gvu", "grids", f"step_{done:06d}.png"), images, ncols=8,
-                       captions=captions[:32])
+    if c.grid_every and step % c.grid_every == 0 and r.pixels.ndim == 4:   # not token space
+      save_grid(ctx, r, s, step)
     if nonfinite_in_a_row >= c.max_nonfinite_steps:
       bar.close()
       store.close()
       raise NonFiniteError(f"gvu: {nonfinite_in_a_row} non-finite updates in a row at step "
-                           f"{done}; stopped, last good checkpoint kept in {ctx.path('gvu')}")
-    if done == c.steps and skipped == updates:   # nothing learned: not a finished run
+                           f"{step}; stopped, last good checkpoint kept in {ctx.path('gvu')}")
+    updates = (step - start) * c.mu   # (of this process)
+    if step == c.steps and skipped == updates:   # nothing learned: not a finished run
       bar.close()
       store.close()
       raise NonFiniteError(f"gvu: all {updates} updates of this run were skipped (non-finite "
                            f"loss or gradient); the final checkpoint was not written")
-    stop = preemption.stop_requested(done)
-    if done % c.checkpoint_every == 0 or done == c.steps or stop:
-      store.save(done, state, {"data": prompts.get_state(), "step": done})
+    stop = preemption.stop_requested(step)
+    if step % c.checkpoint_every == 0 or step == c.steps or stop:
+      store.save(step, state, {"data": prompts.get_state(), "step": step})
     if stop:
-      preemption.stop("gvu", done, store, bar)
+      preemption.stop("gvu", step, store, bar)
   bar.close()
   store.close()
   return graphdef, roles.policy(state["trainable"], frozen)

@@ -155,5 +155,9 @@ def main(argv):
     files.release_workdirs()
 
 
-if __name__ == "__main__":
+def cli():
   app.run(main, flags_parser=parse_flags)
+
+
+if __name__ == "__main__":
+  cli()

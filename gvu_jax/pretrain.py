@@ -9,11 +9,11 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from gvu_jax import checkpoint, metrics, preemption, provenance, rl
+from gvu_jax import checkpoint, metrics, optimizer, preemption, provenance, rl
 from gvu_jax.data import batches
 from gvu_jax.errors import InputError
 from gvu_jax.models import build
-from gvu_jax.models.janus import image_logits
+from gvu_jax.models.umm import image_logits
 from gvu_jax.reward import answer_token_logprobs
 
 
@@ -39,7 +39,7 @@ def make_train_step(graphdef, image_tokenizer, tx, schedule, answer_start, layou
     params = optax.apply_updates(state["params"], updates)
     return ({"params": params, "opt_state": opt_state, "step": state["step"] + 1},
             dict(aux, loss=loss, grad_norm=optax.tree.norm(grads),
-                 lr=rl.learning_rate(schedule, state["opt_state"])))
+                 lr=optimizer.learning_rate(schedule, state["opt_state"])))
 
   return jax.jit(step, donate_argnums=0, out_shardings=rl.state_out_shardings(layout, state))
 
@@ -58,7 +58,7 @@ def _setup(ctx):
   config, c = ctx.config, ctx.config.pretrain
   checkpoint.check_model_config(ctx.path("pretrain"), checkpoint_signature(ctx.model, c))
   graphdef, params = build.create(ctx.model, config.seed)
-  tx, schedule = rl.make_optimizer(c, c.steps)   # one update a step
+  tx, schedule = optimizer.make_optimizer(c, c.steps)   # one update a step
   state = ctx.layout.put_params(
       {"params": params, "opt_state": tx.init(params), "step": jnp.int32(0)})
   store = checkpoint.CheckpointStore(ctx.path("pretrain", "checkpoints"), c.keep)

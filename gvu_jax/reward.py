@@ -1,4 +1,4 @@
-"""The GvU intrinsic reward (DESIGN §1.3): how likely the model's understanding
+"""The GvU intrinsic reward (docs/design.md §2): how likely the model's understanding
 branch finds the prompt, given the image the generation branch made.
 
 Decode tokens -> pixels, put the pixels in the understanding query
@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gvu_jax.errors import InputError
-from gvu_jax.models.janus import text_hidden
+from gvu_jax.models.umm import text_hidden
 from gvu_jax.pixels import on_8bit_grid
 
 AGGREGATIONS = ("geo_mean_prob", "prob", "mean_logprob", "weighted")

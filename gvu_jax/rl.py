@@ -1,6 +1,7 @@
-"""GRPO on the intrinsic reward (DESIGN §1.4-1.5): group advantages, the
+"""GRPO on the intrinsic reward (docs/design.md §3): group advantages, the
 clipped-ratio loss with a k3 KL penalty to the reference policy, and the
-jit-compiled update step (gradient accumulation, global-norm clipping, optax)."""
+jit-compiled update step (gradient accumulation, global-norm clipping, optax;
+the optimizer itself is optimizer.py)."""
 
 import jax
 import jax.numpy as jnp
@@ -8,7 +9,8 @@ import optax
 from flax import nnx
 
 from gvu_jax.errors import InputError
-from gvu_jax.models.janus import image_logits
+from gvu_jax.models.umm import image_logits
+from gvu_jax.optimizer import learning_rate
 
 
 def group_advantages(rewards, group_size, eps=1e-4, scale_by_std=True):
@@ -61,46 +63,6 @@ def token_logprobs(model, prompt_ids, prompt_valid, codes):
   logp = jnp.take_along_axis(logp_all, codes[..., None], -1)[..., 0]
   entropy = -jnp.sum(jnp.exp(logp_all) * logp_all, axis=-1)
   return logp, entropy
-
-
-SCHEDULES = ("constant", "cosine", "linear")
-
-
-def make_schedule(c, steps, updates_per_step=1):
-  """The learning rate of optimizer update k (k = 0, 1, ...): linear warmup from 0
-  over `c.warmup_steps` steps, then constant, cosine decay or linear decay to 0
-  (transformers' `get_linear_schedule_with_warmup`). Sized in updates: a stage of
-  `steps` steps of `updates_per_step` updates each (GvU's mu) makes
-  steps x updates_per_step updates, and warmup ends after warmup_steps steps."""
-  if c.schedule not in SCHEDULES:
-    raise InputError(f"schedule: unknown {c.schedule!r}; expected one of {list(SCHEDULES)}")
-  total, warmup = steps * updates_per_step, c.warmup_steps * updates_per_step
-  decay_updates = max(total - warmup, 1)
-  schedule = {"constant": lambda: optax.constant_schedule(c.lr),
-              "cosine": lambda: optax.cosine_decay_schedule(c.lr, decay_updates),
-              "linear": lambda: optax.linear_schedule(c.lr, 0.0, decay_updates)}[c.schedule]()
-  if warmup:
-    schedule = optax.join_schedules(
-        [optax.linear_schedule(0.0, c.lr, warmup), schedule], [warmup])
-  return schedule
-
-
-def make_optimizer(c, steps, updates_per_step=1):
-  """AdamW (c.adam_b1, c.adam_b2, c.adam_eps, c.weight_decay) after global-norm
-  clipping, on make_schedule's learning rate -> (optax transform, schedule)."""
-  schedule = make_schedule(c, steps, updates_per_step)
-  tx = optax.chain(optax.clip_by_global_norm(c.max_grad_norm),
-                   optax.adamw(schedule, b1=c.adam_b1, b2=c.adam_b2, eps=c.adam_eps,
-                               weight_decay=c.weight_decay))
-  return tx, schedule
-
-
-def learning_rate(schedule, opt_state):
-  """The learning rate the next update applies: the schedule at the optimizer's
-  own update count (which a skipped, non-finite update does not advance)."""
-  is_count = lambda x: isinstance(x, optax.ScaleByScheduleState)
-  (count,) = [x.count for x in jax.tree.leaves(opt_state, is_leaf=is_count) if is_count(x)]
-  return jnp.asarray(schedule(count), jnp.float32)
 
 
 def make_grpo_step(graphdef, roles, tx, *, clip_eps, beta, grad_accum, schedule=None,

@@ -20,7 +20,7 @@ from flax import nnx
 
 from gvu_jax import sharding
 from gvu_jax.errors import InputError
-from gvu_jax.models.janus import causal_mask, positions_from_valid
+from gvu_jax.models.umm import causal_mask, positions_from_valid
 from gvu_jax.models.llama import CACHE_AXES
 
 

@@ -11,9 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from gvu_jax import text
-from gvu_jax.data import world
-from gvu_jax.models import build, janus, presets
+from gvu_jax.text import synthetic as text
+from gvu_jax import world
+from gvu_jax.models import build, presets, umm
 
 LORA = dict(lora_rank=4, lora_alpha=8.0, lora_targets=("q", "v"))
 PROMPT_LEN = presets.synthetic("mini").max_prompt_tokens + 4
@@ -82,12 +82,12 @@ def random_codes(seed, rows, n=world.NUM_CELLS):
 
 @functools.cache
 def _image_logits(graphdef):
-  return jax.jit(lambda params, ids, valid, codes: janus.image_logits(
+  return jax.jit(lambda params, ids, valid, codes: umm.image_logits(
       nnx.merge(graphdef, params), ids, valid, codes))
 
 
 def image_logits(graphdef, params, ids, valid, codes):
-  """Jitted janus.image_logits (one compilation per graphdef and shape)."""
+  """Jitted umm.image_logits (one compilation per graphdef and shape)."""
   return np.asarray(_image_logits(graphdef)(params, ids, valid, codes))
 
 

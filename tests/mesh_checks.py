@@ -15,8 +15,8 @@ import ml_collections
 import numpy as np
 
 import helpers_model as hm
-from gvu_jax import checkpoint, lora, rl, sampling, sharding
-from gvu_jax.data import world
+from gvu_jax import checkpoint, lora, optimizer, rl, sampling, sharding
+from gvu_jax import world
 
 MESHES = {"one": dict(devices=1), "2x2x2": dict(data=2, fsdp=2, tensor=2),
           "tensor8": dict(tensor=8)}
@@ -45,7 +45,7 @@ def sample(lay, graphdef, params, ids, valid):
 
 def grpo(lay, graphdef, roles, trainable, frozen, batch):
   """One Adam step from the same state; -> the new trainable weights, flat."""
-  tx, _ = rl.make_optimizer(optimizer_config(), 10)
+  tx, _ = optimizer.make_optimizer(optimizer_config(), 10)
   trainable = jax.tree.map(jnp.copy, trainable)   # the state is donated
   state = lay.put_params({"trainable": trainable, "opt_state": tx.init(trainable),
                           "step": jnp.int32(0), "rng": jax.random.key_data(jax.random.key(0))})
@@ -94,7 +94,7 @@ def main(out_path, ckpt_dir):
 
   # A checkpoint saved under FSDP over 8 devices, restored under tensor parallelism
   # over 4 of them.
-  tx, _ = rl.make_optimizer(optimizer_config(), 10)
+  tx, _ = optimizer.make_optimizer(optimizer_config(), 10)
   saved = {"params": params, "opt_state": tx.init(params), "step": jnp.int32(5)}
   fsdp8, tensor4 = layout(fsdp=8), layout(devices=4, tensor=4)
   store = checkpoint.CheckpointStore(ckpt_dir, keep=1)

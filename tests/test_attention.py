@@ -11,7 +11,7 @@ import helpers_model as hm
 
 from gvu_jax.errors import InputError
 from gvu_jax.models import attention as attn, build
-from gvu_jax.models.janus import causal_mask
+from gvu_jax.models.umm import causal_mask
 from gvu_jax.models.llama import LlamaConfig
 
 B, T, H, D = 3, 40, 4, 16

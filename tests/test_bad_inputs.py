@@ -18,6 +18,7 @@ import helpers_run
 import helpers_xomni
 from gvu_jax import convert, pretrain
 
+pytestmark = pytest.mark.slow   # every row runs the real command line
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = {"model_type": "x-omni", "vocab_size": 64, "hidden_size": 16, "intermediate_size": 32,
           "num_hidden_layers": 3, "num_attention_heads": 2, "num_key_value_heads": 1,

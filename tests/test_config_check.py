@@ -123,6 +123,7 @@ def test_an_unknown_key_in_a_recipe_is_refused():
     ("--config.pretrain.batch_size=0", "pretrain.batch_size=0: expected an integer >= 1"),
     ("--config.gvu.lr=nan", "gvu.lr=nan: expected a finite number > 0"),
 ])
+@pytest.mark.slow
 def test_refused_before_anything_is_written(tmp_path, flag, expected):
   """Through the command line: one line, exit 2, and not even the workdir made
   (pretrain.batch_size=0 once hung in the batch thread; group_size=1 was refused

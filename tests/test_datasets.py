@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from gvu_jax import context
-from gvu_jax.data import builders, geneval, pipeline, world
+from gvu_jax import world
+from gvu_jax.data import builders, geneval, pipeline
 from gvu_jax.data.prompt_files import Prompt
 from gvu_jax.errors import InputError
 from gvu_jax.evaluation import export
@@ -150,6 +151,7 @@ def test_prompt_file_builder_is_keyed_by_content(tmp_path):
     builders.prepare("prompt_file", str(tmp_path / "tfds"), path=str(f))
 
 
+@pytest.mark.slow
 def test_prepare_command_uses_manual_dir(manual_dir, tmp_path):
   run = subprocess.run([sys.executable, "-m", "gvu_jax.data.builders", "--name=dpg_bench",
                         f"--manual_dir={manual_dir}", f"--data_dir={tmp_path}"],
@@ -267,6 +269,7 @@ def test_offline_preparation_fails_fast_with_one_line(tmp_path, monkeypatch):
     (["--name=geneval_plus", "--manual_dir=/no/such/folder"],
      "--manual_dir=/no/such/folder: no such folder"),
 ])
+@pytest.mark.slow
 def test_prepare_command_bad_input_is_one_line(tmp_path, args, expected):
   run = subprocess.run([sys.executable, "-m", "gvu_jax.data.builders", *args,
                         f"--data_dir={tmp_path}"], capture_output=True, text=True, cwd=ROOT,

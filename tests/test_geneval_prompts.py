@@ -58,6 +58,7 @@ def test_excluded_prompts_are_never_made():
     geneval.generate(81, tags=("single_object",))   # there are 80 classes
 
 
+@pytest.mark.slow
 def test_command_writes_a_prompt_file_and_never_overwrites(tmp_path):
   out = tmp_path / "train.jsonl"
   run = lambda: subprocess.run([sys.executable, "-m", "gvu_jax.data.geneval", f"--out={out}",

@@ -11,8 +11,9 @@ import pytest
 import tokenizers
 from tokenizers import Regex, decoders, models, pre_tokenizers, processors, trainers
 
-from gvu_jax import janus_text as jt
-from gvu_jax import reward, xomni_text
+from gvu_jax.text import janus as jt
+from gvu_jax import reward
+from gvu_jax.text import xomni as xomni_text
 from gvu_jax.errors import InputError
 
 PROMPTS = ["a red cat", "  3 blue dogs, on a mat.  ", '"Big" (cat) and 12 birds!', "x"]
@@ -270,7 +271,7 @@ XOMNI_SPECIALS = (xomni_text.SOM, xomni_text.EOM, xomni_text.IMAGE, xomni_text.I
 @pytest.mark.parametrize("make_templates, specials", [(janus_templates, jt.SPECIALS),
                                                       (xomni_templates, XOMNI_SPECIALS)])
 def test_token_weights_reach_every_answer_token_of_a_listed_word(make_templates, specials):
-  """The README's template-word example on byte-level BPE: a listed word gets its
+  """The template-word example of docs/design.md §2 on byte-level BPE: a listed word gets its
   weight wherever it stands in the answer the reward scores (first word, after a
   space), every other answer token keeps weight 1."""
   tok = make_tokenizer(specials, extra_corpus=WEIGHTED_PROMPTS * 3)

@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gvu_jax.data import world
+from gvu_jax import world
 from gvu_jax.evaluation import grid
-from gvu_jax.evaluation import judge
+from gvu_jax.world import judge
 
 O = world.Object
 

@@ -10,8 +10,9 @@ from flax import nnx
 import helpers_model as hm
 from gvu_jax import lora
 from gvu_jax import pixels as pixels_lib
-from gvu_jax.data import world
-from gvu_jax.models import build, cell_tokenizer, janus, layers, llama, presets
+from gvu_jax import world
+from gvu_jax.models import build, layers, llama, presets, umm
+from gvu_jax.world import codebook
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +33,7 @@ def shape_tree(params):
 
 
 def check_preset_shapes(cfg, params):
-  """The Janus layout at the preset's sizes (see DESIGN §2)."""
+  """The Janus layout at the preset's sizes (see docs/design.md §8)."""
   h, v = cfg.lm.hidden, cfg.lm.vocab_size
   hd = h // cfg.lm.heads
   inter, width, p = cfg.lm.intermediate, cfg.vision.width, cfg.vision.patch_size
@@ -180,7 +181,7 @@ def understand(base):
   @jax.jit
   def run(params, ids, valid, slots, pixels):
     model = nnx.merge(graphdef, params)
-    return dict(logits=janus.text_logits(model, ids, valid, slots, pixels),
+    return dict(logits=umm.text_logits(model, ids, valid, slots, pixels),
                 inputs=model.embed_query(ids, slots, pixels),
                 feats=model.aligner(model.vision(pixels)),
                 text=model.lm.embed_tokens(ids))
@@ -190,7 +191,7 @@ def understand(base):
 
 def understanding_batch():
   batch = hm.templates().understanding(hm.prompt_texts()[:2])
-  tok = cell_tokenizer.CellTokenizer()
+  tok = codebook.CellTokenizer()
   pixels = np.asarray(tok.decode(hm.random_codes(3, 2)))
   other = np.asarray(tok.decode(hm.random_codes(4, 2)))
   return batch, pixels, other
@@ -416,8 +417,8 @@ def cached_image_logits(model, ids, valid, codes, cache):
   Returns (logits [B, N, codebook], prefill hidden states [B, P, hidden])."""
   (b, p), n = ids.shape, codes.shape[1]
   slots_valid = jnp.concatenate([valid, jnp.zeros((b, n - 1), bool)], 1)
-  prefill, cache = model.lm(model.lm.embed_tokens(ids), janus.positions_from_valid(valid),
-                            janus.causal_mask(slots_valid)[:, :p], cache, 0)
+  prefill, cache = model.lm(model.lm.embed_tokens(ids), umm.positions_from_valid(valid),
+                            umm.causal_mask(slots_valid)[:, :p], cache, 0)
   logits = jnp.zeros((b, n, model.cfg.codebook_size), jnp.float32)
   logits = logits.at[:, 0].set(model.image_head(prefill[:, -1]))
   lengths, slot = valid.sum(1), jnp.arange(p + n - 1)
@@ -446,8 +447,8 @@ def test_kv_cache_decode_matches_teacher_forcing(base):
     cache = jax.tree.map(lambda c: c + 1e3,
                          model.lm.init_cache(ids.shape[0], ids.shape[1] + codes.shape[1] - 1))
     logits, prefill = cached_image_logits(model, ids, valid, codes, cache)
-    full, _ = model.lm(model.lm.embed_tokens(ids), janus.positions_from_valid(valid),
-                       janus.causal_mask(valid))
+    full, _ = model.lm(model.lm.embed_tokens(ids), umm.positions_from_valid(valid),
+                       umm.causal_mask(valid))
     return logits, prefill, full
 
   logits, prefill, full = run(params, ids, valid, codes)
@@ -481,7 +482,7 @@ def test_cell_tokenizer_reads_world_images():
   codes = hm.random_codes(11, 8)
   images = world.codes_to_image(codes)
   pixels = images.astype(np.float32) / 127.5 - 1.0
-  tok = cell_tokenizer.CellTokenizer()
+  tok = codebook.CellTokenizer()
   np.testing.assert_array_equal(np.asarray(tok.encode(pixels)), world.image_to_codes(images))
   np.testing.assert_array_equal(np.asarray(tok.encode(pixels)), codes)
   assert pixels_lib.to_uint8(jnp.array([-1.5, -1.0, 0.0, 1.0, 2.0])).tolist() == \
@@ -501,7 +502,7 @@ def test_remat_and_bf16_compute(base):
     cfg.update(overrides)
     g, _ = build.abstract(cfg)
     loss = lambda p, g=g: jnp.mean(
-        jax.nn.log_softmax(janus.image_logits(nnx.merge(g, p), ids, valid, codes)))
+        jax.nn.log_softmax(umm.image_logits(nnx.merge(g, p), ids, valid, codes)))
     variants[name] = jax.jit(jax.value_and_grad(loss))(params)
   (l32, g32), (lr, gr), (l16, g16) = variants["fp32"], variants["remat"], variants["bf16"]
   np.testing.assert_allclose(lr, l32, rtol=1e-6)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from gvu_jax import checkpoint, files
-from gvu_jax.data import world
+from gvu_jax import world
 from helpers_run import REPO, run_main
 
 
@@ -33,6 +33,7 @@ def snapshot(directory):
   return out
 
 
+@pytest.mark.slow
 def test_report_contract(full_run):
   workdir, proc = full_run
   with open(os.path.join(workdir, "report.json")) as f:
@@ -51,6 +52,7 @@ def test_report_contract(full_run):
     assert os.path.exists(os.path.join(workdir, path)), path
 
 
+@pytest.mark.slow
 def test_pretraining_loss_decreases(full_run):
   rows = read_jsonl(os.path.join(full_run[0], "pretrain", "metrics.jsonl"))
   assert [r["step"] for r in rows] == [10, 20, 30]
@@ -60,6 +62,7 @@ def test_pretraining_loss_decreases(full_run):
   assert 0 < rows[-1]["lr"] < rows[0]["lr"]   # cosine decay, still moving at the end
 
 
+@pytest.mark.slow
 def test_gvu_logs_every_quantity(full_run):
   rows = read_jsonl(os.path.join(full_run[0], "gvu", "metrics.jsonl"))
   assert [r["step"] for r in rows] == [2, 4]
@@ -69,6 +72,7 @@ def test_gvu_logs_every_quantity(full_run):
     assert all(np.isfinite(r[key]) for r in rows), key
 
 
+@pytest.mark.slow
 def test_lr_spans_every_update_when_each_step_updates_mu_times(full_run, tmp_path):
   """gvu.mu=2 with a cosine schedule: the schedule runs over steps x mu updates, so
   warmup ends after warmup_steps steps and the last step still learns; metrics.jsonl
@@ -85,6 +89,7 @@ def test_lr_spans_every_update_when_each_step_updates_mu_times(full_run, tmp_pat
   assert lr[-1] > 0.05 * peak
 
 
+@pytest.mark.slow
 def test_gvu_resume_reproduces_uninterrupted_run(full_run, tmp_path):
   """A GvU run stopped after 2 steps and restarted matches the 4-step run exactly."""
   workdir = str(tmp_path)
@@ -110,6 +115,7 @@ def test_gvu_resume_reproduces_uninterrupted_run(full_run, tmp_path):
   b.close()
 
 
+@pytest.mark.slow
 def test_evaluation_does_not_depend_on_the_batch_size(full_run, tmp_path):
   """The same weights evaluated 16 prompts at a time instead of 48: the same
   report (every image draws from a key of its own prompt and sample)."""
@@ -127,6 +133,7 @@ def test_evaluation_does_not_depend_on_the_batch_size(full_run, tmp_path):
   assert again == whole
 
 
+@pytest.mark.slow
 def test_a_second_run_on_a_busy_workdir_is_refused(tmp_path):
   """Two runs never write into one workdir: the second is one line naming the
   first's pid, and writes nothing."""
@@ -142,6 +149,7 @@ def test_a_second_run_on_a_busy_workdir_is_refused(tmp_path):
   assert os.listdir(tmp_path) == [files.LOCK_FILE]
 
 
+@pytest.mark.slow
 def test_finished_pretraining_is_skipped(full_run):
   before = snapshot(os.path.join(full_run[0], "pretrain", "checkpoints"))
   proc = run_main(full_run[0], "--config.mode=pretrain")
@@ -163,6 +171,7 @@ def test_finished_pretraining_is_skipped(full_run):
     (["--config.pretrain.steps=40"],
      "pretrain/ (pretrain.steps: 30 -> 40); gvu/ (upstream pretrain.steps: 30 -> 40)"),
 ])
+@pytest.mark.slow
 def test_a_workdir_never_reports_results_another_config_produced(full_run, overrides, message):
   """A rerun whose result-affecting keys or upstream differ from what the stages
   hold is refused before any stage runs, naming every key (old -> new); nothing
@@ -176,8 +185,8 @@ def test_a_workdir_never_reports_results_another_config_produced(full_run, overr
   assert snapshot(full_run[0]) == before
 
 
+@pytest.mark.slow
 def test_each_stage_records_what_produced_it(full_run):
-  from gvu_jax import provenance
   for stage in ("pretrain", "gvu"):
     with open(os.path.join(full_run[0], stage, "run.json")) as f:
       record = json.load(f)
@@ -194,6 +203,7 @@ def test_each_stage_records_what_produced_it(full_run):
     (["--config.mode=train"], "mode='train': expected one of ['all', 'pretrain'"),
     (["--config.seed=abc"], "--config.seed"),
 ])
+@pytest.mark.slow
 def test_bad_config_is_one_line_error(tmp_path, args, message):
   proc = run_main(str(tmp_path), *args, check=False)
   assert proc.returncode == 2
@@ -208,6 +218,7 @@ def test_bad_config_is_one_line_error(tmp_path, args, message):
 OVERFLOWING_LR = "--config.gvu.lr=1e39"
 
 
+@pytest.mark.slow
 def test_non_finite_updates_are_skipped_then_the_run_stops(full_run, tmp_path):
   shutil.copytree(os.path.join(full_run[0], "pretrain"), os.path.join(tmp_path, "pretrain"))
   proc = run_main(str(tmp_path), "--config.mode=gvu", OVERFLOWING_LR,
@@ -225,6 +236,7 @@ def test_non_finite_updates_are_skipped_then_the_run_stops(full_run, tmp_path):
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(state["trainable"]))
 
 
+@pytest.mark.slow
 def test_a_run_whose_every_update_was_skipped_does_not_finish(full_run, tmp_path):
   """Fewer steps than max_nonfinite_steps, all skipped: exit 2, and no final
   checkpoint, so a rerun does not take the run for finished."""
@@ -239,6 +251,7 @@ def test_a_run_whose_every_update_was_skipped_does_not_finish(full_run, tmp_path
   store.close()
 
 
+@pytest.mark.slow
 def test_bad_preset_unwritable_workdir_and_missing_checkpoint(tmp_path):
   proc = subprocess.run([sys.executable, "-m", "gvu_jax.main", "--config=configs/synthetic.py:huge",
                          f"--workdir={tmp_path}"], cwd=REPO, capture_output=True, text=True)
@@ -264,11 +277,12 @@ def test_checkpoint_store_round_trip(tmp_path):
   jax.tree.map(np.testing.assert_array_equal, restored, state)
 
 
+@pytest.mark.slow
 def test_eval_on_world_prompts_exports_and_judges(full_run, tmp_path):
   """mode=eval with eval.prompts: GenEval-layout images of the file's world prompts
   for both stages, each judged (the judge's verdicts match the written PNGs)."""
   from PIL import Image
-  from gvu_jax.evaluation import judge
+  from gvu_jax.world import judge
   workdir = str(tmp_path / "run")
   for stage in ("pretrain", "gvu"):
     shutil.copytree(os.path.join(full_run[0], stage), os.path.join(workdir, stage))
@@ -295,9 +309,10 @@ def test_eval_on_world_prompts_exports_and_judges(full_run, tmp_path):
   assert proc.returncode == 2
   assert proc.stderr.strip().splitlines()[-1] == (
       f"error: eval.prompts={prompts}: 'a photo of a dragon' is not a prompt of the embedded "
-      "world; its judge scores only those (gvu_jax/data/world.py)")
+      "world; its judge scores only those (gvu_jax/world/)")
 
 
+@pytest.mark.slow
 def test_sigterm_checkpoints_exits_0_and_the_resumed_run_matches(full_run, tmp_path):
   """SIGTERM during GvU: the step in flight finishes, its checkpoint is written,
   the process exits 0; the same command then ends where an uninterrupted run does."""
@@ -329,6 +344,7 @@ def test_sigterm_checkpoints_exits_0_and_the_resumed_run_matches(full_run, tmp_p
           [untimed(r) for r in read_jsonl(os.path.join(full_run[0], "gvu", "metrics.jsonl"))])
 
 
+@pytest.mark.slow
 def test_a_damaged_checkpoint_is_reported_not_loaded(full_run, tmp_path):
   """A truncated file in the latest GvU checkpoint: one error line naming the step,
   exit 2, nothing written; moving the step away resumes from the one before."""
@@ -355,6 +371,7 @@ def test_a_damaged_checkpoint_is_reported_not_loaded(full_run, tmp_path):
 
 @pytest.mark.parametrize("moment, latest", [("the step-2 save", (None,)),
                                             ("rollout:3", (None, 2)), ("update:3", (None, 2))])
+@pytest.mark.slow
 def test_sigkill_then_resume_reaches_the_uninterrupted_state(full_run, tmp_path, moment, latest):
   """SIGKILL while Orbax writes the step-2 checkpoint (its temporary folder exists),
   after step 3's rollout, or after its update (GVU_KILL_AT; the step-2 save may

@@ -114,7 +114,7 @@ def test_an_error_names_the_files_own_line_number(tmp_path, texts, bad_at):
 
 
 def test_a_long_prompt_is_quoted_by_its_first_80_characters(tmp_path):
-  from gvu_jax import text
+  from gvu_jax.text import synthetic as text
   templates = text.Templates(text.synthetic_tokenizer(), 16, 4)
   long = "a photo of " + "red " * 200 + "circles"
   for encode in (templates.encode_prompt, lambda t: templates.encode_prompt(t + " zebra")):

@@ -1,4 +1,4 @@
-"""Tests for the GvU intrinsic reward (DESIGN §1.3): the one-forward token
+"""Tests for the GvU intrinsic reward (docs/design.md §2): the one-forward token
 log-likelihoods against the reference algorithm (one forward per prompt token,
 one image at a time), the aggregations, token weights and the judge choice."""
 import functools
@@ -12,12 +12,13 @@ import pytest
 from flax import nnx
 
 import helpers_model as hm
-from gvu_jax import gvu, lora, reward, text
+from gvu_jax import gvu, lora, reward
+from gvu_jax.text import synthetic as text
 from gvu_jax import pixels as pixels_lib
-from gvu_jax.data import world
+from gvu_jax import world
 from gvu_jax.errors import InputError
-from gvu_jax.models import janus, presets
-from gvu_jax.models.cell_tokenizer import CellTokenizer
+from gvu_jax.models import presets, umm
+from gvu_jax.world.codebook import CellTokenizer
 
 # Prompts of 5, 6, 8 and 6 words: different lengths -> right padding in the batch.
 # (The reference loop compiles once per prefix length, so at most 8 times.)
@@ -117,7 +118,7 @@ def test_one_forward_equals_reference_algorithm(setup, lora_model, policy_fn, pi
   @functools.partial(jax.jit, compiler_options=FAST)   # one compilation per prefix length
   def forward(p, ids, px):
     """A full forward over the prefix -> log-softmax at its LAST position."""
-    logits = janus.text_logits(nnx.merge(graphdef, p), ids, jnp.ones(ids.shape, bool),
+    logits = umm.text_logits(nnx.merge(graphdef, p), ids, jnp.ones(ids.shape, bool),
                                ids == image_id, px)
     return jax.nn.log_softmax(logits[0, -1])
 

@@ -6,8 +6,9 @@ import pytest
 
 from configs import synthetic
 from gvu_jax import context
-from gvu_jax.data import world
-from gvu_jax.evaluation import evaluate, judge
+from gvu_jax import world
+from gvu_jax.evaluation import evaluate
+from gvu_jax.world import judge
 
 
 @pytest.fixture(scope="module")

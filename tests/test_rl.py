@@ -1,4 +1,4 @@
-"""Tests for GRPO (DESIGN §1.4-1.5): group advantages, the reward-shuffle control,
+"""Tests for GRPO (docs/design.md §3): group advantages, the reward-shuffle control,
 the clipped-ratio loss with the k3 KL penalty and its gradient, and the jitted
 update step (gradient accumulation, non-finite skip, clipping, LoRA roles)."""
 import jax
@@ -10,11 +10,12 @@ import pytest
 from flax import nnx
 
 import helpers_model as hm
-from gvu_jax import lora, rl, text
+from gvu_jax import lora, optimizer, rl
+from gvu_jax.text import synthetic as text
 from gvu_jax.errors import InputError
 from gvu_jax.models import presets
 
-EPS = 1e-4   # the reference advantage eps (DESIGN §1.4)
+EPS = 1e-4   # the reference advantage eps (docs/design.md §3)
 
 
 # --- group advantages --------------------------------------------------------
@@ -174,9 +175,9 @@ def test_optimizer_clips_global_norm_before_adam():
   # Adam is scale-free, except for its eps (1e-8): a gradient clipped to a
   # global norm of 1e-12 moves the weights by ~1e-4 lr, an unclipped one by ~lr.
   lr = 0.1
-  tiny = updates_of(rl.make_optimizer(opt_config(lr=lr, max_grad_norm=1e-12), 10)[0],
+  tiny = updates_of(optimizer.make_optimizer(opt_config(lr=lr, max_grad_norm=1e-12), 10)[0],
                     [grads] * 3, params)
-  free = updates_of(rl.make_optimizer(opt_config(lr=lr, max_grad_norm=1e12), 10)[0],
+  free = updates_of(optimizer.make_optimizer(opt_config(lr=lr, max_grad_norm=1e12), 10)[0],
                     [grads] * 3, params)
   big = max(float(jnp.abs(x).max()) for x in jax.tree.leaves(free[-1]))
   small = max(float(jnp.abs(x).max()) for x in jax.tree.leaves(tiny[-1]))
@@ -187,20 +188,20 @@ def test_optimizer_clips_global_norm_before_adam():
 def test_optimizer_linear_warmup():
   params = {"w": jnp.zeros(3)}
   grads = {"w": jnp.array([1.0, -2.0, 3.0])}   # constant: Adam steps by ~lr_t per element
-  ups = updates_of(rl.make_optimizer(opt_config(warmup_steps=2), 100)[0], [grads] * 4, params)
+  ups = updates_of(optimizer.make_optimizer(opt_config(warmup_steps=2), 100)[0], [grads] * 4, params)
   np.testing.assert_allclose([float(np.abs(u["w"]).max()) for u in ups],
                              [0.0, 0.05, 0.1, 0.1], rtol=1e-3)
 
 
 def test_optimizer_unknown_schedule_raises():
   with pytest.raises(InputError, match="schedule"):
-    rl.make_optimizer(opt_config(schedule="step"), 10)
+    optimizer.make_optimizer(opt_config(schedule="step"), 10)
 
 
 @pytest.mark.parametrize("schedule", ["constant", "cosine"])
 def test_optimizer_without_warmup_uses_lr_from_the_first_step(schedule):
   params = {"w": jnp.zeros(3)}
-  first = updates_of(rl.make_optimizer(opt_config(warmup_steps=0, schedule=schedule), 100)[0],
+  first = updates_of(optimizer.make_optimizer(opt_config(warmup_steps=0, schedule=schedule), 100)[0],
                      [{"w": jnp.array([1.0, -2.0, 3.0])}], params)[0]
   np.testing.assert_allclose(np.abs(first["w"]), 0.1, rtol=1e-3)
 
@@ -214,7 +215,7 @@ def test_schedule_is_sized_in_optimizer_updates_as_transformers_does(schedule, m
   import torch
   from transformers import get_cosine_schedule_with_warmup, get_linear_schedule_with_warmup
   steps, warmup = 12, 3
-  ours = rl.make_schedule(opt_config(lr=0.1, warmup_steps=warmup, schedule=schedule), steps,
+  ours = optimizer.make_schedule(opt_config(lr=0.1, warmup_steps=warmup, schedule=schedule), steps,
                           updates_per_step=mu)
   make = {"linear": get_linear_schedule_with_warmup,
           "cosine": get_cosine_schedule_with_warmup}[schedule]
@@ -235,11 +236,11 @@ def test_lr_metric_is_what_the_optimizer_applies():
   """rl.learning_rate reads the optimizer's own update count: Adam with a
   constant gradient moves each weight by about the scheduled rate."""
   c = opt_config(lr=0.1, warmup_steps=2, schedule="linear")
-  tx, schedule = rl.make_optimizer(c, 6)
+  tx, schedule = optimizer.make_optimizer(c, 6)
   params, grads = {"w": jnp.zeros(3)}, {"w": jnp.array([1.0, -2.0, 3.0])}
   state = tx.init(params)
   for k in range(6):
-    lr = float(rl.learning_rate(schedule, state))
+    lr = float(optimizer.learning_rate(schedule, state))
     assert lr == pytest.approx(float(schedule(k)))
     update, state = tx.update(grads, state, params)
     np.testing.assert_allclose(np.abs(update["w"]), lr, rtol=1e-3, atol=1e-7)
@@ -392,7 +393,7 @@ def test_grad_accumulation_matches_one_batch(mini, sgd_steps):
 @pytest.fixture(scope="module")
 def adam_step(mini):
   graphdef, params, batch = mini
-  tx, _ = rl.make_optimizer(opt_config(lr=1e-2, max_grad_norm=1.0), 10)
+  tx, _ = optimizer.make_optimizer(opt_config(lr=1e-2, max_grad_norm=1.0), 10)
   step = rl.make_grpo_step(graphdef, lora.Roles(False), tx, clip_eps=0.2, beta=0.0,
                            grad_accum=1)
   return tx, compile_fast(step, fresh_state(tx, params), params, batch)

@@ -8,7 +8,7 @@ import pytest
 import helpers_model as hm
 from gvu_jax import sampling
 from gvu_jax.errors import InputError
-from gvu_jax.data import world
+from gvu_jax import world
 
 G = 2          # samples per prompt
 B = 2          # prompts per batch: B * G = 4 rows, the shape of hm.prompts()

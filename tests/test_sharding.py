@@ -47,6 +47,7 @@ def test_impossible_mesh_is_refused(axes, devices, message):
     sharding.mesh_shape(mesh_cfg(**axes), devices)
 
 
+@pytest.mark.slow
 def test_impossible_mesh_from_the_command_line(tmp_path):
   proc = run_main(str(tmp_path), "--config.mesh.tensor=2", check=False)
   assert proc.returncode == 2
@@ -149,6 +150,7 @@ MESHES = ("2x2x2", "tensor8")
 
 
 @pytest.mark.parametrize("mesh", MESHES)
+@pytest.mark.slow
 def test_sharded_sampling_gives_the_same_tokens(checks, mesh):
   np.testing.assert_array_equal(checks[f"sample_codes/{mesh}"], checks["sample_codes/one"])
   np.testing.assert_allclose(checks[f"sample_logp/{mesh}"], checks["sample_logp/one"],
@@ -157,6 +159,7 @@ def test_sharded_sampling_gives_the_same_tokens(checks, mesh):
 
 @pytest.mark.parametrize("mesh", MESHES)
 @pytest.mark.parametrize("kind", ["full", "lora"])
+@pytest.mark.slow
 def test_sharded_grpo_step_matches_one_device(checks, mesh, kind):
   before_vs_after = np.abs(checks[f"grpo_{kind}/one"]).max()
   assert before_vs_after > 0
@@ -167,6 +170,7 @@ def test_sharded_grpo_step_matches_one_device(checks, mesh, kind):
   assert checks[f"grpo_kept_shardings/{mesh}"]
 
 
+@pytest.mark.slow
 def test_checkpoint_saved_under_fsdp8_restores_under_tensor4(checks):
   assert str(checks["saved_q_spec"]) == "('fsdp', None)"
   assert str(checks["restore_q_spec"]) == "(None, 'tensor')"
@@ -193,6 +197,7 @@ def assert_same_report(workdir, reference_workdir):
                                                             rel=1e-5)
 
 
+@pytest.mark.slow
 def test_mini_run_on_a_2x2x2_mesh_writes_the_same_report(full_run, tmp_path):
   proc = run_main(str(tmp_path), *MESH_2X2X2, devices=8)
   assert "gvu: mesh data=2 fsdp=2 tensor=2; per device: rollout" in proc.stdout
@@ -202,6 +207,7 @@ def test_mini_run_on_a_2x2x2_mesh_writes_the_same_report(full_run, tmp_path):
 @pytest.mark.skipif(os.environ.get("GVU_TEST_TWO_HOSTS") != "1",
                     reason="opt-in (GVU_TEST_TWO_HOSTS=1): two CPU processes joined by gloo "
                     "hung in 3 of 6 runs under load, cause not found")
+@pytest.mark.slow
 def test_mini_run_on_a_2x2x2_mesh_over_two_hosts_writes_the_same_report(full_run, tmp_path):
   """The mini preset end to end on a 2x2x2 mesh of 8 devices held by two processes
   of 4, joined by jax.distributed (gloo on CPU) as the hosts of a pod would be,

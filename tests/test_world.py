@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 import helpers_model as hm
-from gvu_jax.data import batches, world
-from gvu_jax.evaluation import judge
+from gvu_jax import world
+from gvu_jax.data import batches
+from gvu_jax.world import judge
 
 
 def random_scene(rng, max_objects=world.NUM_CELLS):

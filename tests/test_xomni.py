@@ -15,7 +15,7 @@ transformers = pytest.importorskip("transformers")
 from transformers.models.qwen2 import modeling_qwen2 as qwen2   # noqa: E402
 
 from gvu_jax.models import build, presets                      # noqa: E402
-from gvu_jax.models.janus import causal_mask, image_logits, positions_from_valid  # noqa: E402
+from gvu_jax.models.umm import causal_mask, image_logits, positions_from_valid  # noqa: E402
 
 VOCAB, MM_VOCAB, IMAGE_VOCAB = 96, 40, 32
 LAYERS, ADAPTERS, HEAD_LAYERS = 5, 1, 2
@@ -213,6 +213,7 @@ def test_conversion_refuses_a_tensor_of_the_wrong_shape(pair, tmp_path):
   assert not (tmp_path / "dst").exists()
 
 
+@pytest.mark.slow
 def test_gvu_with_the_token_space_reward_and_eval_run_on_a_tiny_xomni(converted, tmp_path):
   """configs/xomni_en.py end to end on the tiny conversion: 2 GvU steps (the reward
   reads the generated tokens themselves), then GenEval++-layout images."""
@@ -269,7 +270,9 @@ def test_token_space_reward_is_the_oracles_likelihood_of_the_prompt(pair, conver
   """The GvU reward on X-Omni: the query "<SOM>2 3<IMAGE>" + the generated codes +
   "<EOM>" + the question, the prompt as the answer, scored in one pass; equal to
   the oracle's text-mode log-likelihood of each prompt token."""
-  from gvu_jax import janus_text, reward, xomni_text
+  from gvu_jax import reward
+  from gvu_jax.text import janus as janus_text
+  from gvu_jax.text import xomni as xomni_text
   oracle, model = pair
   src, _, _ = converted
   templates = xomni_text.XOmniTemplates(janus_text.load_tokenizer(src), (2, 3), 4, VOCAB)

@@ -10,7 +10,7 @@ import threading
 
 import numpy as np
 
-from gvu_jax.data import world
+from gvu_jax import world
 
 STREAMS = {"pretrain": 1, "gvu": 2, "eval": 3, "reward_ranking": 4}
 

@@ -40,7 +40,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 from absl import app, flags, logging
 
-from gvu_jax.data import geneval, prompt_files, world
+from gvu_jax import world
+from gvu_jax.data import geneval, prompt_files
 from gvu_jax.errors import InputError
 
 _GITHUB = "https://raw.githubusercontent.com"
@@ -126,7 +127,7 @@ def fetch(url, path, what):
 
 
 class GvuWorld(_PromptBuilder):
-  """The embedded world's prompts (gvu_jax/data/world.py), split as configs/synthetic.py
+  """The embedded world's prompts (gvu_jax/world/), split as configs/synthetic.py
   splits them by default (split_seed 0, 20% held out, 30% GvU-only)."""
   DEFAULT_SPLIT = "gvu"
 
@@ -321,10 +322,15 @@ def main(argv):
         f"in {b.data_dir}")
 
 
-if __name__ == "__main__":
+def cli():
+  """python -m gvu_jax.data.builders --name=NAME (flags defined only when run)."""
   flags.DEFINE_string("name", None, f"one of {sorted(BUILDERS) + ['prompt_file']}")
   flags.DEFINE_string("data_dir", "", "where TFDS keeps prepared datasets (default: TFDS's)")
   flags.DEFINE_string("manual_dir", "", "a folder with the source files, if you have them")
   flags.DEFINE_string("path", "", "the prompt file, for --name=prompt_file")
   flags.mark_flag_as_required("name")
   app.run(main)
+
+
+if __name__ == "__main__":
+  cli()

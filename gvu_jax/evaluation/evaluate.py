@@ -16,8 +16,10 @@ from flax import nnx
 
 from gvu_jax import metrics, preemption
 from gvu_jax import reward as reward_lib
-from gvu_jax.data import batches, world
-from gvu_jax.evaluation import grid, judge
+from gvu_jax import world
+from gvu_jax.data import batches
+from gvu_jax.evaluation import grid
+from gvu_jax.world import judge
 from gvu_jax.sampling import Sampler, SamplingConfig, row_keys
 from gvu_jax.sharding import to_host
 

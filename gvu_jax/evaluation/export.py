@@ -42,8 +42,10 @@ from PIL import Image
 
 from gvu_jax import context, files, metrics, preemption, sharding
 from gvu_jax.errors import InputError
-from gvu_jax.data import prompt_files, world
-from gvu_jax.evaluation import grid, judge
+from gvu_jax import world
+from gvu_jax.data import prompt_files
+from gvu_jax.evaluation import grid
+from gvu_jax.world import judge
 from gvu_jax.evaluation.evaluate import make_scorer, padded_chunks
 from gvu_jax.pixels import to_uint8
 from gvu_jax.sampling import Sampler, SamplingConfig, row_keys
@@ -370,7 +372,7 @@ def world_prompts(prompts, source):
   for p in prompts:
     if p.text not in by_text:
       raise InputError(f"eval.prompts={source}: {p.text!r} is not a prompt of the embedded "
-                       "world; its judge scores only those (gvu_jax/data/world.py)")
+                       "world; its judge scores only those (gvu_jax/world/)")
   specs = [by_text[p.text] for p in prompts]
   tagged = [p._replace(category=s.category) if p.category == prompt_files.UNTAGGED else p
             for p, s in zip(prompts, specs)]

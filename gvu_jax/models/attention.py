@@ -9,7 +9,7 @@
   auto         cudnn on GPU (in bfloat16/float16), splash on TPU, xla elsewhere.
 
 The fused kernels (cudnn, splash) serve full passes only: training, the reward and
-any pass whose mask is `janus.causal_mask(valid)`, i.e. query t reads key s iff
+any pass whose mask is `umm.causal_mask(valid)`, i.e. query t reads key s iff
 s <= t and s, t are both real or both padding. splash reads that structure (as
 segment ids) from the mask's last row. Passes over a KV cache (sampling) always
 use xla: one query token per step moves too little compute for a kernel to help.

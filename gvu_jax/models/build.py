@@ -5,7 +5,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from gvu_jax.errors import InputError
-from gvu_jax.models.cell_tokenizer import CellTokenizer
+from gvu_jax.world.codebook import CellTokenizer
 from gvu_jax.models.janus import JanusConfig, JanusUMM
 from gvu_jax.models.xomni import XOmniConfig, XOmniUMM
 

@@ -2,11 +2,8 @@
 understanding-encoder features (image -> text) and reads/writes discrete image
 tokens through gen_embed / gen_aligner / gen_head (text -> image).
 
-The two uses this project needs are pure functions of the model:
-  `image_logits`  - teacher-forced image-token logits given a prompt (T2I loss, GRPO)
-  `text_logits`   - text logits of a query with an image in it (captioning loss,
-                    and the reward via `text_hidden`)
-Sampling (gvu_jax/sampling.py) drives the same pieces step by step over a KV cache.
+It implements the UMM interface of models/umm.py, whose functions (image_logits,
+text_hidden, text_logits) are what the rest of the project calls.
 """
 
 import dataclasses
@@ -80,44 +77,3 @@ class JanusUMM(nnx.Module):
   def text_head(self, hidden):
     return self.lm.lm_head(hidden).astype(jnp.float32)
 
-
-def positions_from_valid(valid):
-  """RoPE positions that skip padding: the first real token is position 0."""
-  return jnp.maximum(jnp.cumsum(valid, axis=1) - 1, 0)
-
-
-def causal_mask(valid):
-  """[B, T] validity -> [B, T, T]: query t reads keys s <= t of its own kind: real
-  tokens read real tokens, padding reads padding. Real rows are the causal mask
-  over real tokens; padding rows (whose outputs nobody reads) are never empty,
-  so no kernel sees a row with nothing to attend to (models/attention.py)."""
-  t = valid.shape[1]
-  causal = jnp.tril(jnp.ones((t, t), bool))
-  return causal[None] & (valid[:, :, None] == valid[:, None, :])
-
-
-def image_logits(model: JanusUMM, prompt_ids, prompt_valid, codes):
-  """Teacher-forced logits of every image token given its (left-padded) prompt.
-
-  Input sequence: prompt (ending in <begin_of_image>) then codes[:, :-1]; the
-  hidden state at the last prompt position predicts codes[:, 0].
-  Returns float32 [B, image_tokens, codebook_size].
-  """
-  n = codes.shape[1]
-  x = jnp.concatenate([model.lm.embed_tokens(prompt_ids),
-                       model.embed_image_codes(codes[:, :-1])], axis=1)
-  valid = jnp.concatenate([prompt_valid, jnp.ones(codes[:, :-1].shape, bool)], axis=1)
-  hidden, _ = model.lm(x, positions_from_valid(valid), causal_mask(valid))
-  return model.image_head(hidden[:, -n:])
-
-
-def text_hidden(model: JanusUMM, ids, valid, image_slots, pixels):
-  """Final hidden states [B, T, hidden] of a right-padded understanding sequence
-  whose image slots are filled with the encoder features of `pixels`."""
-  x = model.embed_query(ids, image_slots, pixels)
-  return model.lm(x, positions_from_valid(valid), causal_mask(valid))[0]
-
-
-def text_logits(model: JanusUMM, ids, valid, image_slots, pixels):
-  """Text logits [B, T, vocab] (float32) of every position of an understanding sequence."""
-  return model.text_head(text_hidden(model, ids, valid, image_slots, pixels))

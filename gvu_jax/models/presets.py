@@ -4,9 +4,9 @@ import json
 
 import ml_collections
 
-from gvu_jax import text
+from gvu_jax.text import synthetic as text
 from gvu_jax.errors import InputError
-from gvu_jax.data import world
+from gvu_jax import world
 
 
 def synthetic(size="tiny"):
@@ -30,7 +30,7 @@ def synthetic(size="tiny"):
   ))
 
 
-# Janus family (DESIGN §2). Shapes of the published checkpoints; everything else
+# Janus family (docs/design.md §8). Shapes of the published checkpoints; everything else
 # (SigLIP-L/16 at 384 px, VQ-16, gen path widths) is shared.
 _JANUS_LM = {  # hidden, layers, heads, intermediate
     "janus_1_3b": (2048, 24, 16, 5632),
@@ -44,7 +44,7 @@ SIGLIP_LARGE_384 = dict(image_size=384, patch_size=16, width=1024, layers=24, he
 VQ16 = dict(embed_dim=8, num_embeddings=16384, latent_channels=256, in_channels=3,
             out_channels=3, base_channels=128, channel_multiplier=(1, 1, 2, 2, 4),
             num_res_blocks=2)
-# The chat template each published checkpoint was trained with (gvu_jax/janus_text.py).
+# The chat template each published checkpoint was trained with (gvu_jax/text/janus.py).
 JANUS_TEMPLATE = {"janus_1_3b": "janus_1_3b", "janus_pro_1b": "deepseek",
                   "janus_pro_7b": "deepseek"}
 

@@ -7,7 +7,7 @@ the patch size: `preprocess` brings a picture there as X-Omni does.
 
 X-Omni-En: width 1536, 40 layers, 16 heads, MLP 6144 (siglip2_giant_patch16_384),
 codebook 16384 x 2048. Decoding tokens back to pixels is X-Omni's FLUX.1-dev
-pipeline, not reproduced here (README: X-Omni).
+pipeline, not reproduced here (docs/checkpoints.md, X-Omni-En).
 """
 
 import dataclasses

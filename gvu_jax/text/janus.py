@@ -24,7 +24,7 @@ import PIL.Image
 import tokenizers
 
 from gvu_jax.errors import InputError
-from gvu_jax.text import ReleaseTemplates, shown
+from gvu_jax.text.common import ReleaseTemplates, shown
 
 BOS, EOS, PAD = "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜▁pad▁｜>"
 BOI, EOI, IMG = "<begin_of_image>", "<end_of_image>", "<image_placeholder>"

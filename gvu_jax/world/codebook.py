@@ -1,7 +1,7 @@
 """The embedded world's image tokenizer: an exact, fixed cell codebook.
 
 Each 8x8 cell of a 32x32 image is one token: empty, or one shape in one colour
-(gvu_jax.data.world.patch_table). Decoding is a table lookup and encoding a
+(gvu_jax.world.patch_table). Decoding is a table lookup and encoding a
 nearest-patch search, so the round trip is exact on the world's images and the
 pixels the judge reads are exactly what the model generated. It stands where
 Janus has its VQ-16 model (same interface: codes <-> pixels in [-1, 1]).
@@ -10,7 +10,7 @@ Janus has its VQ-16 model (same interface: codes <-> pixels in [-1, 1]).
 import jax.numpy as jnp
 from einops import rearrange
 
-from gvu_jax.data import world
+from gvu_jax import world
 
 
 class CellTokenizer:

@@ -19,9 +19,10 @@ import numpy as np
 from etils import epath
 from flax import nnx
 
-from gvu_jax import convert
+from gvu_jax.convert.source import find_shards, read_shard, to_transformers_names
+from gvu_jax.convert.store import load, stored_dtype
 from gvu_jax.models import build
-from gvu_jax.models.janus import image_logits, text_logits
+from gvu_jax.models.umm import image_logits, text_logits
 from gvu_jax.reward import answer_token_logprobs
 
 CFG_WEIGHT = 5.0
@@ -60,7 +61,7 @@ def load_transformers(src, m):
   from transformers import JanusForConditionalGeneration
   src = epath.Path(src)
   raw = json.loads((src / "config.json").read_text())
-  layout, shards = convert.find_shards(src)
+  layout, shards = find_shards(src)
   if layout == "transformers":
     model = JanusForConditionalGeneration.from_pretrained(
         str(src), dtype=torch.float32, tie_word_embeddings=False)
@@ -69,8 +70,8 @@ def load_transformers(src, m):
     model = JanusForConditionalGeneration(config)
     state = {}
     for shard in shards:
-      for name, array in convert.read_shard(shard):
-        for key, a in convert.to_transformers_names(name, array):
+      for name, array in read_shard(shard):
+        for key, a in to_transformers_names(name, array):
           state[key] = torch.from_numpy(np.asarray(a, np.float32))
     model.load_state_dict(state, strict=True)
   return model.float().eval()
@@ -189,7 +190,7 @@ def round_weights(hf, dtype):
 
 def check(src, dst, seed=0):
   """Converted `dst` vs transformers on `src` -> JSON-able report with "ok"."""
-  m, params = convert.load(dst, dtype="float32", param_dtype=np.float32)
+  m, params = load(dst, dtype="float32", param_dtype=np.float32)
   params = jax.tree.map(jnp.asarray, params)
   graphdef, _ = build.abstract(m)
   model = nnx.merge(graphdef, params)
@@ -197,7 +198,7 @@ def check(src, dst, seed=0):
   image_token_id = raw.get("image_token_id", 100581)
   pad_id = raw.get("pad_token_id") or (raw.get("text_config") or {}).get("pad_token_id") or 0
   hf = load_transformers(src, m)
-  stored = convert.stored_dtype(dst)
+  stored = stored_dtype(dst)
   round_weights(hf, stored)
   diffs = compare(hf, model, image_token_id, pad_id, seed)
   ok = passed(diffs)

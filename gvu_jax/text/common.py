@@ -1,36 +1,13 @@
-"""Text side: the tokenizer and the chat templates that turn prompts into model
-inputs (host-side numpy).
-
-Generation:    <bos> <|User|>: {prompt} <|Assistant|>: <begin_of_image>        (left-padded)
-Understanding: <bos> <|User|>: <begin_of_image> <image_placeholder> x N <end_of_image>
-               describe the image in detail . <|Assistant|>: {prompt} <eos>     (right-padded)
-
-The same shapes as Janus' templates (DESIGN §2), word-level for the embedded world.
-"""
+"""What every prompt template shares: the understanding batch (query + the prompt
+as the answer, right-padded), left-padded generation rows, the prompt checks and
+the base class of the released models' templates (text/janus.py, text/xomni.py).
+Host-side numpy; fixed lengths, so every batch has one shape (one compilation)."""
 
 import dataclasses
 
 import numpy as np
-import tokenizers
 
-from gvu_jax.data import world
 from gvu_jax.errors import InputError
-
-PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
-BOI, EOI, IMG = "<begin_of_image>", "<end_of_image>", "<image_placeholder>"
-USER, ASSISTANT = "<|User|>:", "<|Assistant|>:"
-SPECIALS = (PAD, BOS, EOS, UNK, BOI, EOI, IMG, USER, ASSISTANT)
-UNDERSTANDING_QUERY = "describe the image in detail ."
-
-
-def synthetic_tokenizer() -> tokenizers.Tokenizer:
-  """A word-level tokenizer over the embedded world's words (deterministic)."""
-  words = list(SPECIALS) + sorted(set(UNDERSTANDING_QUERY.split()) | set(world.vocabulary()))
-  tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(
-      {w: i for i, w in enumerate(words)}, unk_token=UNK))
-  tok.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
-  tok.add_special_tokens(list(SPECIALS))
-  return tok
 
 
 @dataclasses.dataclass
@@ -96,7 +73,7 @@ class ReleaseTemplates:
   """The prompts of a released model's tokenizer, fixed-length (one compilation):
   generation rows `gen_head + prompt + gen_tail`, left-padded; understanding rows
   `und_prefix + prompt + eos`, right-padded, the prompt being the answer. A
-  subclass builds the pieces (janus_text.JanusTemplates, xomni_text.XOmniTemplates)
+  subclass builds the pieces (text/janus.py JanusTemplates, text/xomni.py XOmniTemplates)
   and says how a prompt tokenizes (`prompt_ids`)."""
 
   def __init__(self, tokenizer, specials, max_prompt_tokens, model):
@@ -135,52 +112,5 @@ class ReleaseTemplates:
     """Right-padded understanding queries with the prompts as the answer."""
     return understanding_batch(self._und_prefix, [self.encode_prompt(t) for t in texts],
                                eos_id=self.eos_id, pad_id=self.pad_id,
-                               image_token_id=self.image_token_id,
-                               max_answer_tokens=self.max_prompt_tokens)
-
-
-class Templates:
-  """Encodes prompts for generation and understanding with fixed, config-chosen
-  lengths, so every batch has the same shape (one compilation)."""
-
-  def __init__(self, tokenizer, image_tokens, max_prompt_tokens):
-    self.tok = tokenizer
-    self.image_tokens = image_tokens
-    self.max_prompt_tokens = max_prompt_tokens
-    self.ids = {s: tokenizer.token_to_id(s) for s in SPECIALS}
-    self.pad_id, self.image_token_id = self.ids[PAD], self.ids[IMG]
-
-  def encode_prompt(self, text):
-    ids = self.tok.encode(text, add_special_tokens=False).ids
-    if self.ids[UNK] in ids:
-      words = [w for w, i in zip(text.split(), ids) if i == self.ids[UNK]]
-      raise InputError(f"prompt {shown(text)}: words not in the tokenizer's vocabulary: "
-                       f"{words[:5]}")
-    return checked_prompt(text, ids, self.max_prompt_tokens)
-
-  @property
-  def generation_length(self):
-    return self.max_prompt_tokens + 4   # <bos> <|User|>: ... <|Assistant|>: <begin_of_image>
-
-  def generation(self, texts):
-    """Left-padded generation prompts: (ids [B, P], valid [B, P])."""
-    return left_padded([[self.ids[BOS], self.ids[USER], *self.encode_prompt(t),
-                         self.ids[ASSISTANT], self.ids[BOI]] for t in texts],
-                       self.generation_length, self.pad_id)
-
-  def unconditional(self, batch):
-    """CFG's unconditional rows: only <bos> and <begin_of_image> are real."""
-    p = self.generation_length
-    ids = np.full((batch, p), self.pad_id, np.int32)
-    ids[:, -2:] = [self.ids[BOS], self.ids[BOI]]
-    return ids, ids != self.pad_id
-
-  def understanding(self, texts):
-    prefix = [self.ids[BOS], self.ids[USER], self.ids[BOI],
-              *[self.image_token_id] * self.image_tokens, self.ids[EOI],
-              *self.tok.encode(UNDERSTANDING_QUERY, add_special_tokens=False).ids,
-              self.ids[ASSISTANT]]
-    return understanding_batch(prefix, [self.encode_prompt(t) for t in texts],
-                               eos_id=self.ids[EOS], pad_id=self.pad_id,
                                image_token_id=self.image_token_id,
                                max_answer_tokens=self.max_prompt_tokens)

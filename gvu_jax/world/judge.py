@@ -1,4 +1,4 @@
-"""Exact GenEval-style judge for images of the shapes world.
+"""Exact GenEval-style judge for images of the shapes scene.
 
 The judge reads pixels only. It detects objects as 4-connected components of
 non-background pixels, names their colour and shape from the world's palette
@@ -9,7 +9,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from gvu_jax.data import world
+from gvu_jax.world import prompts, scene
 
 BACKGROUND_MAX = 64  # A pixel is background if its max channel is <= this.
 COLOR_TOLERANCE = 48.0  # Max L2 distance of a mean colour to its palette entry.
@@ -27,8 +27,8 @@ class Detection(NamedTuple):
 def _templates() -> dict[str, np.ndarray]:
   """Binary shape masks cropped to their bounding boxes."""
   templates = {}
-  for shape in world.SHAPES:
-    mask = world.patch_table()[world.code_of(shape, world.COLORS[0])].any(-1)
+  for shape in scene.SHAPES:
+    mask = scene.patch_table()[scene.code_of(shape, scene.COLORS[0])].any(-1)
     ys, xs = np.nonzero(mask)
     templates[shape] = mask[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
   return templates
@@ -58,8 +58,8 @@ def _iou_top_left(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _name_color(mean_rgb: np.ndarray) -> str:
-  names = list(world.PALETTE)
-  dists = np.linalg.norm(np.array(list(world.PALETTE.values())) - mean_rgb,
+  names = list(scene.PALETTE)
+  dists = np.linalg.norm(np.array(list(scene.PALETTE.values())) - mean_rgb,
                          axis=-1)
   best = dists.argmin()
   return names[best] if dists[best] <= COLOR_TOLERANCE else "unknown"
@@ -109,7 +109,7 @@ def relations(box_a, box_b) -> set[str]:
 
 
 def judge_detections(detections: list[Detection],
-                     spec: world.PromptSpec) -> bool:
+                     spec: prompts.PromptSpec) -> bool:
   """Whether detections satisfy a prompt, with GenEval's rules.
 
   Each mentioned shape needs at least `count` instances (exactly `count` for
@@ -139,7 +139,7 @@ def judge_detections(detections: list[Detection],
              for a in groups[0] for b in groups[1])
 
 
-def judge(image, spec: world.PromptSpec) -> bool:
+def judge(image, spec: prompts.PromptSpec) -> bool:
   """Whether a uint8 [H, W, 3] image satisfies a prompt."""
   return judge_detections(detect(image), spec)
 
@@ -153,7 +153,7 @@ def judge_batch(images, specs) -> np.ndarray:
 def category_accuracy(results, specs) -> dict[str, float]:
   """Accuracy per category present, and "overall" as their mean (GenEval)."""
   per_category = {}
-  for c in world.CATEGORIES:
+  for c in prompts.CATEGORIES:
     hits = [r for r, s in zip(results, specs, strict=True) if s.category == c]
     if hits:
       per_category[c] = float(np.mean(hits))

@@ -13,7 +13,7 @@ tokenizer_config.json adds is not known here: `system_prompt` (default Qwen2.5's
 own default) is a model option; "" leaves the system turn out.
 """
 
-from gvu_jax.text import ReleaseTemplates, left_padded
+from gvu_jax.text.common import ReleaseTemplates, left_padded
 
 SOM, EOM, IMAGE = "<SOM>", "<EOM>", "<IMAGE>"
 IM_START, IM_END, PAD = "<|im_start|>", "<|im_end|>", "<|endoftext|>"

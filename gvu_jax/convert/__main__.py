@@ -1,0 +1,59 @@
+"""python -m gvu_jax.convert --src=DIR --dst=DIR [--model=auto|<preset>]
+    [--dtype=auto|float32|bfloat16|float16] [--force] [--check]"""
+
+import json
+import sys
+
+from absl import app, flags, logging
+from etils import epath
+
+from gvu_jax.convert import parity
+from gvu_jax.convert.source import read_model_config
+from gvu_jax.convert.write import convert
+from gvu_jax.errors import InputError
+from gvu_jax.models import presets
+
+
+def define_flags():
+  """The CLI's flags (defined only when run as a program, so importing this
+  module from elsewhere never clashes with another program's flags)."""
+  flags.DEFINE_string("src", None, "Directory of the published checkpoint (either layout).")
+  flags.DEFINE_string("dst", None, "Output directory (local or gs://).")
+  flags.DEFINE_string("model", "auto", f"auto (from config.json) or one of {presets.JANUS_PRESETS}.")
+  flags.DEFINE_string("dtype", "auto", "Stored dtype: auto (the source's own), float32, "
+                      "bfloat16 or float16.")
+  flags.DEFINE_bool("force", False, "Replace an existing conversion at --dst.")
+  flags.DEFINE_bool("check", False, "After converting, compare against transformers on random "
+                    "inputs (needs torch + transformers); exit 1 above tolerance.")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)   # Orbax logs every save at INFO
+  f = flags.FLAGS
+  try:
+    if not f.src or not f.dst:
+      raise InputError("--src and --dst are required")
+    if f.check and read_model_config(epath.Path(f.src), f.model).family != "janus":
+      raise InputError("--check compares against transformers' Janus; X-Omni has no "
+                       "transformers model (tests/test_xomni.py checks it against Qwen2's)")
+    convert(f.src, f.dst, f.model, f.dtype, f.force)
+    if f.check:
+      report = parity.check(f.src, f.dst)
+      print(json.dumps(report, indent=2))
+      return 0 if report["ok"] else 1
+  except InputError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  return 0
+
+
+def cli():
+  define_flags()
+  app.run(lambda argv: sys.exit(main(argv)))
+
+
+if __name__ == "__main__":
+  cli()

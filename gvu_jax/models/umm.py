@@ -1,0 +1,76 @@
+"""What every unified multimodal model (UMM) here offers, and the functions that
+use only that: one decoder `lm` that reads text and image tokens, with a text head
+and an image head (docs/design.md §5). JanusUMM (models/janus.py) and XOmniUMM
+(models/xomni.py) are the two implementations.
+
+  `image_logits` - teacher-forced image-token logits given a prompt (T2I loss, GRPO)
+  `text_hidden`  - hidden states of an understanding query with an image in it
+                   (the reward reads the prompt's likelihood from these)
+  `text_logits`  - text logits of the same (captioning loss, parity checks)
+Sampling (gvu_jax/sampling.py) drives the same pieces step by step over a KV cache.
+"""
+
+from typing import Any, Protocol
+
+import jax.numpy as jnp
+
+
+class UMM(Protocol):
+  """The interface the sampler, the reward, the losses and the checks rely on."""
+
+  lm: Any   # decoder: embed_tokens(ids), __call__(x, positions, mask, cache=None), lm_head
+
+  def embed_image_codes(self, codes):
+    """Int [B, n] image codes -> decoder inputs [B, n, hidden] (generation path)."""
+
+  def embed_query(self, ids, image_slots, image):
+    """Text embeddings with the image written, in order, at the `image_slots`
+    positions (pixels for Janus, image codes for X-Omni)."""
+
+  def image_head(self, hidden):
+    """Hidden states -> float32 logits over the image codebook."""
+
+  def text_head(self, hidden):
+    """Hidden states -> float32 logits over the text vocabulary."""
+
+
+def positions_from_valid(valid):
+  """RoPE positions that skip padding: the first real token is position 0."""
+  return jnp.maximum(jnp.cumsum(valid, axis=1) - 1, 0)
+
+
+def causal_mask(valid):
+  """[B, T] validity -> [B, T, T]: query t reads keys s <= t of its own kind: real
+  tokens read real tokens, padding reads padding. Real rows are the causal mask
+  over real tokens; padding rows (whose outputs nobody reads) are never empty,
+  so no kernel sees a row with nothing to attend to (models/attention.py)."""
+  t = valid.shape[1]
+  causal = jnp.tril(jnp.ones((t, t), bool))
+  return causal[None] & (valid[:, :, None] == valid[:, None, :])
+
+
+def image_logits(model: UMM, prompt_ids, prompt_valid, codes):
+  """Teacher-forced logits of every image token given its (left-padded) prompt.
+
+  Input sequence: prompt (ending in <begin_of_image>) then codes[:, :-1]; the
+  hidden state at the last prompt position predicts codes[:, 0].
+  Returns float32 [B, image_tokens, codebook_size].
+  """
+  n = codes.shape[1]
+  x = jnp.concatenate([model.lm.embed_tokens(prompt_ids),
+                       model.embed_image_codes(codes[:, :-1])], axis=1)
+  valid = jnp.concatenate([prompt_valid, jnp.ones(codes[:, :-1].shape, bool)], axis=1)
+  hidden, _ = model.lm(x, positions_from_valid(valid), causal_mask(valid))
+  return model.image_head(hidden[:, -n:])
+
+
+def text_hidden(model: UMM, ids, valid, image_slots, pixels):
+  """Final hidden states [B, T, hidden] of a right-padded understanding sequence
+  whose image slots are filled with the encoder features of `pixels`."""
+  x = model.embed_query(ids, image_slots, pixels)
+  return model.lm(x, positions_from_valid(valid), causal_mask(valid))[0]
+
+
+def text_logits(model: UMM, ids, valid, image_slots, pixels):
+  """Text logits [B, T, vocab] (float32) of every position of an understanding sequence."""
+  return model.text_head(text_hidden(model, ids, valid, image_slots, pixels))
