@@ -2,11 +2,15 @@
 block), its shards (safetensors or torch .bin, either layout) and their dtypes.
 Tensors are named as transformers names them (`to_transformers_names`)."""
 
+import contextlib
 import json
+import os
 import re
 
 import ml_dtypes
 import numpy as np
+import safetensors
+import safetensors.numpy
 from etils import epath
 
 from gvu_jax.errors import InputError
@@ -223,60 +227,52 @@ _SAFETENSORS_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16,
                        "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
 
 
-def _safetensors_header(f, path):
-  """The JSON header of an open safetensors file -> (its size, {name: info}),
-  every entry checked against the file before any tensor is read: a known dtype,
-  a shape, and data offsets inside the file that hold exactly that many bytes."""
-  f.seek(0, 2)
-  file_size = f.tell()
-  f.seek(0)
-  if file_size < 8:
-    raise InputError(f"{path}: {file_size} bytes, too short for a safetensors file")
-  size = int.from_bytes(f.read(8), "little")
-  if size > file_size - 8:
-    raise InputError(f"{path}: header of {size} bytes runs past the end of the "
-                     f"{file_size}-byte file (truncated, or not safetensors)")
+@contextlib.contextmanager
+def _safetensors(path):
+  """An open safetensors file, read with the safetensors library (which checks the
+  header against the file: sizes, offsets, dtypes, tensors tiling the data), or one
+  line naming the file. Remote paths (gs://...) are read into memory first."""
   try:
-    header = json.loads(f.read(size))
-  except (UnicodeDecodeError, json.JSONDecodeError) as e:
-    raise InputError(f"{path}: header is not valid JSON ({e})") from None
-  if not isinstance(header, dict):
-    raise InputError(f"{path}: header is a JSON {type(header).__name__}, expected an object")
-  header.pop("__metadata__", None)
-  data_size = file_size - 8 - size
-  for name, info in header.items():
-    _check_tensor_entry(path, name, info, data_size)
-  # As the safetensors library requires, the tensors tile the data exactly: a
-  # header size off by a few bytes of padding would otherwise shift every tensor.
-  end = 0
-  for name, info in sorted(header.items(), key=lambda kv: tuple(kv[1]["data_offsets"])):
-    if info["data_offsets"][0] != end:
-      raise InputError(f"{path}: tensor {name} starts at byte {info['data_offsets'][0]} of the "
-                       f"data, expected {end} (tensors must follow one another)")
-    end = info["data_offsets"][1]
-  if end != data_size:
-    raise InputError(f"{path}: the tensors hold {end} bytes but the file has {data_size} "
-                     "bytes of data after the header (wrong header size, or not safetensors)")
-  return size, header
+    if os.path.exists(os.fspath(path)):
+      with safetensors.safe_open(os.fspath(path), framework="numpy") as f:
+        yield _Mapped(f)
+    else:
+      yield _InMemory(safetensors.numpy.load(path.read_bytes()))
+  except safetensors.SafetensorError as e:
+    raise InputError(f"{path}: not a readable safetensors file "
+                     f"({' '.join(str(e).split())[:160]})") from None
 
 
-def _check_tensor_entry(path, name, info, data_size):
-  ok_ints = lambda v, n: (isinstance(v, list) and (n is None or len(v) == n)
-                          and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0
-                                  for x in v))
-  if not (isinstance(info, dict) and ok_ints(info.get("shape"), None)
-          and ok_ints(info.get("data_offsets"), 2)):
-    raise InputError(f"{path}: tensor {name}: malformed header entry {str(info)[:80]}")
-  if not isinstance(info.get("dtype"), str) or info["dtype"] not in _SAFETENSORS_DTYPES:
-    raise InputError(f"{path}: tensor {name} has unsupported dtype {info.get('dtype')}")
-  start, end = info["data_offsets"]
-  if not start <= end <= data_size:
-    raise InputError(f"{path}: tensor {name}: data offsets [{start}, {end}] run past the "
-                     f"{data_size} bytes of data (truncated file?)")
-  want = int(np.prod(info["shape"])) * np.dtype(_SAFETENSORS_DTYPES[info["dtype"]]).itemsize
-  if end - start != want:
-    raise InputError(f"{path}: tensor {name}: {end - start} bytes of data for shape "
-                     f"{tuple(info['shape'])} {info['dtype']} ({want} bytes)")
+class _Mapped:
+  """A file safe_open memory-maps: names, dtypes (from the header) and tensors."""
+
+  def __init__(self, f):
+    self.f = f
+
+  def keys(self):
+    return self.f.keys()
+
+  def dtype(self, name):
+    return np.dtype(_SAFETENSORS_DTYPES[self.f.get_slice(name).get_dtype()])
+
+  def get_tensor(self, name):
+    return self.f.get_tensor(name)
+
+
+class _InMemory:
+  """The same interface over tensors already loaded."""
+
+  def __init__(self, tensors):
+    self.tensors = tensors
+
+  def keys(self):
+    return list(self.tensors)
+
+  def dtype(self, name):
+    return self.tensors[name].dtype
+
+  def get_tensor(self, name):
+    return self.tensors[name]
 
 
 def stored_dtypes(shards):
@@ -285,9 +281,8 @@ def stored_dtypes(shards):
   out = set()
   for path in shards:
     if path.name.endswith(".safetensors"):
-      with path.open("rb") as f:
-        out |= {np.dtype(_SAFETENSORS_DTYPES[info["dtype"]])
-                for info in _safetensors_header(f, path)[1].values()}
+      with _safetensors(path) as f:
+        out |= {f.dtype(name) for name in f.keys()}
     else:
       out |= {np.dtype(a.dtype) for _, a in read_shard(path)}
   return out
@@ -308,15 +303,9 @@ def auto_dtype(shards):
 def read_shard(path: epath.Path):
   """Yields (name, numpy array) for every tensor in one shard, one at a time."""
   if path.name.endswith(".safetensors"):
-    # The format is an 8-byte header size, a JSON header, then raw tensors: read
-    # each tensor's bytes straight into its array (bfloat16 too, no framework).
-    with path.open("rb") as f:
-      size, header = _safetensors_header(f, path)
-      for name, info in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0]):
-        start, end = info["data_offsets"]
-        f.seek(8 + size + start)
-        data = np.frombuffer(f.read(end - start), _SAFETENSORS_DTYPES[info["dtype"]])
-        yield name, data.reshape(info["shape"])
+    with _safetensors(path) as f:   # numpy arrays, bfloat16 included (ml_dtypes)
+      for name in sorted(f.keys()):
+        yield name, f.get_tensor(name)
     return
   import torch   # the original layout is a torch pickle: read without running its code
   try:
