@@ -1,5 +1,5 @@
-"""python -m gvu_jax.convert --src=DIR --dst=DIR [--model=auto|<preset>]
-    [--dtype=auto|float32|bfloat16|float16] [--force] [--check]"""
+"""python -m gvu_jax.convert --src=DIR|hf://ORG/NAME[@REVISION] --dst=DIR
+    [--model=auto|<preset>] [--dtype=auto|float32|bfloat16|float16] [--force] [--check]"""
 
 import json
 import sys
@@ -7,7 +7,7 @@ import sys
 from absl import app, flags, logging
 from etils import epath
 
-from gvu_jax.convert import parity
+from gvu_jax.convert import hub, parity
 from gvu_jax.convert.source import read_model_config
 from gvu_jax.convert.write import convert
 from gvu_jax.errors import InputError
@@ -17,7 +17,8 @@ from gvu_jax.models import presets
 def define_flags():
   """The CLI's flags (defined only when run as a program, so importing this
   module from elsewhere never clashes with another program's flags)."""
-  flags.DEFINE_string("src", None, "Directory of the published checkpoint (either layout).")
+  flags.DEFINE_string("src", None, "The published checkpoint: a directory (either layout), "
+                      "or hf://ORG/NAME[@REVISION] (or ORG/NAME) on the Hugging Face Hub.")
   flags.DEFINE_string("dst", None, "Output directory (local or gs://).")
   flags.DEFINE_string("model", "auto", f"auto (from config.json) or one of {presets.JANUS_PRESETS}.")
   flags.DEFINE_string("dtype", "auto", "Stored dtype: auto (the source's own), float32, "
@@ -36,12 +37,13 @@ def main(argv):
   try:
     if not f.src or not f.dst:
       raise InputError("--src and --dst are required")
-    if f.check and read_model_config(epath.Path(f.src), f.model).family != "janus":
+    src = hub.resolve(f.src)
+    if f.check and read_model_config(epath.Path(src), f.model).family != "janus":
       raise InputError("--check compares against transformers' Janus; X-Omni has no "
                        "transformers model (tests/test_xomni.py checks it against Qwen2's)")
-    convert(f.src, f.dst, f.model, f.dtype, f.force)
+    convert(src, f.dst, f.model, f.dtype, f.force)
     if f.check:
-      report = parity.check(f.src, f.dst)
+      report = parity.check(src, f.dst)
       print(json.dumps(report, indent=2))
       return 0 if report["ok"] else 1
   except InputError as e:
