@@ -173,3 +173,82 @@ def test_eval_on_a_dataset_writes_its_benchmark_layout(converted, tmp_path):
 
 
 # --- presets ----------------------------------------------------------------
+
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("training", ["lora", "full"])
+def test_an_exported_policy_loads_in_transformers_and_peft_as_trained(
+    sources, converted, tmp_path, training):
+  """Tiny Janus -> convert -> GvU 2 steps -> export -> transformers (+ PEFT on the
+  source checkpoint): understanding, CFG generation and reward logits equal
+  gvu_jax's policy within 1e-4 in float32 (export --check, as its users load it)."""
+  from gvu_jax import export
+  from gvu_jax.convert import parity
+  from helpers_janus import IMAGE_TOKEN, PAD
+  prompts = tmp_path / "prompts.txt"
+  prompts.write_text("w5 w6 w7\nw8 w9\n")
+  run = tmp_path / "run"
+  extra = ["--config.gvu.lr=3e-2", "--config.gvu.schedule=constant"]   # adapters far from 0
+  if training == "full":
+    extra += ["--config.gvu.lora.enabled=False", "--config.gvu.lr=1e-3"]
+  run_two_gvu_steps(recipe_command("configs/janus_pro_1b.py:lora", converted["transformers"],
+                                   prompts, run, *extra), run)
+  policy = export.export(str(run), str(tmp_path / "hf"), log=lambda *_: None)
+  report = export.check(str(tmp_path / "hf"), policy)
+  assert report["ok"] and report["format"] == "transformers", report
+  base = transformers.JanusForConditionalGeneration.from_pretrained(
+      str(sources["transformers"]), dtype=torch.float32, tie_word_embeddings=False).eval()
+  trained = parity.passed(parity.compare(base, export.policy_model(policy), IMAGE_TOKEN, PAD))
+  assert not all(trained.values())   # GvU moved the policy away from the base
+  if training == "lora":
+    pytest.importorskip("peft")
+    proc = subprocess.run([sys.executable, "-m", "gvu_jax.export", f"--workdir={run}",
+                           f"--dst={tmp_path / 'peft'}", "--format=peft", "--check"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(proc.stdout[proc.stdout.index("{"):])
+    assert report["ok"] and report["format"] == "peft", report
+  else:
+    with pytest.raises(export.InputError, match="has no adapters; use --format=transformers"):
+      export.export(str(run), str(tmp_path / "peft"), fmt="peft")
+  with pytest.raises(export.InputError, match="exists; pass --force to replace it"):
+    export.export(str(run), str(tmp_path / "hf"))
+  assert json.loads((tmp_path / "hf" / export.DONE_FILE).read_text())["step"] == 2
+  assert "GvU step: 2" in (tmp_path / "hf" / "README.md").read_text()
+
+
+def _fake_workdir(root, signature):
+  (root / "gvu").mkdir(parents=True)
+  if signature is not None:
+    (root / "gvu" / "model_config.json").write_text(json.dumps(signature))
+  return root
+
+
+@pytest.mark.parametrize("signature, kwargs, message", [
+    (None, {}, r"holds no GvU run \(no gvu/model_config.json\)"),
+    ({"family": "janus"}, {}, "an embedded-world run; only runs on a converted Janus "
+                              "checkpoint export"),
+    ({"family": "janus", "checkpoint": "/nonexistent"}, {},
+     "/nonexistent: not a finished gvu_jax conversion"),
+    ({"family": "janus"}, {"fmt": "onnx"}, r"--format=onnx: expected one of \['transformers', "
+                                           r"'peft'\]"),
+    ({"family": "janus"}, {"dtype": "float16"}, "--dtype=float16: expected one of"),
+])
+def test_what_cannot_be_exported_is_one_line(tmp_path, signature, kwargs, message):
+  from gvu_jax import export
+  workdir = _fake_workdir(tmp_path / "w", signature)
+  with pytest.raises(export.InputError, match=message) as e:
+    export.export(str(workdir), str(tmp_path / "out"), **kwargs)
+  assert "\n" not in str(e.value) and not (tmp_path / "out").exists()
+
+
+def test_an_export_never_replaces_what_it_did_not_write(tmp_path):
+  from gvu_jax import export
+  (tmp_path / "out").mkdir()
+  (tmp_path / "out" / "notes.txt").write_text("mine")
+  workdir = _fake_workdir(tmp_path / "w", {"family": "janus"})
+  for force in (False, True):
+    with pytest.raises(export.InputError, match="out exists"):
+      export.export(str(workdir), str(tmp_path / "out"), force=force)
+  assert (tmp_path / "out" / "notes.txt").read_text() == "mine"

@@ -8,7 +8,7 @@ import numpy as np
 from etils import epath
 
 from gvu_jax.convert.source import DTYPES
-from gvu_jax.convert.targets import _place
+from gvu_jax.convert.targets import place
 from gvu_jax.errors import InputError
 
 CONFIG_FILE = "model_config.json"
@@ -84,7 +84,7 @@ def load_params(directory: epath.Path, like):
                                          {k: leaves[k] for k in keys}))
   out = {}
   for path, _ in _flat(like):
-    _place(out, path, stored[_key(path)])
+    place(out, path, stored[_key(path)])
   return out
 
 

@@ -112,13 +112,13 @@ def xomni_targets(m):
   return out
 
 
-def _place(tree, path, value):
+def place(tree, path, value):
   for key in path[:-1]:
     tree = tree.setdefault(key, {})
   tree[path[-1]] = value
 
 
-def _lookup(tree, path):
+def lookup(tree, path):
   for key in path:
     tree = tree[key]
   return tree
@@ -159,18 +159,18 @@ def convert_tensors(m, named_arrays, dtype, source="checkpoint"):
     elif t.kind.startswith("part"):
       j, width = int(t.kind[-1]), array.shape[0]
       try:
-        fused = _lookup(tree, t.path)
+        fused = lookup(tree, t.path)
       except KeyError:
         fused = np.zeros((array.shape[-1], 3 * width) if array.ndim == 2 else (3 * width,), dtype)
-        _place(tree, t.path, fused)
+        place(tree, t.path, fused)
       fused[..., j * width:(j + 1) * width] = array.T if array.ndim == 2 else array
       continue
     else:
       value = array
-    _place(tree, t.path, np.ascontiguousarray(value, dtype=dtype))
+    place(tree, t.path, np.ascontiguousarray(value, dtype=dtype))
   missing = [k for k in list(table) + list(vq_shapes) if k not in seen]
   if missing == ["lm_head.weight"]:   # a tied checkpoint: the head is the embedding
-    _place(tree, ("lm", "lm_head", "kernel"), tree["lm"]["embed"]["embedding"].T.copy())
+    place(tree, ("lm", "lm_head", "kernel"), tree["lm"]["embed"]["embedding"].T.copy())
   elif missing:
     raise InputError(f"{source}: missing tensor {missing[0]}"
                      + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
