@@ -216,6 +216,12 @@ def test_an_exported_policy_loads_in_transformers_and_peft_as_trained(
     export.export(str(run), str(tmp_path / "hf"))
   assert json.loads((tmp_path / "hf" / export.DONE_FILE).read_text())["step"] == 2
   assert "GvU step: 2" in (tmp_path / "hf" / "README.md").read_text()
+  from gvu_jax import generate   # a GvU workdir draws from its policy
+  kw = dict(n=2, cfg=1.0, seed=0, log=lambda *_: None)
+  last = generate.generate(str(run), ["w5 w6 w7"], str(tmp_path / "g2"), **kw)
+  with pytest.raises(export.InputError, match="no checkpoint of step 9"):
+    generate.generate(str(run), ["w5 w6 w7"], str(tmp_path / "g9"), step=9, **kw)
+  assert last.shape == (1, 2) + last.shape[2:]
 
 
 def _fake_workdir(root, signature):
@@ -252,3 +258,27 @@ def test_an_export_never_replaces_what_it_did_not_write(tmp_path):
     with pytest.raises(export.InputError, match="out exists"):
       export.export(str(workdir), str(tmp_path / "out"), force=force)
   assert (tmp_path / "out" / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.slow
+def test_generate_draws_the_policy_images_reproducibly(converted, tmp_path):
+  """generate on a conversion: n PNGs per prompt and a sheet; the same seed draws
+  the same images, and a prompt's images do not depend on the prompts beside it."""
+  from gvu_jax import generate
+  prompts = ["w5 w6 w7", "w8 w9"]
+  kw = dict(n=2, cfg=3.0, seed=7, log=lambda *_: None)
+  both = generate.generate(str(converted["transformers"]), prompts, str(tmp_path / "a"), **kw)
+  assert both.shape[:2] == (2, 2) and both.dtype == np.uint8
+  names = sorted(p.name for p in (tmp_path / "a").iterdir())
+  assert names == ["00000_0.png", "00000_1.png", "00001_0.png", "00001_1.png", "sheet.png"]
+  again = generate.generate(str(converted["transformers"]), prompts, str(tmp_path / "b"), **kw)
+  np.testing.assert_array_equal(both, again)
+  first = generate.generate(str(converted["transformers"]), prompts[:1], str(tmp_path / "c"),
+                            **kw)
+  np.testing.assert_array_equal(first[0], both[0])
+  proc = subprocess.run([sys.executable, "-m", "gvu_jax.generate",
+                         f"--checkpoint={converted['transformers']}", "--prompt=w5 zebra",
+                         f"--out={tmp_path / 'd'}"], cwd=ROOT, capture_output=True, text=True,
+                        timeout=600)
+  assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+  assert not (tmp_path / "d").exists()

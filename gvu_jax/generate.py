@@ -1,0 +1,138 @@
+"""Images from prompts, with the sampler GvU trains with.
+
+  python -m gvu_jax.generate --checkpoint=CONVERSION_OR_WORKDIR [--step=N]
+      (--prompt="..." | --prompts=FILE) [--n=4] [--cfg=5] [--temperature=1]
+      [--top_k=0] [--top_p=1] [--seed=0] --out=DIR
+
+CONVERSION_OR_WORKDIR is a converted Janus checkpoint (python -m gvu_jax.convert)
+or a GvU workdir run on one (its latest policy, or --step). Writes
+DIR/<index:05d>_<n>.png for every image and DIR/sheet.png, one labelled row per
+prompt. Prompt i's images are drawn from fold_in(key(seed), i), one prompt at a
+time, so they do not depend on what else is generated with them.
+"""
+
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import PIL.Image
+from absl import app, flags, logging
+from etils import epath
+from flax import nnx
+
+from gvu_jax import export, metrics
+from gvu_jax.convert import store
+from gvu_jax.data import prompt_files
+from gvu_jax.errors import InputError
+from gvu_jax.evaluation import grid
+from gvu_jax.models import build
+from gvu_jax.pixels import to_uint8
+from gvu_jax.sampling import Sampler, SamplingConfig
+from gvu_jax.text import janus as janus_text
+
+
+def load(checkpoint, step=None):
+  """-> (model config, graphdef, params, the conversion's path) of a conversion
+  or of a GvU workdir's policy (LoRA folded into the weights)."""
+  path = epath.Path(checkpoint)
+  if (path / "gvu" / "model_config.json").exists():
+    policy = export.Policy(checkpoint, step)
+    m, params, source = policy.model, policy.params(), policy.source
+  else:
+    if step is not None:
+      raise InputError(f"--step={step}: {checkpoint} is a conversion, not a GvU workdir")
+    m, params = store.load(checkpoint, dtype="float32", param_dtype=np.float32)
+    source = checkpoint
+  if m.family != "janus":
+    raise InputError(f"{checkpoint}: a {m.family} checkpoint; generate draws Janus images "
+                     "(X-Omni's pixels need its FLUX decoder: gvu_jax.evaluation.render_xomni)")
+  graphdef, _ = build.abstract(m)
+  return m, graphdef, jax.tree.map(jnp.asarray, params), source
+
+
+def read_prompts(prompt, prompts):
+  if bool(prompt) == bool(prompts):
+    raise InputError("give one of --prompt and --prompts")
+  if prompt:
+    return [prompt]
+  return [p.text for p in prompt_files.read(prompts)]
+
+
+def generate(checkpoint, prompts, out, *, n=4, cfg=5.0, temperature=1.0, top_k=0, top_p=1.0,
+             seed=0, step=None, log=print):
+  """Writes n images per prompt and a contact sheet to `out`; returns the uint8
+  images [len(prompts), n, H, W, 3]."""
+  if n < 1:
+    raise InputError(f"--n={n}: must be >= 1")
+  sampling = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p, cfg_weight=cfg)
+  m, graphdef, params, source = load(checkpoint, step)
+  templates = janus_text.JanusTemplates(janus_text.load_tokenizer(source), m.image_tokens,
+                                        m.max_prompt_tokens, style=m.template)
+  for text in prompts:
+    templates.encode_prompt(text)   # every prompt checked before anything is drawn
+  sampler = Sampler(graphdef, sampling, num_tokens=m.image_tokens,
+                    uncond_row=templates.unconditional(1), group_size=n)
+  tokenizer = build.image_tokenizer(m)
+  decode = jax.jit(lambda p, codes: tokenizer.decode(codes, nnx.merge(graphdef, p)))
+  os.makedirs(out, exist_ok=True)
+  images = []
+  bar = metrics.progress(len(prompts), "generate")
+  for i, text in enumerate(prompts):
+    ids, valid = templates.generation([text])
+    samples = sampler(params, ids, valid, jax.random.fold_in(jax.random.key(seed), i))
+    pixels = np.asarray(to_uint8(decode(params, samples.codes)))
+    for j, image in enumerate(pixels):   # written aside, then renamed
+      path = os.path.join(out, f"{i:05d}_{j}.png")
+      PIL.Image.fromarray(image).save(path + ".tmp", "PNG")
+      os.replace(path + ".tmp", path)
+    images.append(pixels)
+    bar.update(1)
+  bar.close()
+  images = np.stack(images)
+  grid.save_grid(os.path.join(out, "sheet.png"), images.reshape(-1, *images.shape[2:]),
+                 ncols=n, scale=max(1, 128 // images.shape[2]),
+                 captions=[t for t in prompts for _ in range(n)])
+  log(f"generate: {images.shape[0] * n} images of {len(prompts)} prompt(s) in {out}")
+  return images
+
+
+def define_flags():
+  flags.DEFINE_string("checkpoint", None, "A converted Janus checkpoint, or a GvU workdir.")
+  flags.DEFINE_integer("step", None, "For a GvU workdir: the step (default: the latest).")
+  flags.DEFINE_string("prompt", None, "One prompt.")
+  flags.DEFINE_string("prompts", None, "A prompt file (.txt, .jsonl or .csv).")
+  flags.DEFINE_integer("n", 4, "Images per prompt.")
+  flags.DEFINE_float("cfg", 5.0, "Classifier-free guidance weight (1 = off).")
+  flags.DEFINE_float("temperature", 1.0, "Sampling temperature.")
+  flags.DEFINE_integer("top_k", 0, "Top-k (0 = off).")
+  flags.DEFINE_float("top_p", 1.0, "Top-p (1 = off).")
+  flags.DEFINE_integer("seed", 0, "Seed; the same seed draws the same images.")
+  flags.DEFINE_string("out", None, "Output folder.")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
+  f = flags.FLAGS
+  try:
+    if not f.checkpoint or not f.out:
+      raise InputError("--checkpoint and --out are required")
+    generate(f.checkpoint, read_prompts(f.prompt, f.prompts), f.out, n=f.n, cfg=f.cfg,
+             temperature=f.temperature, top_k=f.top_k, top_p=f.top_p, seed=f.seed, step=f.step)
+  except InputError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  return 0
+
+
+def cli():
+  define_flags()
+  app.run(lambda argv: sys.exit(main(argv)))
+
+
+if __name__ == "__main__":
+  cli()
