@@ -22,19 +22,19 @@ checkpoint export; embedded-world and X-Omni workdirs are refused in one line.
 
 import json
 import os
-import sys
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import ml_dtypes
 import numpy as np
-from absl import app, flags, logging
+from absl import flags
 from etils import epath
 
 from gvu_jax import checkpoint, lora, optimizer
 from gvu_jax.convert import store
 from gvu_jax.convert.targets import lookup, targets
+from gvu_jax import cli as cli_lib
 from gvu_jax.errors import InputError
 from gvu_jax.models import build
 from gvu_jax.models import vq as vq_lib
@@ -318,29 +318,16 @@ def define_flags():
                     "and compare against gvu_jax's policy; exit 1 above tolerance.")
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
-  f = flags.FLAGS
-  try:
-    if not f.workdir or not f.dst:
-      raise InputError("--workdir and --dst are required")
-    policy = export(f.workdir, f.dst, f.step, f.format, f.dtype, f.force)
-    if f.check:
-      report = check(f.dst, policy)
-      print(json.dumps(report, indent=2))
-      return 0 if report["ok"] else 1
-  except InputError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  return 0
+def main(f):
+  if not f.workdir or not f.dst:
+    raise InputError("--workdir and --dst are required")
+  policy = export(f.workdir, f.dst, f.step, f.format, f.dtype, f.force)
+  if f.check:
+    return cli_lib.check_status(check(f.dst, policy))
 
 
 def cli():
-  define_flags()
-  app.run(lambda argv: sys.exit(main(argv)))
+  cli_lib.run(define_flags, main)
 
 
 if __name__ == "__main__":

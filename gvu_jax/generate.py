@@ -12,19 +12,19 @@ time, so they do not depend on what else is generated with them.
 """
 
 import os
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import PIL.Image
-from absl import app, flags, logging
+from absl import flags
 from etils import epath
 from flax import nnx
 
 from gvu_jax import export, metrics
 from gvu_jax.convert import store
 from gvu_jax.data import prompt_files
+from gvu_jax import cli as cli_lib
 from gvu_jax.errors import InputError
 from gvu_jax.evaluation import grid
 from gvu_jax.models import build
@@ -112,26 +112,15 @@ def define_flags():
   flags.DEFINE_string("out", None, "Output folder.")
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
-  f = flags.FLAGS
-  try:
-    if not f.checkpoint or not f.out:
-      raise InputError("--checkpoint and --out are required")
-    generate(f.checkpoint, read_prompts(f.prompt, f.prompts), f.out, n=f.n, cfg=f.cfg,
-             temperature=f.temperature, top_k=f.top_k, top_p=f.top_p, seed=f.seed, step=f.step)
-  except InputError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  return 0
+def main(f):
+  if not f.checkpoint or not f.out:
+    raise InputError("--checkpoint and --out are required")
+  generate(f.checkpoint, read_prompts(f.prompt, f.prompts), f.out, n=f.n, cfg=f.cfg,
+           temperature=f.temperature, top_k=f.top_k, top_p=f.top_p, seed=f.seed, step=f.step)
 
 
 def cli():
-  define_flags()
-  app.run(lambda argv: sys.exit(main(argv)))
+  cli_lib.run(define_flags, main)
 
 
 if __name__ == "__main__":

@@ -16,11 +16,12 @@ import os
 import re
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 from gvu_jax import config_check, context, files, gvu, metrics, preemption, pretrain
 from gvu_jax import provenance, report, sharding
+from gvu_jax import cli as cli_lib
 from gvu_jax.errors import InputError, NonFiniteError
 from gvu_jax.evaluation import evaluate, export
 
@@ -131,10 +132,7 @@ def load_config():
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)   # Orbax logs every save at INFO
+  cli_lib.start(argv)
   try:
     sharding.initialize_distributed()   # several hosts: before anything touches a device
     with preemption.watching():         # SIGTERM: finish the step, checkpoint, exit 0

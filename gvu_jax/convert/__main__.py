@@ -1,12 +1,11 @@
 """python -m gvu_jax.convert --src=DIR|hf://ORG/NAME[@REVISION] --dst=DIR
     [--model=auto|<preset>] [--dtype=auto|float32|bfloat16|float16] [--force] [--check]"""
 
-import json
-import sys
 
-from absl import app, flags, logging
+from absl import flags
 from etils import epath
 
+from gvu_jax import cli as cli_lib
 from gvu_jax.convert import hub, parity
 from gvu_jax.convert.source import read_model_config
 from gvu_jax.convert.write import convert
@@ -28,33 +27,20 @@ def define_flags():
                     "inputs (needs torch + transformers); exit 1 above tolerance.")
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)   # Orbax logs every save at INFO
-  f = flags.FLAGS
-  try:
-    if not f.src or not f.dst:
-      raise InputError("--src and --dst are required")
-    src = hub.resolve(f.src)
-    if f.check and read_model_config(epath.Path(src), f.model).family != "janus":
-      raise InputError("--check compares against transformers' Janus; X-Omni has no "
-                       "transformers model (tests/test_xomni.py checks it against Qwen2's)")
-    convert(src, f.dst, f.model, f.dtype, f.force)
-    if f.check:
-      report = parity.check(src, f.dst)
-      print(json.dumps(report, indent=2))
-      return 0 if report["ok"] else 1
-  except InputError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  return 0
+def main(f):
+  if not f.src or not f.dst:
+    raise InputError("--src and --dst are required")
+  src = hub.resolve(f.src)
+  if f.check and read_model_config(epath.Path(src), f.model).family != "janus":
+    raise InputError("--check compares against transformers' Janus; X-Omni has no "
+                     "transformers model (tests/test_xomni.py checks it against Qwen2's)")
+  convert(src, f.dst, f.model, f.dtype, f.force)
+  if f.check:
+    return cli_lib.check_status(parity.check(src, f.dst))
 
 
 def cli():
-  define_flags()
-  app.run(lambda argv: sys.exit(main(argv)))
+  cli_lib.run(define_flags, main)
 
 
 if __name__ == "__main__":
