@@ -31,10 +31,10 @@ import numpy as np
 from absl import flags
 from etils import epath
 
+from gvu_jax import cli as cli_lib
 from gvu_jax import checkpoint, lora, optimizer
 from gvu_jax.convert import store
 from gvu_jax.convert.targets import lookup, targets
-from gvu_jax import cli as cli_lib
 from gvu_jax.errors import InputError
 from gvu_jax.models import build
 from gvu_jax.models import vq as vq_lib

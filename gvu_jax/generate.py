@@ -21,10 +21,10 @@ from absl import flags
 from etils import epath
 from flax import nnx
 
+from gvu_jax import cli as cli_lib
 from gvu_jax import export, metrics
 from gvu_jax.convert import store
 from gvu_jax.data import prompt_files
-from gvu_jax import cli as cli_lib
 from gvu_jax.errors import InputError
 from gvu_jax.evaluation import grid
 from gvu_jax.models import build
