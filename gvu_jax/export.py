@@ -34,6 +34,7 @@ from etils import epath
 from gvu_jax import cli as cli_lib
 from gvu_jax import checkpoint, lora, optimizer
 from gvu_jax.convert import store
+from gvu_jax.convert.source import read_json_object
 from gvu_jax.convert.targets import lookup, targets
 from gvu_jax.errors import InputError
 from gvu_jax.models import build
@@ -50,13 +51,6 @@ _LORA_MODULES = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_at
                  "down": "mlp.down_proj"}
 
 
-def _read_json(path):
-  try:
-    return json.loads(epath.Path(path).read_text())
-  except (OSError, ValueError) as e:
-    raise InputError(f"{path}: cannot read ({e})") from None
-
-
 class Policy:
   """A workdir's GvU policy: the model config, the frozen base weights and the
   trained part (LoRA adapters, or full fine-tuning's weights) at `step`."""
@@ -65,7 +59,7 @@ class Policy:
     gvu_dir = epath.Path(workdir) / "gvu"
     if not (gvu_dir / "model_config.json").exists():
       raise InputError(f"{workdir}: holds no GvU run (no gvu/model_config.json)")
-    signature = _read_json(gvu_dir / "model_config.json")
+    signature = read_json_object(gvu_dir / "model_config.json")
     self.source = signature.get("checkpoint")
     if not self.source:
       raise InputError(f"{workdir}: an embedded-world run; only runs on a converted Janus "
@@ -75,7 +69,7 @@ class Policy:
       raise InputError(f"{workdir}: a {self.model.family} run; transformers has no "
                        f"{self.model.family} model to export to")
     self.lora = signature.get("gvu_lora") or {}
-    run = _read_json(gvu_dir / "run.json")["config"]
+    run = read_json_object(gvu_dir / "run.json")["config"]
     if self.lora:
       like = build.create_adapters(self.model, 0, **self.lora)
     else:
@@ -120,8 +114,8 @@ class Policy:
 def transformers_tensors(m, params):
   """Our parameter tree -> {transformers name: array in torch layout}, each
   checked against the name table's shape (convert/targets.py, backwards)."""
-  out = {}
-  for name, t in targets(m).items():
+  out, table = {}, targets(m)
+  for name, t in table.items():
     value = np.asarray(lookup(params, t.path), np.float32)
     if t.kind == "linear":
       value = value.T
@@ -134,7 +128,8 @@ def transformers_tensors(m, params):
       value = value.T if value.ndim == 2 else value
     out[name] = value
   vq_cfg = JanusConfig.from_config(m).vq
-  for key, shape in vq_lib.expected_torch_shapes(vq_cfg).items():
+  vq_shapes = vq_lib.expected_torch_shapes(vq_cfg)
+  for key, shape in vq_shapes.items():
     *path, leaf = key.split(".")
     if key == "quantize.embedding.weight":
       leaf = path.pop()
@@ -145,9 +140,8 @@ def transformers_tensors(m, params):
     value = np.asarray(lookup(params["vq"], [int(n) if n.isdigit() else n
                                                       for n in path] + [leaf]), np.float32)
     out["model.vqmodel." + key] = value.transpose(3, 2, 0, 1) if len(shape) == 4 else value
-  shapes = dict({k: t.shape for k, t in targets(m).items()},
-                **{"model.vqmodel." + k: s for k, s in
-                   vq_lib.expected_torch_shapes(vq_cfg).items()})
+  shapes = dict({k: t.shape for k, t in table.items()},
+                **{"model.vqmodel." + k: s for k, s in vq_shapes.items()})
   for name, value in out.items():
     if tuple(value.shape) != tuple(shapes[name]):
       raise InputError(f"export: {name} has shape {value.shape}, the table says {shapes[name]}")
