@@ -10,6 +10,7 @@ import tempfile
 import time
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from gvu_jax import files
@@ -90,6 +91,16 @@ class CheckpointStore:
       out = self.manager.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(abstract(like)), meta=ocp.args.JsonRestore()))
     return out["state"], out["meta"]
+
+  def restore_part(self, step, like):
+    """Only the entries of the state that `like` names (e.g. {"trainable": ...}),
+    as numpy arrays: the rest (optimizer moments) is never read."""
+    path = os.path.join(str(self.manager.directory), str(step))
+    with _one_line_errors(path):
+      return ocp.PyTreeCheckpointer().restore(
+          os.path.join(path, "state"), args=ocp.args.PyTreeRestore(
+              abstract(like), partial_restore=True, restore_args=jax.tree.map(
+                  lambda x: ocp.RestoreArgs(restore_type=np.ndarray, dtype=x.dtype), like)))
 
   def close(self):
     self.manager.wait_until_finished()

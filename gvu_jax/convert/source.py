@@ -160,7 +160,11 @@ def _siglip_vq_sizes(encoder, name):
 def read_json_object(path):
   """A JSON file that must hold an object -> dict, or one error naming the file."""
   try:
-    value = json.loads(path.read_text())
+    value = json.loads(epath.Path(path).read_text())
+  except FileNotFoundError:
+    raise InputError(f"{path}: not found") from None
+  except IsADirectoryError:
+    raise InputError(f"{path}: a directory, expected a JSON file") from None
   except (UnicodeDecodeError, json.JSONDecodeError) as e:
     raise InputError(f"{path}: not valid JSON ({e})") from None
   if not isinstance(value, dict):
