@@ -239,6 +239,49 @@ def test_bad_inputs(sources, tmp_path):
   _fails(src, tmp_path / "d6", r"missing tensor model.generation_embeddings.weight")
 
 
+@pytest.mark.parametrize("name, size, kept", [
+    ("config.json", 10, True), ("modeling_xomni.py", 10, True), ("generation_config.json", 10, True),
+    ("merges.txt", 10, True), ("LICENSE", 10, True), ("README.md", 10, True),
+    ("model.safetensors", 10, False), ("model-00001-of-00002.safetensors", 10, False),
+    ("model.safetensors.index.json", 10, False), ("pytorch_model.bin.index.json", 10, False),
+    ("pytorch_model.bin", 10, False), ("vit.pt", 10, False), ("projector.pth", 10, False),
+    ("flax_model.msgpack", 10, False), (".gitattributes", 10, False),
+    ("big.json", 65 << 20, False),
+])
+def test_a_conversion_keeps_the_releases_own_files_but_not_its_weights(tmp_path, name, size,
+                                                                      kept):
+  from gvu_jax.convert import write
+  src = tmp_path / "src"
+  src.mkdir()
+  with open(src / name, "wb") as f:
+    f.truncate(size)
+  (src / "sub").mkdir()   # folders are not release files
+  write._keep_release_files(epath.Path(src), epath.Path(tmp_path / "release"))
+  assert sorted(os.listdir(tmp_path / "release")) == ([name] if kept else [])
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, r"cfg.json: not found"),
+    ("dir", r"cfg.json: a directory, expected a JSON file"),
+    ("{", r"cfg.json: not valid JSON"),
+    (b"\xff\xfe", r"cfg.json: not valid JSON"),
+    ("[1, 2]", r"cfg.json: holds a JSON list, expected an object"),
+    ("3", r"cfg.json: holds a JSON int, expected an object"),
+])
+def test_a_json_file_that_is_no_object_is_one_line(tmp_path, content, message):
+  from gvu_jax.convert.source import read_json_object
+  path = tmp_path / "cfg.json"
+  if content == "dir":
+    path.mkdir()
+  elif isinstance(content, bytes):
+    path.write_bytes(content)
+  elif content is not None:
+    path.write_text(content)
+  with pytest.raises(InputError, match=message) as e:
+    read_json_object(epath.Path(path))
+  assert "\n" not in str(e.value)
+
+
 def test_existing_dst_needs_force(sources, tmp_path):
   dst = tmp_path / "dst"
   dst.mkdir()

@@ -17,7 +17,8 @@ from gvu_jax.errors import InputError
 PATTERNS = ("config.json", "model*.safetensors", "model.safetensors.index.json",
             "pytorch_model*.bin", "pytorch_model.bin.index.json", "tokenizer.json",
             "tokenizer_config.json", "special_tokens_map.json", "preprocessor_config.json",
-            "processor_config.json")
+            "processor_config.json", "generation_config.json", "vocab.json", "merges.txt",
+            "*.py", "LICENSE*")
 _REPO = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 

@@ -15,6 +15,13 @@ from gvu_jax.errors import InputError
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "preprocessor_config.json", "processor_config.json")
+# The release's own files besides its weights (config.json, modeling code,
+# generation config, tokenizer, licence) are kept in DST/release: an export in
+# the release's layout writes them back unchanged.
+RELEASE_DIR = "release"
+WEIGHT_FILES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".msgpack", ".h5", ".gguf",
+                ".npz", ".index.json")
+RELEASE_FILE_BYTES = 64 << 20
 
 
 def convert(src, dst, model="auto", dtype="auto", force=False, log=print):
@@ -56,10 +63,19 @@ def convert(src, dst, model="auto", dtype="auto", force=False, log=print):
   for name in TOKENIZER_FILES:
     if (src / name).exists():
       (src / name).copy(dst / name)
+  _keep_release_files(src, dst / RELEASE_DIR)
   (dst / DONE_FILE).write_text(json.dumps({"source": str(src), "layout": layout,
                                           "dtype": dtype}))
   log(f"convert: wrote {dst} in {time.perf_counter() - tic:.1f} s")
   return m
+
+
+def _keep_release_files(src, release):
+  release.mkdir()
+  for f in sorted(src.iterdir()):
+    if (f.is_file() and not f.name.endswith(WEIGHT_FILES) and not f.name.startswith(".")
+        and f.stat().length <= RELEASE_FILE_BYTES):
+      f.copy(release / f.name)
 
 
 def _convert_image_tokenizer(src, dst, m, dtype, log):
