@@ -1,30 +1,43 @@
-"""The GvU policy of a workdir, written for transformers and PEFT.
+"""The GvU policy of a workdir, written where its users load it.
 
-  python -m gvu_jax.export --workdir=W [--step=N] --dst=D [--format=transformers|peft]
-      [--dtype=float32|bfloat16] [--force] [--check]
+  python -m gvu_jax.export --workdir=W [--step=N] --dst=D
+      [--format=transformers|peft|safetensors] [--dtype=float32|bfloat16] [--force] [--check]
 
-transformers (default): the policy with LoRA merged into the weights, as a Janus
-    checkpoint in the transformers layout (config.json, model-*.safetensors and
-    their index, the conversion's tokenizer and processor files):
+transformers (the default for a run on a converted checkpoint): the policy with
+    LoRA merged into the weights, in the base model's own layout.
+    Janus: transformers' layout (config.json, model-*.safetensors and their
+    index, the conversion's tokenizer and processor files), for
     `JanusForConditionalGeneration.from_pretrained(D)`.
+    X-Omni: its release's layout (the release's config.json, modeling code and
+    tokenizer, kept by the conversion in release/; the weights under the
+    release's names; its image-tokenizer files copied from the release when it
+    is still where it was converted from), for
+    `AutoModelForCausalLM.from_pretrained(D, trust_remote_code=True)`.
 peft: the adapters alone (adapter_config.json, adapter_model.safetensors, PEFT's
     module names), for `PeftModel.from_pretrained(base, D)` on the checkpoint the
     run was converted from.
+safetensors (the default, and the only format, for an embedded-world run; any
+    run may ask for it): gvu_jax's own layout, the merged parameter tree under
+    its own names ("lm.layers.0.attn.q.kernel", kernels [in, out]) in
+    model-*.safetensors and their index, and config.json holding the model
+    block; `python -m gvu_jax.generate --checkpoint=D` reads it back.
 
 Names come from the converter's one table (convert/targets.py), read backwards;
-every name and shape is checked before anything is written. D is written aside,
-with a model card (README.md) and the EXPORTED marker last, then renamed into
-place; an existing D is replaced only with --force. --check loads the export as
-its users would and compares it with gvu_jax's policy (parity.compare, 1e-4 in
-float32), as convert --check does for a conversion. Runs on a converted Janus
-checkpoint export; embedded-world and X-Omni workdirs are refused in one line.
+every name and shape is checked before anything is written. The weights are
+computed and written one shard (SHARD_BYTES) at a time from the base weights in
+the conversion's dtype, so the host holds the base model plus one shard. D is
+written aside, with a model card (README.md) and the EXPORTED marker last, then
+renamed into place; an existing D is replaced only with --force. --check reads
+every exported tensor back and compares it with the policy's, and for Janus
+loads the export as its users would and compares it with gvu_jax's policy
+(parity.compare, 1e-4 in float32), as convert --check does for a conversion.
 """
 
 import json
 import os
+import re
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import ml_dtypes
 import numpy as np
@@ -32,104 +45,151 @@ from absl import flags
 from etils import epath
 
 from gvu_jax import cli as cli_lib
-from gvu_jax import checkpoint, lora, optimizer
+from gvu_jax import checkpoint, lora
 from gvu_jax.convert import store
 from gvu_jax.convert.source import read_json_object
-from gvu_jax.convert.targets import lookup, targets
+from gvu_jax.convert.targets import lookup, place, targets
+from gvu_jax.convert.write import RELEASE_DIR, TOKENIZER_FILES
 from gvu_jax.errors import InputError
 from gvu_jax.models import build
 from gvu_jax.models import vq as vq_lib
 from gvu_jax.models.janus import JanusConfig
 
 DONE_FILE = "EXPORTED"
-FORMATS = ("transformers", "peft")
+FORMATS = ("transformers", "peft", "safetensors")
 DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}
 SHARD_BYTES = 2 << 30
-# Our LoRA targets -> the transformers modules they adapt (models/llama.py).
-_LORA_MODULES = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj",
-                 "o": "self_attn.o_proj", "gate": "mlp.gate_proj", "up": "mlp.up_proj",
-                 "down": "mlp.down_proj"}
+INDEX_FILE = "model.safetensors.index.json"
+EMBEDDED_FORMAT = "gvu_jax"   # config.json "format" of the safetensors layout
+
+
+def _flat(tree, prefix=()):
+  """(path, leaf) of a parameter tree, in a fixed order."""
+  for key, value in sorted(tree.items(), key=lambda kv: str(kv[0])):
+    if isinstance(value, dict):
+      yield from _flat(value, prefix + (key,))
+    else:
+      yield prefix + (key,), value
 
 
 class Policy:
-  """A workdir's GvU policy: the model config, the frozen base weights and the
-  trained part (LoRA adapters, or full fine-tuning's weights) at `step`."""
+  """A workdir's GvU policy: the model config, the frozen base weights (in the
+  conversion's stored dtype, or `param_dtype`) and the trained part (LoRA
+  adapters, or full fine-tuning's weights) at `step`. `weight(path)` is one
+  weight of the policy in float32, computed when asked."""
 
-  def __init__(self, workdir, step=None):
+  def __init__(self, workdir, step=None, param_dtype=None):
     gvu_dir = epath.Path(workdir) / "gvu"
     if not (gvu_dir / "model_config.json").exists():
       raise InputError(f"{workdir}: holds no GvU run (no gvu/model_config.json)")
     signature = read_json_object(gvu_dir / "model_config.json")
     self.source = signature.get("checkpoint")
-    if not self.source:
-      raise InputError(f"{workdir}: an embedded-world run; only runs on a converted Janus "
-                       "checkpoint export to transformers and PEFT")
-    self.model, frozen = store.load(self.source, dtype="float32", param_dtype=np.float32)
-    if self.model.family != "janus":
-      raise InputError(f"{workdir}: a {self.model.family} run; transformers has no "
-                       f"{self.model.family} model to export to")
     self.lora = signature.get("gvu_lora") or {}
-    run = read_json_object(gvu_dir / "run.json")["config"]
-    if self.lora:
-      like = build.create_adapters(self.model, 0, **self.lora)
-    else:
-      like = lora.full_ft_trainable(frozen, tuple(run.get("gvu.full_ft_modules") or ()))
-    opt = ml_collections.ConfigDict({k[len("gvu."):]: v for k, v in run.items()
-                                     if k.startswith("gvu.") and k.count(".") == 1})
-    tx, _ = optimizer.make_optimizer(opt, 1)
-    state = {"trainable": like, "opt_state": tx.init(like), "step": jnp.int32(0),
-             "rng": jax.random.key_data(jax.random.key(0))}
-    checkpoints = checkpoint.CheckpointStore(str(gvu_dir / "checkpoints"), keep=1 << 30)
-    self.step = checkpoints.latest_step() if step is None else step
+    self.run_config = read_json_object(gvu_dir / "run.json")["config"]
+    checkpoints = (checkpoint.CheckpointStore(str(gvu_dir / "checkpoints"), keep=1 << 30)
+                   if (gvu_dir / "checkpoints").exists() else None)
+    self.step = checkpoints and (checkpoints.latest_step() if step is None else step)
     if self.step is None or self.step not in checkpoints.manager.all_steps():
-      checkpoints.close()
+      if checkpoints:
+        checkpoints.close()
       raise InputError(f"{gvu_dir / 'checkpoints'}: no checkpoint of step "
                        f"{'(any)' if step is None else step}")
-    state, _ = checkpoints.restore(self.step, state)
+    self.param_dtype, self._frozen, self._tree = param_dtype, None, None
+    if self.source:
+      self.model = store.read_converted_config(self.source)
+      self.model.dtype = "float32"
+    else:   # the embedded world: the run's own reference is its base model
+      self.model = ml_collections.ConfigDict(
+          {k: v for k, v in signature.items() if not k.startswith("gvu_")})
+      self.model.dtype = "float32"
+    try:   # one trace gives the base weights' shapes and the adapters'
+      self._like, adapters = lora.split(build.abstract(self.model, **self.lora)[1])
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+      raise InputError(f"{gvu_dir / 'model_config.json'}: not a model gvu_jax builds "
+                       f"({type(e).__name__}: {e})") from None
+    float32 = lambda t: jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, np.float32), t)
+    if self.lora:
+      like = float32(adapters)
+    else:
+      modules = tuple(signature.get("gvu_full_ft_modules") or ())
+      like = float32(jax.eval_shape(lambda f: lora.full_ft_trainable(f, modules), self._like))
+    self.trainable = checkpoints.restore_part(self.step, {"trainable": like})["trainable"]
     checkpoints.close()
-    self.trainable = jax.tree.map(np.asarray, state["trainable"])
-    self.frozen = frozen
-    self.run_config = run
+    self.gvu_dir = gvu_dir
+
+  @property
+  def frozen(self):
+    """The base weights, read when first needed (the adapters alone do not)."""
+    if self._frozen is None:
+      if self.source:
+        _, frozen = store.load(self.source, like_model=self.model,
+                               param_dtype=self.param_dtype)
+      else:
+        like = jax.tree.map(lambda s: jax.ShapeDtypeStruct(
+            s.shape, self.param_dtype or s.dtype), self._like)
+        frozen = checkpoint.load_frozen(str(self.gvu_dir / "reference"), like)
+      self._frozen = jax.tree.map(np.asarray, frozen)
+    return self._frozen
+
+  @property
+  def tree(self):
+    """Base weights and trained part in one tree (sharing the arrays: no copy)."""
+    if self._tree is None:
+      self._tree = lora.merge(self.frozen, self.trainable)
+    return self._tree
+
+  @property
+  def family(self):
+    return self.model.family if self.source else "embedded"
+
+  def paths(self):
+    """Every weight of the policy (the adapters folded away)."""
+    return [p for p, _ in _flat(self.tree) if p[-1] not in lora.LORA_KEYS]
+
+  def shape(self, path):
+    return tuple(lookup(self.tree, path).shape)
+
+  def weight(self, path):
+    """The policy's weight at `path` in float32, its LoRA adapter merged into the
+    kernel (W + A B alpha / r, as PEFT's merge does)."""
+    node = lookup(self.tree, path[:-1])
+    value = np.asarray(node[path[-1]], np.float32)
+    if path[-1] == "kernel" and "lora_a" in node:
+      scale = self.lora["lora_alpha"] / self.lora["lora_rank"]
+      value = value + (np.asarray(node["lora_a"], np.float32)
+                       @ np.asarray(node["lora_b"], np.float32)) * scale
+    return value
 
   def params(self):
-    """The policy's weights with every LoRA adapter merged into its kernel
-    (W + A B alpha / r, as PEFT's merge does)."""
-    merged = lora.merge(self.frozen, self.trainable)
-    if not self.lora:
-      return merged
-    scale = self.lora["lora_alpha"] / self.lora["lora_rank"]
-
-    def fold(tree):
-      if not isinstance(tree, dict):
-        return tree
-      if "lora_a" in tree:
-        out = {k: v for k, v in tree.items() if k not in lora.LORA_KEYS}
-        out["kernel"] = tree["kernel"] + (tree["lora_a"] @ tree["lora_b"]) * scale
-        return out
-      return {k: fold(v) for k, v in tree.items()}
-
-    return fold(merged)
+    """The whole merged policy in float32 (for sampling and comparison)."""
+    out = {}
+    for path in self.paths():
+      place(out, path, self.weight(path))
+    return out
 
 
-def transformers_tensors(m, params):
-  """Our parameter tree -> {transformers name: array in torch layout}, each
-  checked against the name table's shape (convert/targets.py, backwards)."""
-  out, table = {}, targets(m)
-  for name, t in table.items():
-    value = np.asarray(lookup(params, t.path), np.float32)
-    if t.kind == "linear":
-      value = value.T
-    elif t.kind == "patch":    # dense over (p, q, c)-flattened patches -> conv [W, C, p, p]
-      p = t.shape[-1]
-      value = value.reshape(p, p, t.shape[1], t.shape[0]).transpose(3, 2, 0, 1)
-    elif t.kind.startswith("part"):
-      j, width = int(t.kind[-1]), t.shape[0]
-      value = value[..., j * width:(j + 1) * width]
-      value = value.T if value.ndim == 2 else value
-    out[name] = value
-  vq_cfg = JanusConfig.from_config(m).vq
-  vq_shapes = vq_lib.expected_torch_shapes(vq_cfg)
-  for key, shape in vq_shapes.items():
+# ----------------------------------------------------- the policy's tensors
+# Each format is {name: shape} plus make(name) -> the array, computed only when
+# its shard is written.
+
+def _to_torch(t, value):
+  """Our layout -> transformers' for one table entry (the converter's inverse)."""
+  if t.kind == "linear":
+    return value.T
+  if t.kind == "patch":    # dense over (p, q, c)-flattened patches -> conv [W, C, p, p]
+    p = t.shape[-1]
+    return value.reshape(p, p, t.shape[1], t.shape[0]).transpose(3, 2, 0, 1)
+  if t.kind.startswith("part"):
+    j, width = int(t.kind[-1]), t.shape[0]
+    value = value[..., j * width:(j + 1) * width]
+    return value.T if value.ndim == 2 else value
+  return value
+
+
+def _vq_entries(m):
+  """The VQ model's transformers names -> (path in our tree, torch shape)."""
+  out = {}
+  for key, shape in vq_lib.expected_torch_shapes(JanusConfig.from_config(m).vq).items():
     *path, leaf = key.split(".")
     if key == "quantize.embedding.weight":
       leaf = path.pop()
@@ -137,32 +197,118 @@ def transformers_tensors(m, params):
       leaf = "kernel"
     elif leaf == "weight":
       leaf = "scale"
-    value = np.asarray(lookup(params["vq"], [int(n) if n.isdigit() else n
-                                                      for n in path] + [leaf]), np.float32)
-    out["model.vqmodel." + key] = value.transpose(3, 2, 0, 1) if len(shape) == 4 else value
-  shapes = dict({k: t.shape for k, t in table.items()},
-                **{"model.vqmodel." + k: s for k, s in vq_shapes.items()})
-  for name, value in out.items():
-    if tuple(value.shape) != tuple(shapes[name]):
-      raise InputError(f"export: {name} has shape {value.shape}, the table says {shapes[name]}")
+    path = ("vq",) + tuple(int(n) if n.isdigit() else n for n in path) + (leaf,)
+    out["model.vqmodel." + key] = (path, tuple(shape))
   return out
 
 
+def transformers_tensors(policy):
+  """The policy under the base model's own names, in torch layout: ({name:
+  shape}, make). Every shape is checked against the table before anything is
+  computed (convert/targets.py, backwards)."""
+  table, shapes, makers = targets(policy.model), {}, {}
+  for name, t in table.items():
+    got = jax.eval_shape(lambda v, t=t: _to_torch(t, v),
+                         jax.ShapeDtypeStruct(policy.shape(t.path), np.float32)).shape
+    shapes[name], want = tuple(got), tuple(t.shape)
+    makers[name] = lambda t=t: _to_torch(t, policy.weight(t.path))
+    if shapes[name] != want:
+      raise InputError(f"export: {name} has shape {shapes[name]}, the table says {want}")
+  if policy.model.family == "janus":
+    for name, (path, want) in _vq_entries(policy.model).items():
+      conv = len(want) == 4
+      got = policy.shape(path)
+      shapes[name] = tuple(got[i] for i in (3, 2, 0, 1)) if conv else got
+      makers[name] = lambda path=path, conv=conv: (
+          policy.weight(path).transpose(3, 2, 0, 1) if conv else policy.weight(path))
+      if shapes[name] != want:
+        raise InputError(f"export: {name} has shape {shapes[name]}, the table says {want}")
+  return shapes, lambda name: makers[name]()
+
+
+def own_tensors(policy):
+  """The policy under gvu_jax's own names ("lm.layers.0.attn.q.kernel")."""
+  paths = {".".join(str(k) for k in p): p for p in policy.paths()}
+  return ({n: policy.shape(p) for n, p in paths.items()},
+          lambda name: policy.weight(paths[name]))
+
+
 def peft_tensors(policy):
-  """The adapters under PEFT's names for JanusForConditionalGeneration, and the
-  module pattern they adapt."""
-  out, kinds = {}, set()
+  """The adapters under PEFT's names for the base model's own modules (the name
+  table's, e.g. model.language_model.layers.3.self_attn.q_proj for Janus), and
+  the pattern of modules they adapt."""
+  names = {t.path: name for name, t in targets(policy.model).items()}
+  out, prefixes, modules = {}, set(), set()
   for i, layer in sorted(policy.trainable["lm"]["layers"].items()):
     for group in ("attn", "mlp"):
       for ours, node in sorted(layer.get(group, {}).items()):
         if "lora_a" not in node:
           continue
-        kinds.add(ours)
-        name = f"base_model.model.model.language_model.layers.{i}.{_LORA_MODULES[ours]}"
-        out[f"{name}.lora_A.weight"] = np.asarray(node["lora_a"], np.float32).T
-        out[f"{name}.lora_B.weight"] = np.asarray(node["lora_b"], np.float32).T
-  modules = "|".join(sorted(_LORA_MODULES[k].replace(".", r"\.") for k in kinds))
-  return out, rf".*language_model\.layers\.\d+\.({modules})"
+        module = names[("lm", "layers", i, group, ours, "kernel")][:-len(".weight")]
+        prefix, rest = module.split(f"layers.{i}.")
+        prefixes.add(prefix)
+        modules.add(rest)
+        out[f"base_model.model.{module}.lora_A.weight"] = np.asarray(node["lora_a"]).T
+        out[f"base_model.model.{module}.lora_B.weight"] = np.asarray(node["lora_b"]).T
+  (prefix,) = prefixes
+  pattern = (re.escape(prefix) + r"layers\.\d+\.("
+             + "|".join(re.escape(m) for m in sorted(modules)) + ")")
+  return out, pattern
+
+
+# ------------------------------------------------------------------ writing
+
+def _save_sharded(directory, shapes, make, dtype):
+  """model-*.safetensors of about SHARD_BYTES each and their index, each shard's
+  tensors computed just before it is written."""
+  from safetensors.numpy import save_file
+  itemsize = np.dtype(dtype).itemsize
+  nbytes = {n: int(np.prod(s)) * itemsize for n, s in shapes.items()}
+  shards, size = [[]], 0
+  for name in sorted(shapes):
+    if shards[-1] and size + nbytes[name] > SHARD_BYTES:
+      shards.append([])
+      size = 0
+    shards[-1].append(name)
+    size += nbytes[name]
+  weight_map = {}
+  for i, names in enumerate(shards):
+    file = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+    # contiguous: safetensors writes a strided array in its memory order
+    save_file({n: np.ascontiguousarray(make(n), dtype) for n in names},
+              str(directory / file), metadata={"format": "pt"})
+    weight_map.update({n: file for n in names})
+  (directory / INDEX_FILE).write_text(json.dumps(
+      {"metadata": {"total_size": sum(nbytes.values())}, "weight_map": weight_map}, indent=2))
+
+
+def iter_sharded(directory):
+  """(name, array) of an index's shards, one shard in memory at a time (the
+  inverse of _save_sharded)."""
+  from safetensors import safe_open
+  index = read_json_object(epath.Path(directory) / INDEX_FILE)["weight_map"]
+  for file in sorted(set(index.values())):
+    with safe_open(str(epath.Path(directory) / file), framework="numpy") as f:
+      for name in f.keys():
+        yield name, f.get_tensor(name)
+
+
+def read_sharded(directory):
+  return dict(iter_sharded(directory))
+
+
+def load_own(directory):
+  """An export in gvu_jax's own layout -> (model config, float32 parameter tree)."""
+  config = read_json_object(epath.Path(directory) / "config.json")
+  if config.get("format") != EMBEDDED_FORMAT:
+    raise InputError(f"{directory}/config.json: not a gvu_jax export (format "
+                     f"{config.get('format')!r}, expected {EMBEDDED_FORMAT!r})")
+  m = ml_collections.ConfigDict(config["model"])
+  params = {}
+  for name, value in read_sharded(directory).items():
+    place(params, tuple(int(k) if k.isdigit() else k for k in name.split(".")),
+          np.asarray(value, np.float32))
+  return m, params
 
 
 def _image_token_ids(source):
@@ -172,36 +318,39 @@ def _image_token_ids(source):
   return tok.token_to_id(janus_text.IMG), tok.token_to_id(janus_text.PAD)
 
 
-def _save_sharded(directory, tensors, dtype):
-  from safetensors.numpy import save_file
-  shards, size = [[]], 0
-  for name in sorted(tensors):
-    nbytes = tensors[name].size * np.dtype(dtype).itemsize
-    if shards[-1] and size + nbytes > SHARD_BYTES:
-      shards.append([])
-      size = 0
-    shards[-1].append(name)
-    size += nbytes
-  weight_map = {}
-  for i, names in enumerate(shards):
-    file = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-    save_file({n: np.ascontiguousarray(tensors[n], dtype) for n in names},
-              str(directory / file), metadata={"format": "pt"})
-    weight_map.update({n: file for n in names})
-  total = sum(t.size * np.dtype(dtype).itemsize for t in tensors.values())
-  (directory / "model.safetensors.index.json").write_text(json.dumps(
-      {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+def _release_files(policy):
+  """X-Omni: the release's own files the conversion kept, and the image-tokenizer
+  weight files its config.json names -> ({name: path to copy}, [names not found])."""
+  release = epath.Path(policy.source) / RELEASE_DIR
+  if not (release / "config.json").exists():
+    raise InputError(f"{policy.source}: keeps no {RELEASE_DIR}/config.json (converted by an "
+                     "older gvu_jax); convert the release again to export in its layout")
+  files = {f.name: f for f in release.iterdir() if f.name != "README.md"}
+  encoder = (read_json_object(release / "config.json").get("vision_config") or {}).get(
+      "encoder") or {}
+  source = epath.Path(store.conversion_info(policy.source)["source"])
+  missing = []
+  for key in ("siglip_path", "projector_path"):
+    if encoder.get(key):
+      if (source / encoder[key]).exists():
+        files[encoder[key]] = source / encoder[key]
+      else:
+        missing.append(encoder[key])
+  return files, missing
 
 
-def _model_card(policy, fmt, workdir):
+def _model_card(policy, fmt, workdir, notes):
   report = epath.Path(workdir) / "eval" / "summary.md"
+  base = (f"{policy.source} (converted from "
+          f"{store.conversion_info(policy.source).get('source')})" if policy.source
+          else "the embedded world's pretrained model (this workdir's gvu/reference)")
   lines = [f"# GvU policy ({fmt})", "",
            "Trained with gvu_jax: GRPO on the model's own understanding likelihood of the "
            "prompt (GvU, arXiv 2603.06043).", "",
-           f"- base model: {policy.source} (converted from "
-           f"{store.conversion_info(policy.source).get('source')})",
+           f"- base model: {base}",
            f"- GvU step: {policy.step}",
            f"- training: {'LoRA ' + json.dumps(policy.lora) if policy.lora else 'full fine-tuning'}",
+           *[f"- note: {n}" for n in notes],
            "", "## Run config", "", "```json", json.dumps(policy.run_config, indent=2,
                                                           sort_keys=True), "```"]
   if report.exists():
@@ -209,44 +358,58 @@ def _model_card(policy, fmt, workdir):
   return "\n".join(lines) + "\n"
 
 
-def export(workdir, dst, step=None, fmt="transformers", dtype="float32", force=False,
-           log=print):
-  """Writes the policy of `workdir` to `dst` in `fmt`; returns the Policy."""
-  if fmt not in FORMATS:
-    raise InputError(f"--format={fmt}: expected one of {list(FORMATS)}")
-  if dtype not in DTYPES:
-    raise InputError(f"--dtype={dtype}: expected one of {list(DTYPES)}")
-  dst = epath.Path(dst)
+def _check_destination(dst, force):
   if dst.exists() and any(dst.iterdir()):
     if not force:
       raise InputError(f"{dst} exists; pass --force to replace it")
     if not (dst / DONE_FILE).exists():
       raise InputError(f"{dst} exists and is not a gvu_jax export; refusing to replace it "
                        "even with --force")
-  policy = Policy(workdir, step)
+
+
+def _check_format(policy, fmt, workdir):
+  if fmt in ("transformers", "peft") and not policy.source:
+    raise InputError(f"{workdir}: an embedded-world run has no {fmt} model; use "
+                     "--format=safetensors (gvu_jax's own layout)")
   if fmt == "peft" and not policy.lora:
     raise InputError(f"{workdir}: a full fine-tuning run has no adapters; use "
                      "--format=transformers")
-  image_token_id, pad_id = _image_token_ids(policy.source)
+
+
+def export(workdir, dst, step=None, fmt=None, dtype="float32", force=False, log=print):
+  """Writes the policy of `workdir` to `dst` in `fmt` (default: transformers for
+  a converted checkpoint, safetensors for the embedded world); returns the Policy."""
+  if fmt is not None and fmt not in FORMATS:
+    raise InputError(f"--format={fmt}: expected one of {list(FORMATS)}")
+  if dtype not in DTYPES:
+    raise InputError(f"--dtype={dtype}: expected one of {list(DTYPES)}")
+  dst = epath.Path(dst)
+  _check_destination(dst, force)
+  policy = Policy(workdir, step)
+  fmt = fmt or ("transformers" if policy.source else "safetensors")
+  _check_format(policy, fmt, workdir)
+  files, notes = {}, []
   if fmt == "transformers":
-    tensors = transformers_tensors(policy.model, policy.params())   # checked before writing
-  else:
-    tensors, pattern = peft_tensors(policy)
+    shapes, make = transformers_tensors(policy)   # every name and shape checked here
+    if policy.family == "xomni":
+      files, missing = _release_files(policy)
+      if missing:
+        notes.append(f"the release's image-tokenizer files {missing} were not found at "
+                     "its source; copy them from the release beside these weights")
+    else:
+      files = {n: epath.Path(policy.source) / n for n in TOKENIZER_FILES
+               if (epath.Path(policy.source) / n).exists()}
+  elif fmt == "safetensors":
+    shapes, make = own_tensors(policy)
+    tokenizer = epath.Path(policy.source or epath.Path(workdir) / "pretrain") / "tokenizer.json"
+    files = {"tokenizer.json": tokenizer} if tokenizer.exists() else {}
   tmp = epath.Path(str(dst) + ".partial")
   if tmp.exists():
     tmp.rmtree()
   tmp.mkdir(parents=True)
-  if fmt == "transformers":
-    from gvu_jax.convert import parity
-    config = parity.hf_config(policy.model, image_token_id, pad_id).to_dict()
-    (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
-    _save_sharded(tmp, tensors, DTYPES[dtype])
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                 "preprocessor_config.json", "processor_config.json"):
-      if (epath.Path(policy.source) / name).exists():
-        (epath.Path(policy.source) / name).copy(tmp / name)
-  else:
+  if fmt == "peft":
     from safetensors.numpy import save_file
+    tensors, pattern = peft_tensors(policy)
     save_file({k: np.ascontiguousarray(v, DTYPES[dtype]) for k, v in tensors.items()},
               str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
     (tmp / "adapter_config.json").write_text(json.dumps({
@@ -257,10 +420,23 @@ def export(workdir, dst, step=None, fmt="transformers", dtype="float32", force=F
         "init_lora_weights": True,
         "base_model_name_or_path": store.conversion_info(policy.source).get("source")},
         indent=2))
-  (tmp / "README.md").write_text(_model_card(policy, fmt, workdir))
+  else:
+    if "config.json" not in files:   # (X-Omni's is its release's own)
+      if fmt == "safetensors":
+        config = {"format": EMBEDDED_FORMAT, "model": policy.model.to_dict()}
+      else:
+        from gvu_jax.convert import parity
+        config = parity.hf_config(policy.model, *_image_token_ids(policy.source)).to_dict()
+      (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+    _save_sharded(tmp, shapes, make, DTYPES[dtype])
+    for name, path in files.items():
+      path.copy(tmp / name)
+  for note in notes:
+    log(f"export: note: {note}")
+  (tmp / "README.md").write_text(_model_card(policy, fmt, workdir, notes))
   (tmp / DONE_FILE).write_text(json.dumps({"workdir": os.path.abspath(workdir),
                                           "step": policy.step, "format": fmt,
-                                          "dtype": dtype}))
+                                          "family": policy.family, "dtype": dtype}))
   if dst.exists():
     dst.rmtree()
   os.replace(str(tmp), str(dst))
@@ -272,44 +448,82 @@ def policy_model(policy, merged=False):
   """gvu_jax's model of the policy (float32): LoRA adapters applied as trained, or
   folded into the weights."""
   from flax import nnx
+  import jax.numpy as jnp
   graphdef, _ = build.abstract(policy.model, **({} if merged else policy.lora))
-  params = policy.params() if merged else lora.merge(policy.frozen, policy.trainable)
-  return nnx.merge(graphdef, jax.tree.map(jnp.asarray, params))
+  params = policy.params() if merged else policy.tree
+  return nnx.merge(graphdef, jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params))
+
+
+def check_files(dst, policy):
+  """Every tensor the export holds, read back, against the policy's own (rounded
+  to the export's dtype) -> the largest |difference| (0 when written right)."""
+  done = json.loads((epath.Path(dst) / DONE_FILE).read_text())
+  fmt, dtype = done["format"], DTYPES[done["dtype"]]
+  if fmt == "peft":
+    from safetensors.numpy import load_file
+    stored = load_file(str(epath.Path(dst) / "adapter_model.safetensors")).items()
+    expected = peft_tensors(policy)[0]
+    names, make = set(expected), expected.__getitem__
+  else:
+    stored = iter_sharded(dst)
+    shapes, make = (transformers_tensors if fmt == "transformers" else own_tensors)(policy)
+    names = set(shapes)
+  seen, worst = set(), 0.0
+  for name, value in stored:
+    if name not in names:
+      raise InputError(f"{dst}: holds {name}, which the policy does not")
+    want = np.asarray(np.asarray(make(name), dtype), np.float32)
+    worst = max(worst, float(np.max(np.abs(np.asarray(value, np.float32) - want), initial=0)))
+    seen.add(name)
+  if names - seen:
+    raise InputError(f"{dst}: lacks {sorted(names - seen)[0]}")
+  return worst
 
 
 def check(dst, policy):
-  """The export at `dst` loaded as its users load it (transformers; PEFT on the
-  conversion's source checkpoint) against gvu_jax's policy -> JSON-able report."""
+  """The export at `dst` read back, and for Janus loaded as its users load it
+  (transformers; PEFT on the conversion's source checkpoint) and run against
+  gvu_jax's policy -> JSON-able report."""
+  fmt = json.loads((epath.Path(dst) / DONE_FILE).read_text())["format"]
+  files_diff = check_files(dst, policy)
+  report = {"format": fmt, "files_max_abs_diff": files_diff}
+  if policy.family != "janus" or fmt == "safetensors":
+    return dict(report, ok=files_diff == 0.0)
   import torch
   import transformers
   from gvu_jax.convert import parity
   image_token_id, pad_id = _image_token_ids(policy.source)
-  fmt = json.loads((epath.Path(dst) / DONE_FILE).read_text())["format"]
   if fmt == "transformers":
     hf = transformers.JanusForConditionalGeneration.from_pretrained(str(dst),
                                                                      dtype=torch.float32)
   else:
     import peft
     source = store.conversion_info(policy.source)["source"]
+    if not epath.Path(source).is_dir():
+      raise InputError(f"--check: {source!r}, the checkpoint this run was converted from, "
+                       "is not there; PEFT adapters are checked on it")
     base = parity.load_transformers(source, policy.model)
     hf = peft.PeftModel.from_pretrained(base, str(dst)).base_model.model
   diffs = parity.compare(hf.eval(), policy_model(policy), image_token_id, pad_id)
   ok = parity.passed(diffs)
-  return {"ok": all(ok.values()), "format": fmt, "passed": ok, "tolerance": parity.TOLERANCE,
-          "max_abs_diff": {k: d for k, (d, _) in diffs.items()},
-          "reference_scale": {k: s for k, (_, s) in diffs.items()}}
+  return dict(report, ok=all(ok.values()) and files_diff == 0.0, passed=ok,
+              tolerance=parity.TOLERANCE,
+              max_abs_diff={k: d for k, (d, _) in diffs.items()},
+              reference_scale={k: s for k, (_, s) in diffs.items()})
 
 
 def define_flags():
-  flags.DEFINE_string("workdir", None, "A GvU workdir (run on a converted Janus checkpoint).")
+  flags.DEFINE_string("workdir", None, "A GvU workdir.")
   flags.DEFINE_integer("step", None, "The GvU step to export (default: the latest).")
   flags.DEFINE_string("dst", None, "Output directory.")
-  flags.DEFINE_enum("format", "transformers", FORMATS, "transformers (LoRA merged) or peft "
-                    "(adapters only).")
+  flags.DEFINE_enum("format", None, FORMATS, "transformers (LoRA merged, the base model's "
+                    "layout; the default for a converted checkpoint), peft (adapters only) "
+                    "or safetensors (gvu_jax's own layout; the default for the embedded world).")
   flags.DEFINE_enum("dtype", "float32", list(DTYPES), "Stored dtype.")
   flags.DEFINE_bool("force", False, "Replace an existing export at --dst.")
-  flags.DEFINE_bool("check", False, "After exporting, load it with transformers (and PEFT) "
-                    "and compare against gvu_jax's policy; exit 1 above tolerance.")
+  flags.DEFINE_bool("check", False, "After exporting, read every tensor back and (Janus) load "
+                    "it with transformers (and PEFT) against gvu_jax's policy; exit 1 above "
+                    "tolerance.")
 
 
 def main(f):

@@ -4,8 +4,10 @@
       (--prompt="..." | --prompts=FILE) [--n=4] [--cfg=5] [--temperature=1]
       [--top_k=0] [--top_p=1] [--seed=0] --out=DIR
 
-CONVERSION_OR_WORKDIR is a converted Janus checkpoint (python -m gvu_jax.convert)
-or a GvU workdir run on one (its latest policy, or --step). Writes
+CONVERSION_OR_WORKDIR is a converted Janus checkpoint (python -m gvu_jax.convert),
+a GvU workdir (its latest policy, or --step; a run on a converted checkpoint or
+on the embedded world) or an export in gvu_jax's own layout (python -m
+gvu_jax.export --format=safetensors). Writes
 DIR/<index:05d>_<n>.png for every image and DIR/sheet.png, one labelled row per
 prompt. Prompt i's images are drawn from fold_in(key(seed), i), one prompt at a
 time, so they do not depend on what else is generated with them.
@@ -24,6 +26,7 @@ from flax import nnx
 from gvu_jax import cli as cli_lib
 from gvu_jax import export, metrics
 from gvu_jax.convert import store
+from gvu_jax.convert.source import read_json_object
 from gvu_jax.data import prompt_files
 from gvu_jax.errors import InputError
 from gvu_jax.evaluation import grid
@@ -31,25 +34,42 @@ from gvu_jax.models import build
 from gvu_jax.pixels import to_uint8
 from gvu_jax.sampling import Sampler, SamplingConfig
 from gvu_jax.text import janus as janus_text
+from gvu_jax.text import synthetic
 
 
 def load(checkpoint, step=None):
-  """-> (model config, graphdef, params, the conversion's path) of a conversion
-  or of a GvU workdir's policy (LoRA folded into the weights)."""
+  """-> (model config, graphdef, params, templates) of a conversion, a GvU
+  workdir's policy (LoRA folded into the weights; an embedded-world run's too)
+  or an export in gvu_jax's own layout."""
   path = epath.Path(checkpoint)
   if (path / "gvu" / "model_config.json").exists():
     policy = export.Policy(checkpoint, step)
-    m, params, source = policy.model, policy.params(), policy.source
+    m, params = policy.model, policy.params()
+    tokenizer_dir = policy.source or path / "pretrain"
   else:
     if step is not None:
-      raise InputError(f"--step={step}: {checkpoint} is a conversion, not a GvU workdir")
-    m, params = store.load(checkpoint, dtype="float32", param_dtype=np.float32)
-    source = checkpoint
+      raise InputError(f"--step={step}: {checkpoint} is not a GvU workdir")
+    if (path / export.DONE_FILE).exists():
+      fmt = read_json_object(path / export.DONE_FILE).get("format")
+      if fmt != "safetensors":
+        raise InputError(f"{checkpoint}: a {fmt} export; convert it first (python -m "
+                         f"gvu_jax.convert --src={checkpoint} --dst=...)")
+      m, params = export.load_own(checkpoint)
+    else:
+      m, params = store.load(checkpoint, dtype="float32", param_dtype=np.float32)
+    tokenizer_dir = checkpoint
   if m.family != "janus":
     raise InputError(f"{checkpoint}: a {m.family} checkpoint; generate draws Janus images "
                      "(X-Omni's pixels need its FLUX decoder: gvu_jax.evaluation.render_xomni)")
+  tokenizer = janus_text.load_tokenizer(str(tokenizer_dir))
+  if m.image_tokenizer == "cells":   # the embedded world
+    templates = synthetic.Templates(tokenizer, m.image_tokens, m.max_prompt_tokens)
+  else:
+    templates = janus_text.JanusTemplates(tokenizer, m.image_tokens, m.max_prompt_tokens,
+                                          style=m.template)
+  m.dtype = "float32"
   graphdef, _ = build.abstract(m)
-  return m, graphdef, jax.tree.map(jnp.asarray, params), source
+  return m, graphdef, jax.tree.map(jnp.asarray, params), templates
 
 
 def read_prompts(prompt, prompts):
@@ -67,9 +87,7 @@ def generate(checkpoint, prompts, out, *, n=4, cfg=5.0, temperature=1.0, top_k=0
   if n < 1:
     raise InputError(f"--n={n}: must be >= 1")
   sampling = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p, cfg_weight=cfg)
-  m, graphdef, params, source = load(checkpoint, step)
-  templates = janus_text.JanusTemplates(janus_text.load_tokenizer(source), m.image_tokens,
-                                        m.max_prompt_tokens, style=m.template)
+  m, graphdef, params, templates = load(checkpoint, step)
   for text in prompts:
     templates.encode_prompt(text)   # every prompt checked before anything is drawn
   sampler = Sampler(graphdef, sampling, num_tokens=m.image_tokens,
@@ -99,7 +117,8 @@ def generate(checkpoint, prompts, out, *, n=4, cfg=5.0, temperature=1.0, top_k=0
 
 
 def define_flags():
-  flags.DEFINE_string("checkpoint", None, "A converted Janus checkpoint, or a GvU workdir.")
+  flags.DEFINE_string("checkpoint", None, "A converted Janus checkpoint, a GvU workdir or "
+                      "a gvu_jax-layout export.")
   flags.DEFINE_integer("step", None, "For a GvU workdir: the step (default: the latest).")
   flags.DEFINE_string("prompt", None, "One prompt.")
   flags.DEFINE_string("prompts", None, "A prompt file (.txt, .jsonl or .csv).")

@@ -219,41 +219,61 @@ def test_an_exported_policy_loads_in_transformers_and_peft_as_trained(
   from gvu_jax import generate   # a GvU workdir draws from its policy
   kw = dict(n=2, cfg=1.0, seed=0, log=lambda *_: None)
   last = generate.generate(str(run), ["w5 w6 w7"], str(tmp_path / "g2"), **kw)
+  with pytest.raises(export.InputError, match="a transformers export; convert it first"):
+    generate.generate(str(tmp_path / "hf"), ["w5 w6 w7"], str(tmp_path / "g_hf"), **kw)
   with pytest.raises(export.InputError, match="no checkpoint of step 9"):
     generate.generate(str(run), ["w5 w6 w7"], str(tmp_path / "g9"), step=9, **kw)
   assert last.shape == (1, 2) + last.shape[2:]
 
 
-def _fake_workdir(root, signature):
+def _fake_workdir(root, signature, run=True, step=None):
+  """A workdir with gvu/model_config.json = `signature`, gvu/run.json (if `run`)
+  and a checkpoint of `step` holding a stand-in training state."""
   (root / "gvu").mkdir(parents=True)
   if signature is not None:
     (root / "gvu" / "model_config.json").write_text(json.dumps(signature))
+  if run:
+    (root / "gvu" / "run.json").write_text(json.dumps({"config": {}}))
+  if step is not None:
+    from gvu_jax import checkpoint
+    store = checkpoint.CheckpointStore(str(root / "gvu" / "checkpoints"), keep=1)
+    store.save(step, {"trainable": {"w": np.zeros(2, np.float32)}}, {})
+    store.close()
   return root
 
 
-@pytest.mark.parametrize("signature, kwargs, message", [
-    (None, {}, r"holds no GvU run \(no gvu/model_config.json\)"),
-    ({"family": "janus"}, {}, "an embedded-world run; only runs on a converted Janus "
-                              "checkpoint export"),
-    ({"family": "janus", "checkpoint": "/nonexistent"}, {},
+_EMBEDDED = {"family": "janus"}
+
+
+@pytest.mark.parametrize("signature, workdir_kw, kwargs, message", [
+    (None, {}, {}, r"holds no GvU run \(no gvu/model_config.json\)"),
+    ("[1]", {}, {}, r"model_config.json: holds a JSON list, expected an object"),
+    (_EMBEDDED, {"run": False}, {}, r"gvu/run.json: not found"),
+    (_EMBEDDED, {}, {}, r"gvu/checkpoints: no checkpoint of step \(any\)"),
+    (_EMBEDDED, {"step": 3}, {"step": 4}, r"gvu/checkpoints: no checkpoint of step 4"),
+    (_EMBEDDED, {"step": 3}, {}, r"model_config.json: not a model gvu_jax builds"),
+    ({"family": "janus", "checkpoint": "/nonexistent"}, {"step": 3}, {},
      "/nonexistent: not a finished gvu_jax conversion"),
-    ({"family": "janus"}, {"fmt": "onnx"}, r"--format=onnx: expected one of \['transformers', "
-                                           r"'peft'\]"),
-    ({"family": "janus"}, {"dtype": "float16"}, "--dtype=float16: expected one of"),
+    (_EMBEDDED, {}, {"fmt": "onnx"},
+     r"--format=onnx: expected one of \['transformers', 'peft', 'safetensors'\]"),
+    (_EMBEDDED, {}, {"dtype": "float16"}, "--dtype=float16: expected one of"),
 ])
-def test_what_cannot_be_exported_is_one_line(tmp_path, signature, kwargs, message):
+def test_what_cannot_be_exported_is_one_line(tmp_path, signature, workdir_kw, kwargs, message):
   from gvu_jax import export
-  workdir = _fake_workdir(tmp_path / "w", signature)
+  workdir = _fake_workdir(tmp_path / "w", json.loads(signature) if isinstance(signature, str)
+                          else signature, **workdir_kw)
+  before = sorted(p.relative_to(workdir) for p in workdir.rglob("*"))
   with pytest.raises(export.InputError, match=message) as e:
     export.export(str(workdir), str(tmp_path / "out"), **kwargs)
   assert "\n" not in str(e.value) and not (tmp_path / "out").exists()
+  assert sorted(p.relative_to(workdir) for p in workdir.rglob("*")) == before   # only read
 
 
 def test_an_export_never_replaces_what_it_did_not_write(tmp_path):
   from gvu_jax import export
   (tmp_path / "out").mkdir()
   (tmp_path / "out" / "notes.txt").write_text("mine")
-  workdir = _fake_workdir(tmp_path / "w", {"family": "janus"})
+  workdir = _fake_workdir(tmp_path / "w", _EMBEDDED)
   for force in (False, True):
     with pytest.raises(export.InputError, match="out exists"):
       export.export(str(workdir), str(tmp_path / "out"), force=force)

@@ -53,6 +53,36 @@ def test_report_contract(full_run):
 
 
 @pytest.mark.slow
+def test_an_embedded_world_policy_exports_and_draws_as_in_its_workdir(full_run, tmp_path):
+  """export writes the embedded world's policy in gvu_jax's own layout (the only
+  one it has), every tensor equal to the policy's; generate draws the same
+  images from the export as from the workdir; the workdir is only read."""
+  from gvu_jax import export, generate
+  workdir = full_run[0]
+  before = snapshot(workdir)
+  policy = export.export(workdir, str(tmp_path / "e"), log=lambda *_: None)
+  done = json.loads((tmp_path / "e" / export.DONE_FILE).read_text())
+  assert (done["format"], done["family"], done["step"]) == ("safetensors", "embedded",
+                                                            policy.step)
+  assert export.check(str(tmp_path / "e"), policy) == {
+      "format": "safetensors", "files_max_abs_diff": 0.0, "ok": True}
+  m, params = export.load_own(str(tmp_path / "e"))
+  assert m.to_dict() == policy.model.to_dict()
+  jax.tree.map(np.testing.assert_array_equal, params, policy.params())
+  for fmt in ("transformers", "peft"):
+    with pytest.raises(export.InputError, match=f"embedded-world run has no {fmt} model"):
+      export.export(workdir, str(tmp_path / fmt), fmt=fmt)
+    assert not (tmp_path / fmt).exists()
+  kw = dict(n=2, cfg=3.0, seed=5, log=lambda *_: None)
+  prompt = ["a red circle"]
+  drawn = generate.generate(workdir, prompt, str(tmp_path / "g1"), **kw)
+  again = generate.generate(str(tmp_path / "e"), prompt, str(tmp_path / "g2"), **kw)
+  np.testing.assert_array_equal(drawn, again)
+  assert drawn.shape == (1, 2, m.vision.image_size, m.vision.image_size, 3)
+  assert snapshot(workdir) == before
+
+
+@pytest.mark.slow
 def test_pretraining_loss_decreases(full_run):
   rows = read_jsonl(os.path.join(full_run[0], "pretrain", "metrics.jsonl"))
   assert [r["step"] for r in rows] == [10, 20, 30]

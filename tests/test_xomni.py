@@ -214,15 +214,19 @@ def test_conversion_refuses_a_tensor_of_the_wrong_shape(pair, tmp_path):
 
 
 @pytest.mark.slow
-def test_gvu_with_the_token_space_reward_and_eval_run_on_a_tiny_xomni(converted, tmp_path):
+def test_gvu_with_the_token_space_reward_and_eval_run_on_a_tiny_xomni(pair, converted,
+                                                                     tmp_path):
   """configs/xomni_en.py end to end on the tiny conversion: 2 GvU steps (the reward
-  reads the generated tokens themselves), then GenEval++-layout images."""
+  reads the generated tokens themselves), the policy exported (both formats),
+  then GenEval++-layout images."""
   _, dst, _ = converted
   prompts = tmp_path / "prompts.txt"
   prompts.write_text("w5 w6 w7\nw8 w9\nw10 w11\n")
   args = recipe_command("configs/xomni_en.py", dst, prompts, tmp_path / "run",
-                        "--config.model_options.image_grid=(2, 3)")
+                        "--config.model_options.image_grid=(2, 3)",
+                        "--config.gvu.lr=3e-2", "--config.gvu.schedule=constant")   # adapters far from 0
   run_two_gvu_steps(args, tmp_path / "run")
+  check_the_export_round_trip(pair, converted, tmp_path)
   plus = tmp_path / "plus.jsonl"
   plus.write_text('{"tag": "counting", "prompt": "w5 w6"}\n{"tag": "colors", "prompt": "w7"}\n')
   evaluated = subprocess.run(args + ["--config.mode=eval", f"--config.eval.prompts={plus}",
@@ -237,6 +241,51 @@ def test_gvu_with_the_token_space_reward_and_eval_run_on_a_tiny_xomni(converted,
       grid, prompt = saved["tokens"], str(saved["prompt"])
     assert grid.shape == (2, 3) and 0 <= grid.min() and grid.max() < IMAGE_VOCAB
     assert prompt == "w7"
+
+
+def check_the_export_round_trip(pair, converted, tmp_path):
+  """The policy exported in the release's layout holds the release's files and
+  names and converts back to exactly the policy; its PEFT adapters, injected into
+  the release's modules (the oracle), give the policy's logits."""
+  import copy
+  import peft
+  import safetensors.numpy
+  from gvu_jax import export
+  src, _, _ = converted
+  policy = export.export(str(tmp_path / "run"), str(tmp_path / "release"),
+                         log=lambda *_: None)
+  out = tmp_path / "release"
+  assert json.loads((out / "config.json").read_text()) == json.loads(
+      open(os.path.join(src, "config.json")).read())
+  assert (out / "tokenizer.json").read_bytes() == open(os.path.join(src, "tokenizer.json"),
+                                                       "rb").read()
+  release = safetensors.numpy.load_file(os.path.join(src, "model.safetensors"))
+  exported = export.read_sharded(out)
+  assert {k: v.shape for k, v in exported.items()} == {k: v.shape for k, v in release.items()}
+  assert export.check(str(out), policy)["ok"]
+  convert.convert(str(out), str(tmp_path / "back"), dtype="float32", log=lambda *_: None)
+  _, back = convert.load(str(tmp_path / "back"))
+  jax.tree.map(np.testing.assert_array_equal, back, policy.params())
+
+  export.export(str(tmp_path / "run"), str(tmp_path / "peft"), fmt="peft", log=lambda *_: None)
+  adapters = safetensors.numpy.load_file(str(tmp_path / "peft" / "adapter_model.safetensors"))
+  config = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())
+  release_model = torch.nn.Module()   # the oracle under the release's names: model.layers...
+  release_model.model = copy.deepcopy(pair[0])
+  peft.inject_adapter_in_model(peft.LoraConfig(r=config["r"], lora_alpha=config["lora_alpha"],
+                                               target_modules=config["target_modules"]),
+                               release_model)
+  prefix = "base_model.model."
+  result = peft.set_peft_model_state_dict(
+      release_model, {k[len(prefix):]: torch.tensor(v) for k, v in adapters.items()})
+  assert not result.unexpected_keys
+  ids = np.concatenate([np.arange(6, 11), VOCAB + np.arange(6)])[None]
+  graphdef, _ = build.abstract(_float32(policy.model))
+  model = nnx.merge(graphdef, jax.tree.map(jnp.asarray, policy.params()))
+  assert_logits_match(model, release_model.model, ids)
+  base = nnx.merge(graphdef, jax.tree.map(jnp.asarray, oracle_params(pair[0])))
+  with pytest.raises(AssertionError):   # GvU moved the policy away from the base
+    assert_logits_match(base, release_model.model, ids)
 
 
 def test_render_writes_pngs_beside_the_token_grids(tmp_path):
