@@ -49,15 +49,9 @@ def tiny_transformers_model():
 
 def write_tokenizer(directory):
   """A word-level tokenizer with Janus' special tokens at the tiny model's ids."""
-  import tokenizers
   from gvu_jax.text import janus as jt
-  specials = {jt.PAD: PAD, jt.BOS: BOS, jt.EOS: 2, jt.IMG: IMAGE_TOKEN, jt.BOI: BOI, jt.EOI: 102}
-  vocab = {f"w{i}": i for i in range(128) if i not in specials.values()}
-  vocab.update(specials)
-  tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="w3"))
-  tok.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
-  tok.add_special_tokens(list(specials))
-  tok.save(os.path.join(directory, "tokenizer.json"))
+  jt.write_stand_in_tokenizer(directory, {jt.PAD: PAD, jt.BOS: BOS, jt.EOS: 2,
+                                          jt.IMG: IMAGE_TOKEN, jt.BOI: BOI, jt.EOI: 102}, 128)
 
 
 # The original release's names, for writing a test checkpoint in that layout:

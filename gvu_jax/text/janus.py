@@ -37,6 +37,18 @@ UNDERSTANDING_QUERY = "Describe the image in detail."
 ROLES = {"deepseek": ("<|User|>", "<|Assistant|>"), "janus_1_3b": ("User", "Assistant")}
 
 
+def write_stand_in_tokenizer(directory, special_ids, vocab_size):
+  """A word-level tokenizer.json ("w0", "w1", ... and Janus' special tokens at
+  `special_ids`: {token: id}) for random checkpoints of a real model's size
+  (tests, benchmarks): the templates and the exporters read only its ids."""
+  vocab = {f"w{i}": i for i in range(vocab_size) if i not in special_ids.values()}
+  vocab.update(special_ids)
+  tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="w3"))
+  tok.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
+  tok.add_special_tokens(list(special_ids))
+  tok.save(os.path.join(directory, "tokenizer.json"))
+
+
 def load_tokenizer(path) -> tokenizers.Tokenizer:
   """A tokenizer.json file, or a model directory holding one."""
   file = os.path.join(path, "tokenizer.json") if os.path.isdir(path) else path
