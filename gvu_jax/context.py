@@ -13,7 +13,7 @@ Two kinds of run:
 import dataclasses
 import os
 
-from gvu_jax import reward, sharding
+from gvu_jax import metrics, reward, sharding
 from gvu_jax.text import janus as janus_text
 from gvu_jax.text import synthetic as text
 from gvu_jax.text import xomni as xomni_text
@@ -122,6 +122,7 @@ class Context:
   def load_base(self):
     """The converted checkpoint -> (graphdef, params) of the base model."""
     from gvu_jax import convert
+    metrics.status(f"loading {self.config.checkpoint}")
     _, params = convert.load(self.config.checkpoint, like_model=self.model, layout=self.layout)
     graphdef, _ = build.abstract(self.model)
     return graphdef, params

@@ -46,6 +46,9 @@ def test_report_contract(full_run):
       assert stage[part]["overall"] == pytest.approx(
           np.mean([stage[part][c] for c in world.CATEGORIES]))
   assert "| generation overall |" in proc.stdout
+  # a log, not a terminal: plain progress lines, the clock started after compiling
+  assert "\r" not in proc.stderr and "gvu: 0/4 (0%), compiling" in proc.stderr
+  assert "eval gvu: 5/5 (100%)" in proc.stderr
   assert "| reward_ranking_gvu_prompts position |" in proc.stdout
   for path in ("grids/pretrained.png", "grids/gvu.png", "report.md",
                "pretrain/metrics.jsonl", "gvu/metrics.jsonl", "pretrain/tokenizer.json"):

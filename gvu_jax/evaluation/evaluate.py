@@ -136,8 +136,13 @@ def reward_ranking(ctx, params, scorer, prompts):
 def run(ctx, graphdef, params, stage):
   ctx.layout.check_batch("eval.batch_size", ctx.config.eval.batch_size)
   scorer = make_scorer(ctx, graphdef)
+  own_prompts = not set(ctx.gvu_specs) & set(ctx.pretrain_specs)
+  # phases: generation, understanding, reward ranking (+ both on the GvU prompts)
+  bar = metrics.Progress(5 if own_prompts else 3, f"eval {stage}", every_s=0.0)
   images, row_specs, gen_correct, mean_reward = generation(ctx, graphdef, params, scorer)
+  bar.update(1)
   und_correct, und_specs = understanding(ctx, params, scorer)
+  bar.update(1)
   # The grid: the first few images of every category, one category per row.
   per_row, ipc = 8, ctx.config.eval.images_per_category
   shown = [k * ipc + j for k in range(len(row_specs) // ipc) for j in range(min(per_row, ipc))]
@@ -149,10 +154,14 @@ def run(ctx, graphdef, params, stage):
          "understanding": judge.category_accuracy(und_correct, und_specs),
          "intrinsic_reward": mean_reward,
          "reward_ranking": reward_ranking(ctx, params, scorer, ctx.heldout_specs)}
-  if not set(ctx.gvu_specs) & set(ctx.pretrain_specs):
+  bar.update(1)
+  if own_prompts:
     # The GvU stage's own prompts, never paired with an image: how far the
     # intrinsic reward moved generation where it trained (not held out from GvU).
     _, specs, correct, _ = generation(ctx, graphdef, params, scorer, ctx.gvu_specs)
     out["generation_gvu_prompts"] = judge.category_accuracy(list(correct), specs)
+    bar.update(1)
     out["reward_ranking_gvu_prompts"] = reward_ranking(ctx, params, scorer, ctx.gvu_specs)
+    bar.update(1)
+  bar.close()
   return out
