@@ -75,6 +75,9 @@ def get_config(arg=None, model=MODEL):
                max_nonfinite_steps=5)
   c.reward = dict(kind="intrinsic", aggregation="geo_mean_prob", judge="policy",
                   token_weights={}, quantize_pixels=True)
+  # (START, END): a jax.profiler trace of GvU steps START..END in WORKDIR/profile
+  # (TensorBoard's profile plugin or XProf reads it); () = off.
+  c.profile = dict(steps=())
   # mode=eval: images of eval.prompts (default: data.prompts) for the base model and
   # the latest GvU policy, in WORKDIR/eval/{base,gvu}/<layout>/, the layout each
   # benchmark's scorer reads: geneval | geneval_plus | t2i_compbench | dpg_bench

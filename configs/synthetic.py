@@ -71,6 +71,9 @@ def get_config(arg=None):
                   judge="policy",               # policy | reference
                   token_weights={},             # word -> weight, for `weighted`
                   quantize_pixels=True)         # score the 8-bit image (False: raw floats)
+  # (START, END): a jax.profiler trace of GvU steps START..END in WORKDIR/profile
+  # (TensorBoard's profile plugin or XProf reads it); () = off.
+  c.profile = dict(steps=())
 
   if preset == "mini":  # seconds, for tests
     c.model = presets.synthetic("mini")

@@ -178,6 +178,8 @@ RULES = {
     "bench.reference_forwards": integer(0), "bench.repeats": integer(1),
     "bench.transformers": boolean(), "bench.analysis_only": boolean(),
     "bench.machine": choice("", *MACHINES),
+    "profile.steps": Rule(lambda v: isinstance(v, (tuple, list)) and (
+        len(v) == 0 or integers(length=2).accepts(v)), "() (off) or (START, END), GvU steps >= 1"),
 }
 
 
@@ -197,6 +199,8 @@ def _relations(c):
     if rows % c.gvu.grad_accum:
       return ("gvu.grad_accum", c.gvu.grad_accum,
               f"a divisor of the rollout's {rows} rows (gvu.prompts_per_step x gvu.group_size)")
+  if "profile" in c and len(c.profile.steps) == 2 and c.profile.steps[0] > c.profile.steps[1]:
+    return ("profile.steps", tuple(c.profile.steps), "START <= END")
   if "data" in c and "gvu_fraction" in c.data:
     if c.data.heldout_fraction + c.data.gvu_fraction >= 1:
       return ("data.gvu_fraction", c.data.gvu_fraction,

@@ -20,8 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from gvu_jax import (checkpoint, context, lora, metrics, optimizer, preemption, provenance, rl,
-                     sharding)
+from gvu_jax import (checkpoint, context, lora, metrics, optimizer, preemption, profiling,
+                     provenance, rl, sharding)
 from gvu_jax import reward as reward_lib
 from gvu_jax.data import pipeline
 from gvu_jax.errors import NonFiniteError
@@ -283,10 +283,14 @@ def run(ctx, base_params):
   start = int(state["step"]) // c.mu
   writer = metrics.MetricsWriter(ctx.path("gvu", "metrics.jsonl"), resume_step=start)
   if start < c.steps:
+    metrics.status("gvu: compiling the rollout and the update")
     fns.update = compile_ahead(ctx, fns.sample, fns.update, state, frozen, roles)
   bar = metrics.progress(c.steps, "gvu", initial=start)
+  trace = profiling.StepTrace(config.profile.steps if "profile" in config else (),
+                              ctx.path("profile"))
   nonfinite_in_a_row, skipped = 0, 0   # (skipped updates of this process)
   for step in range(start + 1, c.steps + 1):
+    trace.before(step)
     texts = [p.text for p in next(prompts)]
     # One key for the global batch, the same on every host (a jitted function's
     # arguments must be); rows draw distinct numbers by their place in it.
@@ -301,6 +305,7 @@ def run(ctx, base_params):
     preemption.kill_point("update", step)
     skipped += skips
     nonfinite_in_a_row = nonfinite_in_a_row + 1 if m["skipped"] else 0
+    trace.after(step, state)
     bar.update(1)
     if step % c.log_every == 0 or step == c.steps or m["skipped"]:
       m = step_metrics(m, r, s, c.group_size, seconds)
@@ -325,6 +330,7 @@ def run(ctx, base_params):
       store.save(step, state, {"data": prompts.get_state(), "step": step})
     if stop:
       preemption.stop("gvu", step, store, bar)
+  trace.close(state)
   bar.close()
   store.close()
   return graphdef, roles.policy(state["trainable"], frozen)

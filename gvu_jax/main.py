@@ -1,7 +1,13 @@
-"""gvu_jax entry point.
+r"""gvu_jax entry point.
 
   python -m gvu_jax.main --config=configs/synthetic.py[:preset] --workdir=DIR \
-      [--config.mode=all|pretrain|eval|gvu|bench] [--config.a.b=value ...]
+      [--config.mode=all|pretrain|eval|gvu|bench] [--config.KEY=VALUE ...]
+
+Recipes: configs/synthetic.py (the embedded world; presets default, mini),
+configs/janus_pro_1b.py, configs/janus_pro_7b.py (presets lora, t2i_r1, small)
+and configs/xomni_en.py. Every key of a recipe is a --config.KEY=VALUE flag:
+--print_config prints the resolved config (recipe, preset and overrides) and
+exits, so `--config=configs/synthetic.py --print_config` lists them all.
 
 mode=bench times the model and the GvU step (gvu_jax/bench.py).
 A converted checkpoint (configs/janus_*.py) runs mode=gvu, or mode=eval: images
@@ -28,6 +34,8 @@ from gvu_jax.evaluation import evaluate, export
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe file[:preset].",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and reports.")
+_PRINT_CONFIG = flags.DEFINE_bool("print_config", False, "Print the resolved config (every "
+                                  "key a --config.KEY=VALUE flag sets) and exit.")
 
 def check_workdir(workdir):
   if not workdir:
@@ -133,6 +141,13 @@ def load_config():
 
 def main(argv):
   cli_lib.start(argv)
+  if _PRINT_CONFIG.value:
+    try:
+      print(load_config(), end="")
+    except InputError as e:
+      print(f"error: {e}", file=sys.stderr)
+      sys.exit(2)
+    return
   try:
     sharding.initialize_distributed()   # several hosts: before anything touches a device
     with preemption.watching():         # SIGTERM: finish the step, checkpoint, exit 0

@@ -94,6 +94,11 @@ def test_a_value_outside_its_rule_is_one_line_naming_the_key(key, value):
     ("gvu.lora.targets", ("q", "qkv"), "gvu.lora.targets=('q', 'qkv'): expected a tuple of names"),
     ("reward.token_weights", {"a": math.nan}, "reward.token_weights={'a': nan}: expected a dict"),
     ("model.lm.heads", 3, "model.lm.heads=3: expected a divisor of model.lm.hidden=128"),
+    ("profile.steps", (3,), "profile.steps=(3,): expected () (off) or (START, END)"),
+    ("profile.steps", (0, 2), "profile.steps=(0, 2): expected () (off) or (START, END)"),
+    ("profile.steps", (2, 2.5), "profile.steps=(2, 2.5): expected () (off) or (START, END)"),
+    ("profile.steps", "2,3", "profile.steps='2,3': expected () (off) or (START, END)"),
+    ("profile.steps", (5, 3), "profile.steps=(5, 3): expected START <= END"),
 ])
 def test_the_cases_found_by_the_probe(key, value, expected):
   assert expected in refused(recipe_config("synthetic", "default"), key, value)
@@ -106,6 +111,7 @@ def test_the_cases_found_by_the_probe(key, value, expected):
     ("janus_pro_7b", "small", "bench.machine", "tpu9"),
     ("janus_pro_7b", "lora", "eval.layout", "coco"),
     ("janus_pro_7b", "t2i_r1", "gvu.full_ft_modules", "lm"),
+    ("xomni_en", None, "profile.steps", (1, 2, 3)),
 ])
 def test_release_recipes_are_checked_too(name, preset, key, value):
   refused(recipe_config(name, preset), key, value)
@@ -134,3 +140,20 @@ def test_refused_before_anything_is_written(tmp_path, flag, expected):
                         timeout=120)
   assert proc.returncode == 2 and proc.stderr.strip() == f"error: {expected}", proc.stderr
   assert not os.path.exists(workdir)
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--config=configs/synthetic.py:mini", "--config.gvu.steps=7"], "  steps: 7"),
+    (["--config=configs/janus_pro_1b.py:t2i_r1", "--config.profile.steps=2,3"],
+     "profile:\n  steps: !!python/tuple\n  - 2\n  - 3"),
+])
+@pytest.mark.slow
+def test_print_config_prints_the_resolved_config_and_writes_nothing(tmp_path, args, expected):
+  proc = subprocess.run([sys.executable, "-m", "gvu_jax.main", *args, "--print_config",
+                         f"--workdir={tmp_path / 'never'}"], cwd=REPO, capture_output=True,
+                        text=True, timeout=120)
+  assert proc.returncode == 0 and expected in proc.stdout, proc.stdout + proc.stderr
+  assert "mode:" in proc.stdout and not (tmp_path / "never").exists()
+  bad = subprocess.run([sys.executable, "-m", "gvu_jax.main", "--config=configs/nope.py",
+                        "--print_config"], cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert bad.returncode == 2 and bad.stderr.count("\n") == 1, bad.stderr

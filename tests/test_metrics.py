@@ -84,3 +84,27 @@ def test_a_terminal_gets_a_bar_whose_rate_skips_compilation(clock):
   bar.close()
   assert "compiling" not in out.getvalue().split("\r")[-1]
 
+
+@pytest.mark.parametrize("steps, run, traced", [
+    ((2, 3), range(1, 6), True),    # a run through START..END
+    ((2, 3), range(4, 6), False),   # resumed after END: nothing to trace
+    ((2, 9), range(4, 6), True),    # resumed inside the range, stopped at the run's end
+    ((), range(1, 4), False),       # off
+])
+def test_a_step_trace_appears_only_for_the_chosen_steps(tmp_path, steps, run, traced):
+  import jax
+  import jax.numpy as jnp
+  from gvu_jax import profiling
+  trace = profiling.StepTrace(steps, str(tmp_path / "profile"))
+  state = jnp.ones(4)
+  active = []
+  for step in run:
+    trace.before(step)
+    active.append(trace.active)
+    state = jax.jit(lambda x: x * 2)(state)
+    trace.after(step, state)
+  trace.close(state)
+  assert not trace.active
+  assert active == [bool(steps) and steps[0] <= s <= steps[1] for s in run]
+  found = sorted(p.name for p in tmp_path.rglob("*.xplane.pb"))
+  assert bool(found) == traced
