@@ -78,6 +78,9 @@ def get_config(arg=None, model=MODEL):
   # (START, END): a jax.profiler trace of GvU steps START..END in WORKDIR/profile
   # (TensorBoard's profile plugin or XProf reads it); () = off.
   c.profile = dict(steps=())
+  # Metrics go to STAGE/metrics.jsonl, and to TensorBoard (WORKDIR/tensorboard) and
+  # Weights & Biases (a project name turns it on; pip install 'gvu_jax[wandb]').
+  c.logging = dict(tensorboard=True, wandb_project="", wandb_entity="")
   # mode=eval: images of eval.prompts (default: data.prompts) for the base model and
   # the latest GvU policy, in WORKDIR/eval/{base,gvu}/<layout>/, the layout each
   # benchmark's scorer reads: geneval | geneval_plus | t2i_compbench | dpg_bench

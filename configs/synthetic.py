@@ -74,6 +74,9 @@ def get_config(arg=None):
   # (START, END): a jax.profiler trace of GvU steps START..END in WORKDIR/profile
   # (TensorBoard's profile plugin or XProf reads it); () = off.
   c.profile = dict(steps=())
+  # Metrics go to STAGE/metrics.jsonl, and to TensorBoard (WORKDIR/tensorboard) and
+  # Weights & Biases (a project name turns it on; pip install 'gvu_jax[wandb]').
+  c.logging = dict(tensorboard=True, wandb_project="", wandb_entity="")
 
   if preset == "mini":  # seconds, for tests
     c.model = presets.synthetic("mini")

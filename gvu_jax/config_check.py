@@ -178,6 +178,8 @@ RULES = {
     "bench.reference_forwards": integer(0), "bench.repeats": integer(1),
     "bench.transformers": boolean(), "bench.analysis_only": boolean(),
     "bench.machine": choice("", *MACHINES),
+    "logging.tensorboard": boolean(), "logging.wandb_project": text(),
+    "logging.wandb_entity": text(),
     "profile.steps": Rule(lambda v: isinstance(v, (tuple, list)) and (
         len(v) == 0 or integers(length=2).accepts(v)), "() (off) or (START, END), GvU steps >= 1"),
 }

@@ -111,7 +111,9 @@ def generate(checkpoint, prompts, out, *, n=4, cfg=5.0, temperature=1.0, top_k=0
   images = np.stack(images)
   grid.save_grid(os.path.join(out, "sheet.png"), images.reshape(-1, *images.shape[2:]),
                  ncols=n, scale=max(1, 128 // images.shape[2]),
-                 captions=[t for t in prompts for _ in range(n)])
+                 captions=[t for t in prompts for _ in range(n)],
+                 title=f"{os.path.basename(os.path.normpath(checkpoint))}: seed {seed}, "
+                       f"cfg {cfg:g}, temperature {temperature:g}")
   log(f"generate: {images.shape[0] * n} images of {len(prompts)} prompt(s) in {out}")
   return images
 

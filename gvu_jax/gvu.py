@@ -248,14 +248,17 @@ def step_metrics(m, r: Rollout, s: Scored, group_size, seconds):
 
 
 def save_grid(ctx, r: Rollout, s: Scored, step):
-  """The first 32 images of the step with their prompts and rewards."""
+  """The first 32 images of the step with their prompts and rewards -> the grid."""
   g = ctx.config.gvu.group_size
   rows = [t for t in r.texts for _ in range(g)]
   captions = [f"{t} r={float(x):.2f}" for t, x in zip(rows, sharding.to_host(s.rewards))]
   images = sharding.to_host(to_uint8(r.pixels))[:32]   # on every host: the gather is collective
   if metrics.is_main_host():
-    grid.save_grid(ctx.path("gvu", "grids", f"step_{step:06d}.png"), images, ncols=8,
-                   captions=captions[:32])
+    return grid.save_grid(ctx.path("gvu", "grids", f"step_{step:06d}.png"), images, ncols=8,
+                          captions=captions[:32],
+                          title=f"GvU step {step}: rollout samples, {g} per prompt, with their "
+                                "intrinsic reward r")
+  return None
 
 
 def run(ctx, base_params):
@@ -281,7 +284,7 @@ def run(ctx, base_params):
   fns = step_functions(ctx, graphdef, roles, tx, schedule, state)
   base_key = jax.random.wrap_key_data(np.asarray(state["rng"]))   # state is donated
   start = int(state["step"]) // c.mu
-  writer = metrics.MetricsWriter(ctx.path("gvu", "metrics.jsonl"), resume_step=start)
+  writer = metrics.stage_writer(config, ctx.workdir, "gvu", resume_step=start)
   if start < c.steps:
     metrics.status("gvu: compiling the rollout and the update")
     fns.update = compile_ahead(ctx, fns.sample, fns.update, state, frozen, roles)
@@ -313,7 +316,7 @@ def run(ctx, base_params):
       bar.set_postfix(reward=f"{m['reward_mean']:.3f}", kl=f"{m['kl']:.4f}",
                       img_s=f"{m['images_per_s']:.0f}")
     if c.grid_every and step % c.grid_every == 0 and r.pixels.ndim == 4:   # not token space
-      save_grid(ctx, r, s, step)
+      writer.image(step, "samples", save_grid(ctx, r, s, step))
     if nonfinite_in_a_row >= c.max_nonfinite_steps:
       bar.close()
       store.close()
@@ -332,5 +335,6 @@ def run(ctx, base_params):
       preemption.stop("gvu", step, store, bar)
   trace.close(state)
   bar.close()
+  writer.close()
   store.close()
   return graphdef, roles.policy(state["trainable"], frozen)

@@ -22,6 +22,9 @@ import os
 import re
 import sys
 
+import numpy as np
+import PIL.Image
+
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -29,7 +32,7 @@ from gvu_jax import config_check, context, files, gvu, metrics, preemption, pret
 from gvu_jax import provenance, report, sharding
 from gvu_jax import cli as cli_lib
 from gvu_jax.errors import InputError, NonFiniteError
-from gvu_jax.evaluation import evaluate, export
+from gvu_jax.evaluation import evaluate, export, grid
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe file[:preset].",
                                           lock_config=True)
@@ -96,13 +99,37 @@ def run_embedded(ctx):
     return
   # all: train what is missing, evaluating each stage; eval: evaluate what is there.
   graphdef, params = (pretrain.run if mode == "all" else pretrain.load)(ctx)
-  report.add_stage(ctx, "pretrained", evaluate.run(ctx, graphdef, params, "pretrained"))
+  evaluated(ctx, "pretrained", evaluate.run(ctx, graphdef, params, "pretrained"), 0)
   policy = gvu.run(ctx, params) if mode == "all" else gvu.load(ctx, params)
   if policy is not None:
-    report.add_stage(ctx, "gvu", evaluate.run(ctx, *policy, "gvu"))
+    evaluated(ctx, "gvu", evaluate.run(ctx, *policy, "gvu"), ctx.config.gvu.steps)
   report.show(ctx)
   if ctx.config.eval.prompts:   # a prompt file or dataset of world prompts, judged
     export.run(ctx, [("pretrained", graphdef, params)] + ([("gvu", *policy)] if policy else []))
+
+
+def evaluated(ctx, stage, result, step):
+  """A stage's evaluation into report.json and, as "eval/<part>/<category>" at
+  `step` (0 before GvU, gvu.steps after) with its grid, into the metric writers."""
+  report.add_stage(ctx, stage, result)
+  writer = metrics.stage_writer(ctx.config, ctx.workdir, "eval", resume_step=step - 1)
+  writer.write(step, {f"{part}/{key}": value for part, values in result.items()
+                      for key, value in (values.items() if isinstance(values, dict)
+                                         else [("mean", values)])})
+  if metrics.is_main_host():
+    picture = read_picture(ctx.path("grids", f"{stage}.png"))
+    writer.image(step, "grid", picture)
+    if stage == "gvu" and os.path.exists(ctx.path("grids", "pretrained.png")):
+      # the same held-out prompts and seeds (a key per prompt) before and after GvU
+      writer.image(step, "before_after", grid.side_by_side(
+          ctx.path("grids", "before_after.png"), read_picture(ctx.path("grids", "pretrained.png")),
+          picture))
+  writer.close()
+
+
+def read_picture(path):
+  with PIL.Image.open(path) as image:
+    return np.asarray(image.convert("RGB"))
 
 
 def parse_flags(argv):

@@ -2,6 +2,7 @@
 
 import json
 import os
+import secrets
 import sys
 import time
 
@@ -10,6 +11,7 @@ import numpy as np
 import tqdm
 
 from gvu_jax import files
+from gvu_jax.errors import InputError
 
 
 def is_main_host():
@@ -21,20 +23,115 @@ def to_python(metrics):
 
 
 class MetricsWriter:
-  """Appends {"step": s, ...} lines to `path`. A run resumed from step
-  `resume_step` first cuts the file back to the whole lines of steps up to it,
-  so a crash's cut line or the steps after the checkpoint are not repeated."""
+  """One stage's metrics and pictures, to every back end the config chooses (host
+  0 only; tags "<stage>/<name>"):
 
-  def __init__(self, path, resume_step=0):
+    JSON lines in `path`, always: {"step": s, ...} a line;
+    TensorBoard event files in `tensorboard_dir` (tensorboardX writes them without
+      TensorFlow: `tensorboard --logdir WORKDIR/tensorboard`);
+    Weights & Biases, when `wandb` (a WandbRun) is given.
+
+  A run resumed from step `resume_step` first cuts the JSONL back to the whole
+  lines of steps up to it (a crash's cut line and the steps after the checkpoint
+  are not repeated), and tells TensorBoard to drop what was logged after it."""
+
+  def __init__(self, path, resume_step=0, stage=None, tensorboard_dir=None, wandb=None):
     self.path = path
+    self.stage = stage or os.path.basename(os.path.dirname(path))
+    self.tensorboard = self.wandb = None
     if is_main_host():
       os.makedirs(os.path.dirname(path), exist_ok=True)
       files.read_jsonl(path, keep=lambda r: r.get("step", 0) <= resume_step)
+      if tensorboard_dir:
+        from tensorboardX import SummaryWriter
+        self.tensorboard = SummaryWriter(tensorboard_dir, flush_secs=30,
+                                         purge_step=resume_step + 1 if resume_step else None)
+      self.wandb = wandb
 
   def write(self, step, metrics):
-    if is_main_host():
-      with open(self.path, "a") as f:
-        f.write(json.dumps({"step": int(step), **to_python(metrics)}) + "\n")
+    if not is_main_host():
+      return
+    values = to_python(metrics)
+    with open(self.path, "a") as f:
+      f.write(json.dumps({"step": int(step), **values}) + "\n")
+    numbers = {k: v for k, v in values.items() if not isinstance(v, str)}
+    if self.tensorboard:
+      for key, value in numbers.items():
+        self.tensorboard.add_scalar(f"{self.stage}/{key}", value, int(step))
+      self.tensorboard.flush()
+    if self.wandb:
+      self.wandb.log(self.stage, step, numbers)
+
+  def image(self, step, name, image):
+    """A uint8 [H, W, 3] picture (a grid, a plot) under "<stage>/<name>"."""
+    if not is_main_host():
+      return
+    if self.tensorboard:
+      self.tensorboard.add_image(f"{self.stage}/{name}", np.asarray(image, np.uint8),
+                                 int(step), dataformats="HWC")
+      self.tensorboard.flush()
+    if self.wandb:
+      self.wandb.image(self.stage, step, name, image)
+
+  def close(self):
+    if self.tensorboard:
+      self.tensorboard.close()
+
+
+class WandbRun:
+  """The workdir's one W&B run (its id kept in WORKDIR/wandb_run_id, so a resumed
+  run continues it); each stage's metrics are plotted against its own step
+  ("<stage>/step"). WANDB_MODE=offline and the other W&B variables apply."""
+
+  def __init__(self, project, entity, workdir, config):
+    try:
+      import wandb
+    except ImportError:
+      raise InputError(f"logging.wandb_project={project}: wandb is not installed "
+                       "(pip install 'gvu_jax[wandb]')") from None
+    self.wandb, self.stages = wandb, set()
+    id_file = os.path.join(workdir, "wandb_run_id")
+    run_id = open(id_file).read().strip() if os.path.exists(id_file) else None
+    if not run_id:
+      run_id = secrets.token_hex(6)   # W&B run ids: lowercase letters and digits
+      files.write_atomic(id_file, run_id)
+    self.run = wandb.init(project=project, entity=entity or None, dir=workdir, id=run_id,
+                          resume="allow", name=os.path.basename(os.path.abspath(workdir)),
+                          config=config)
+
+  def _stage(self, stage):
+    if stage not in self.stages:
+      self.run.define_metric(f"{stage}/step")
+      self.run.define_metric(f"{stage}/*", step_metric=f"{stage}/step")
+      self.stages.add(stage)
+
+  def log(self, stage, step, values):
+    self._stage(stage)
+    self.run.log({f"{stage}/step": int(step), **{f"{stage}/{k}": v for k, v in values.items()}})
+
+  def image(self, stage, step, name, image):
+    self._stage(stage)
+    self.run.log({f"{stage}/step": int(step),
+                  f"{stage}/{name}": self.wandb.Image(np.asarray(image, np.uint8))})
+
+
+_WANDB_RUNS = {}
+
+
+def stage_writer(config, workdir, stage, resume_step=0):
+  """The MetricsWriter of `stage` (WORKDIR/<stage>/metrics.jsonl) with the back
+  ends `config.logging` turns on."""
+  log = config.get("logging") or {}
+  tensorboard = os.path.join(workdir, "tensorboard", stage) if log.get("tensorboard") else None
+  wandb = None
+  if log.get("wandb_project") and is_main_host():
+    key = os.path.abspath(workdir)
+    if key not in _WANDB_RUNS:
+      _WANDB_RUNS[key] = WandbRun(log.wandb_project, log.get("wandb_entity"), workdir,
+                                  config.to_dict())
+    wandb = _WANDB_RUNS[key]
+  return MetricsWriter(os.path.join(workdir, stage, "metrics.jsonl"), resume_step, stage,
+                       tensorboard, wandb)
 
 
 def _duration(seconds):

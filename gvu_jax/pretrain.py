@@ -104,7 +104,7 @@ def run(ctx):
   train_step = make_train_step(graphdef, ctx.image_tokenizer, tx, schedule, answer_start,
                                layout=ctx.layout, state=state)
   start = int(state["step"])
-  writer = metrics.MetricsWriter(ctx.path("pretrain", "metrics.jsonl"), resume_step=start)
+  writer = metrics.stage_writer(config, ctx.workdir, "pretrain", resume_step=start)
   bar = metrics.progress(c.steps, "pretrain", initial=start)
   tic, seen = time.perf_counter(), 0
   make_batch = lambda step: ctx.layout.put_batch(batches.supervised_batch(
@@ -130,5 +130,6 @@ def run(ctx):
     if stop:
       preemption.stop("pretrain", done, store, bar)
   bar.close()
+  writer.close()
   store.close()
   return graphdef, state["params"]

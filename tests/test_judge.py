@@ -155,11 +155,22 @@ def test_save_grid(tmp_path):
   assert Image.open(path).size == (3 * 64 + 2 * 2, 2 * 64 + 2)
 
   captions = [s.text for s in world.all_specs()[-5:]]
-  grid.save_grid(path, images, ncols=3, captions=captions,
-                 marks=[True, False, True, True, False])
+  marks = [True, False, True, True, False]
+  returned = grid.save_grid(path, images, ncols=3, captions=captions, marks=marks,
+                            title="After GvU", row_labels=["counting", "colors"])
   with Image.open(path) as im:
-    width, height = im.size
     pixels = np.asarray(im.convert("RGB"))
-  assert width == 3 * 128 + 2 * 2 and height > 2 * 128 + 2
-  assert tuple(pixels[0, 0]) == grid.MARK_COLORS[True]
-  assert tuple(pixels[0, 130]) == grid.MARK_COLORS[False]
+  np.testing.assert_array_equal(returned, pixels)
+  # the first tile's corner: below the title and legend, right of the row labels
+  top, left = np.argwhere((pixels == grid.MARK_COLORS[True]).all(-1))[0]
+  assert top > 20 and left > 20 and (pixels[:top] < 128).all(-1).any()   # text above
+  assert (pixels[top:top + 128, :left] < 128).all(-1).any()              # a row label
+  assert pixels.shape[1] == left + 3 * 128 + 2 * 2
+  b = grid.BORDER
+  for i, mark in enumerate(marks):
+    y = top + (i // 3) * (pixels.shape[0] - top + grid.GAP) // 2
+    x = left + (i % 3) * (128 + grid.GAP)
+    assert tuple(pixels[y, x]) == grid.MARK_COLORS[mark]
+    tile = images[i].repeat(4, 0).repeat(4, 1)
+    np.testing.assert_array_equal(pixels[y + b:y + 128 - b, x + b:x + 128 - b],
+                                  tile[b:128 - b, b:128 - b])

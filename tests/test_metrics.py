@@ -2,7 +2,10 @@
 rate and time left that never count the first update's compilation."""
 
 import io
+import json
+import os
 
+import numpy as np
 import pytest
 
 from gvu_jax import metrics
@@ -108,3 +111,106 @@ def test_a_step_trace_appears_only_for_the_chosen_steps(tmp_path, steps, run, tr
   assert active == [bool(steps) and steps[0] <= s <= steps[1] for s in run]
   found = sorted(p.name for p in tmp_path.rglob("*.xplane.pb"))
   assert bool(found) == traced
+
+
+# --- metric writers ----------------------------------------------------------
+
+from helpers_events import read_events   # noqa: E402
+
+
+def test_tensorboard_holds_what_the_jsonl_holds_and_the_pictures(tmp_path):
+  import json
+  writer = metrics.MetricsWriter(str(tmp_path / "gvu" / "metrics.jsonl"), stage="gvu",
+                                 tensorboard_dir=str(tmp_path / "tb"))
+  rows = {1: {"loss": 0.5, "reward_mean": 0.25, "note": "text stays in the JSONL"},
+          2: {"loss": 0.125, "reward_mean": 0.75, "note": "x"}}
+  for step, row in rows.items():
+    writer.write(step, row)
+  picture = np.random.default_rng(0).integers(0, 256, (6, 10, 3)).astype(np.uint8)
+  writer.image(2, "samples", picture)
+  writer.close()
+  scalars, images, _ = read_events(str(tmp_path / "tb"))
+  assert scalars == {(f"gvu/{k}", s): v for s, row in rows.items() for k, v in row.items()
+                     if k != "note"}
+  np.testing.assert_array_equal(images["gvu/samples", 2], picture)
+  lines = [json.loads(line) for line in open(tmp_path / "gvu" / "metrics.jsonl")]
+  assert lines == [{"step": s, **row} for s, row in rows.items()]
+
+
+def test_a_resumed_writer_tells_tensorboard_to_drop_the_steps_after_its_checkpoint(tmp_path):
+  kw = dict(stage="gvu", tensorboard_dir=str(tmp_path / "tb"))
+  first = metrics.MetricsWriter(str(tmp_path / "m.jsonl"), **kw)
+  for step in (1, 2, 3):
+    first.write(step, {"loss": float(step)})
+  first.close()
+  again = metrics.MetricsWriter(str(tmp_path / "m.jsonl"), resume_step=2, **kw)
+  again.write(3, {"loss": 30.0})
+  again.close()
+  _, _, starts = read_events(str(tmp_path / "tb"))
+  assert starts == [3]   # TensorBoard purges what an earlier file logged from step 3 on
+  assert [json.loads(l)["loss"] for l in open(tmp_path / "m.jsonl")] == [1.0, 2.0, 30.0]
+
+
+class RecordingWandb:
+  """Stands in for the wandb module: records what the writer asks of it."""
+
+  def __init__(self):
+    self.calls = []
+    outer = self
+
+    class Run:
+      def define_metric(self, name, **kw):
+        outer.calls.append(("define_metric", name, kw))
+
+      def log(self, values):
+        outer.calls.append(("log", values))
+
+    self.run = Run()
+    self.Image = lambda array: ("Image", array.shape)
+
+  def init(self, **kw):
+    self.calls.append(("init", kw))
+    return self.run
+
+
+def test_wandb_gets_each_stage_against_its_own_step(tmp_path, monkeypatch):
+  import sys
+  fake = RecordingWandb()
+  monkeypatch.setitem(sys.modules, "wandb", fake)
+  monkeypatch.setattr(metrics.secrets, "token_hex", lambda n: "run123")
+  run = metrics.WandbRun("proj", "", str(tmp_path), {"seed": 0})
+  writer = metrics.MetricsWriter(str(tmp_path / "gvu" / "m.jsonl"), stage="gvu", wandb=run)
+  writer.write(4, {"loss": 0.5})
+  writer.image(4, "samples", np.zeros((2, 3, 3), np.uint8))
+  (_, init), *rest = fake.calls
+  assert init == dict(project="proj", entity=None, dir=str(tmp_path), id="run123",
+                      resume="allow", name=tmp_path.name, config={"seed": 0})
+  assert rest == [("define_metric", "gvu/step", {}),
+                  ("define_metric", "gvu/*", {"step_metric": "gvu/step"}),
+                  ("log", {"gvu/step": 4, "gvu/loss": 0.5}),
+                  ("log", {"gvu/step": 4, "gvu/samples": ("Image", (2, 3, 3))})]
+  metrics.WandbRun("proj", "", str(tmp_path), {})   # a resumed run continues the same W&B run
+  assert fake.calls[-1][1]["id"] == "run123" and (tmp_path / "wandb_run_id").read_text() == "run123"
+
+
+def test_wandb_offline_writes_the_run_and_its_pictures(tmp_path):
+  """The real wandb, offline (WANDB_MODE=offline), in a child process."""
+  import subprocess
+  import sys
+  pytest.importorskip("wandb")
+  script = ("import numpy as np, ml_collections\n"
+            "from gvu_jax import metrics\n"
+            "c = ml_collections.ConfigDict({'logging': {'tensorboard': False, "
+            "'wandb_project': 'gvu-test', 'wandb_entity': ''}})\n"
+            f"w = metrics.stage_writer(c, {str(tmp_path)!r}, 'gvu')\n"
+            "w.write(1, {'loss': 0.5}); w.image(1, 'samples', np.zeros((4, 4, 3), np.uint8))\n"
+            "metrics._WANDB_RUNS.popitem()[1].run.finish()\n")
+  env = dict(os.environ, WANDB_MODE="offline", WANDB_SILENT="true")
+  for _ in range(2):   # the second run resumes the first's id
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+  run_id = (tmp_path / "wandb_run_id").read_text()
+  runs = sorted((tmp_path / "wandb").glob(f"offline-run-*-{run_id}"))
+  assert len(runs) == 2 and all(list(r.glob(f"run-{run_id}.wandb")) for r in runs)
+  assert list(runs[0].glob("files/media/images/gvu/samples_*.png"))

@@ -10,6 +10,7 @@ import sys
 
 import jax
 import numpy as np
+import PIL.Image
 import pytest
 
 from gvu_jax import checkpoint, files
@@ -53,6 +54,38 @@ def test_report_contract(full_run):
   for path in ("grids/pretrained.png", "grids/gvu.png", "report.md",
                "pretrain/metrics.jsonl", "gvu/metrics.jsonl", "pretrain/tokenizer.json"):
     assert os.path.exists(os.path.join(workdir, path)), path
+
+
+@pytest.mark.slow
+def test_tensorboard_shows_every_stage_and_the_evaluations(full_run):
+  """The default run's event files: the JSONL's scalars for pretraining and GvU,
+  report.json's numbers before (step 0) and after GvU (step gvu.steps), and the
+  evaluation grids."""
+  from helpers_events import read_events
+  workdir = full_run[0]
+  for stage in ("pretrain", "gvu"):
+    scalars, images, _ = read_events(os.path.join(workdir, "tensorboard", stage))
+    rows = read_jsonl(os.path.join(workdir, stage, "metrics.jsonl"))
+    assert scalars == pytest.approx({(f"{stage}/{k}", r["step"]): v for r in rows
+                                     for k, v in r.items() if k != "step"})
+  assert sorted(images) == [("gvu/samples", 2), ("gvu/samples", 4)]   # gvu.grid_every=2
+  scalars, images, _ = read_events(os.path.join(workdir, "tensorboard", "eval"))
+  with open(os.path.join(workdir, "report.json")) as f:
+    report = json.load(f)
+  for stage, step in (("pretrained", 0), ("gvu", 4)):
+    for part in ("generation", "understanding", "reward_ranking"):
+      for key, value in report[stage][part].items():
+        assert scalars[f"eval/{part}/{key}", step] == pytest.approx(value)
+    assert scalars["eval/intrinsic_reward/mean", step] == pytest.approx(
+        report[stage]["intrinsic_reward"])
+    assert images["eval/grid", step].shape[2] == 3
+  # before and after GvU side by side: the two grids, as written to grids/
+  before, after = images["eval/grid", 0], images["eval/grid", 4]
+  pair = images["eval/before_after", 4]
+  np.testing.assert_array_equal(pair[:before.shape[0], :before.shape[1]], before)
+  np.testing.assert_array_equal(pair[:after.shape[0], -after.shape[1]:], after)
+  with PIL.Image.open(os.path.join(workdir, "grids", "before_after.png")) as saved:
+    np.testing.assert_array_equal(np.asarray(saved.convert("RGB")), pair)
 
 
 @pytest.mark.slow

@@ -24,6 +24,9 @@ from gvu_jax.sampling import Sampler, SamplingConfig, row_keys
 from gvu_jax.sharding import to_host
 
 
+STAGE_TITLES = {"pretrained": "Before GvU (pretrained)", "gvu": "After GvU"}
+
+
 def padded_chunks(n, size):
   """Index arrays of exactly `size` covering range(n), the last one padded by
   repeating its first index; yields (indices, number of real entries). Every
@@ -149,7 +152,12 @@ def run(ctx, graphdef, params, stage):
   if metrics.is_main_host():
     grid.save_grid(ctx.path("grids", f"{stage}.png"), images[shown], ncols=min(per_row, ipc),
                    captions=[row_specs[i].text for i in shown],
-                   marks=[gen_correct[i] for i in shown])
+                   marks=[gen_correct[i] for i in shown],
+                   title=f"{STAGE_TITLES.get(stage, stage)}: held-out prompts (seed "
+                         f"{ctx.config.seed}), generation accuracy "
+                         f"{np.mean(gen_correct):.0%}",
+                   row_labels=[row_specs[k * ipc].category.replace("_", " ")
+                               for k in range(len(row_specs) // ipc)])
   out = {"generation": judge.category_accuracy(list(gen_correct), row_specs),
          "understanding": judge.category_accuracy(und_correct, und_specs),
          "intrinsic_reward": mean_reward,

@@ -316,7 +316,7 @@ def export(ctx, graphdef, params, stage_dir, prompts, source, judge_specs=None):
   if shown:
     grid.save_grid(os.path.join(stage_dir, f"{name}_grid.png"), [im for im, _ in shown],
                    ncols=8, scale=max(1, 128 // shown[0][0].shape[0]),
-                   captions=[t for _, t in shown])
+                   captions=[t for _, t in shown], title=f"{os.path.basename(stage_dir)}: {name}")
   summary = summarize(prompts, rewards, per_prompt, directory, layout.scorer_hint())
   files.write_atomic(os.path.join(stage_dir, f"{name}_summary.json"),
                      json.dumps(summary, indent=1))
