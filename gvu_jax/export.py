@@ -45,7 +45,7 @@ from absl import flags
 from etils import epath
 
 from gvu_jax import cli as cli_lib
-from gvu_jax import checkpoint, lora
+from gvu_jax import checkpoint, lora, metrics
 from gvu_jax.convert import store
 from gvu_jax.convert.source import read_json_object
 from gvu_jax.convert.targets import lookup, place, targets
@@ -271,13 +271,15 @@ def _save_sharded(directory, shapes, make, dtype):
       size = 0
     shards[-1].append(name)
     size += nbytes[name]
-  weight_map = {}
+  weight_map, bar = {}, metrics.Progress(len(shards), "export: shards")
   for i, names in enumerate(shards):
     file = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
     # contiguous: safetensors writes a strided array in its memory order
     save_file({n: np.ascontiguousarray(make(n), dtype) for n in names},
               str(directory / file), metadata={"format": "pt"})
     weight_map.update({n: file for n in names})
+    bar.update(1)
+  bar.close()
   (directory / INDEX_FILE).write_text(json.dumps(
       {"metadata": {"total_size": sum(nbytes.values())}, "weight_map": weight_map}, indent=2))
 

@@ -81,6 +81,7 @@ def run_checkpoint(ctx):
   graphdef, base = ctx.load_base()
   if ctx.config.mode == "gvu":
     gvu.run(ctx, base)
+    plotted(ctx, ctx.config.gvu.steps)
     return
   policy = gvu.load(ctx, base)   # the latest GvU policy in the workdir, if any
   export.run(ctx, [("base", graphdef, base)] + ([("gvu", *policy)] if policy else []))
@@ -104,6 +105,7 @@ def run_embedded(ctx):
   if policy is not None:
     evaluated(ctx, "gvu", evaluate.run(ctx, *policy, "gvu"), ctx.config.gvu.steps)
   report.show(ctx)
+  plotted(ctx, ctx.config.gvu.steps if policy is not None else 0)
   if ctx.config.eval.prompts:   # a prompt file or dataset of world prompts, judged
     export.run(ctx, [("pretrained", graphdef, params)] + ([("gvu", *policy)] if policy else []))
 
@@ -125,6 +127,15 @@ def evaluated(ctx, stage, result, step):
           ctx.path("grids", "before_after.png"), read_picture(ctx.path("grids", "pretrained.png")),
           picture))
   writer.close()
+
+
+def plotted(ctx, step):
+  """report.png (the evaluations and GvU's curves), also to the metric writers."""
+  picture = report.plot(ctx)
+  if picture is not None:
+    writer = metrics.stage_writer(ctx.config, ctx.workdir, "eval", resume_step=step)
+    writer.image(step, "report", picture)
+    writer.close()
 
 
 def read_picture(path):

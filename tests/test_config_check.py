@@ -64,7 +64,9 @@ def boundary_cases():
     elif isinstance(value, float):
       cases += [(key, math.nan), (key, math.inf), (key, -math.inf), (key, "0.1"), (key, None)]
     elif isinstance(value, str) and key not in ("data.tfds_dir", "data.manual_dir",
-                                                "eval.prompts", "data.prompts"):
+                                                "eval.prompts", "data.prompts",
+                                                "logging.wandb_project",
+                                                "logging.wandb_entity"):
       cases += [(key, "no_such_choice"), (key, 3)]
   return cases
 

@@ -214,3 +214,39 @@ def test_wandb_offline_writes_the_run_and_its_pictures(tmp_path):
   runs = sorted((tmp_path / "wandb").glob(f"offline-run-*-{run_id}"))
   assert len(runs) == 2 and all(list(r.glob(f"run-{run_id}.wandb")) for r in runs)
   assert list(runs[0].glob("files/media/images/gvu/samples_*.png"))
+
+
+class Workdir:
+  def __init__(self, root):
+    self.root = root
+
+  def path(self, *parts):
+    return os.path.join(self.root, *parts)
+
+
+@pytest.mark.parametrize("report, rows, panel_rows", [
+    ({"pretrained": {"generation": {"overall": 0.2, "counting": 0.1},
+                     "understanding": {"overall": 0.5, "counting": 0.4}},
+      "gvu": {"generation": {"overall": 0.3, "counting": 0.2},
+              "understanding": {"overall": 0.5, "counting": 0.4}}},
+     [{"step": 1, "reward_mean": 0.2, "kl": 0.0, "entropy": 1.3},
+      {"step": 2, "reward_mean": 0.3, "kl": 0.01, "entropy": 1.2}], 2),
+    (None, [{"step": 1, "reward_mean": 0.2, "kl": 0.0, "entropy": 1.3}], 1),   # GvU only
+    ({"pretrained": {"generation": {"overall": 0.2}}}, [], 1),                 # no GvU yet
+    (None, [], 0),                                                             # nothing
+])
+def test_report_png_plots_what_the_workdir_holds(tmp_path, report, rows, panel_rows):
+  from PIL import Image
+  from gvu_jax import report as report_lib
+  if report:
+    (tmp_path / "report.json").write_text(json.dumps(report))
+  if rows:
+    (tmp_path / "gvu").mkdir()
+    (tmp_path / "gvu" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+  picture = report_lib.plot(Workdir(str(tmp_path)))
+  if not panel_rows:
+    assert picture is None and not (tmp_path / "report.png").exists()
+    return
+  with Image.open(tmp_path / "report.png") as saved:
+    np.testing.assert_array_equal(np.asarray(saved.convert("RGB")), picture)
+  assert picture.shape == (340 * panel_rows, 1200, 3)

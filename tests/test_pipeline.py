@@ -86,6 +86,8 @@ def test_tensorboard_shows_every_stage_and_the_evaluations(full_run):
   np.testing.assert_array_equal(pair[:after.shape[0], -after.shape[1]:], after)
   with PIL.Image.open(os.path.join(workdir, "grids", "before_after.png")) as saved:
     np.testing.assert_array_equal(np.asarray(saved.convert("RGB")), pair)
+  with PIL.Image.open(os.path.join(workdir, "report.png")) as saved:
+    np.testing.assert_array_equal(np.asarray(saved.convert("RGB")), images["eval/report", 4])
 
 
 @pytest.mark.slow
