@@ -63,15 +63,6 @@ INDEX_FILE = "model.safetensors.index.json"
 EMBEDDED_FORMAT = "gvu_jax"   # config.json "format" of the safetensors layout
 
 
-def _flat(tree, prefix=()):
-  """(path, leaf) of a parameter tree, in a fixed order."""
-  for key, value in sorted(tree.items(), key=lambda kv: str(kv[0])):
-    if isinstance(value, dict):
-      yield from _flat(value, prefix + (key,))
-    else:
-      yield prefix + (key,), value
-
-
 class Policy:
   """A workdir's GvU policy: the model config, the frozen base weights (in the
   conversion's stored dtype, or `param_dtype`) and the trained part (LoRA
@@ -144,7 +135,7 @@ class Policy:
 
   def paths(self):
     """Every weight of the policy (the adapters folded away)."""
-    return [p for p, _ in _flat(self.tree) if p[-1] not in lora.LORA_KEYS]
+    return [p for p, _ in store.leaves_with_paths(self.tree) if p[-1] not in lora.LORA_KEYS]
 
   def shape(self, path):
     return tuple(lookup(self.tree, path).shape)

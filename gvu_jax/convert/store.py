@@ -41,11 +41,11 @@ def load_image_tokenizer(path, dtype="float32"):
 SAVE_GROUP_BYTES = 1 << 30
 
 
-def _flat(tree, prefix=()):
+def leaves_with_paths(tree, prefix=()):
   """(path, leaf) pairs in a fixed order (sorted keys), whatever the dict order."""
   for key, value in sorted(tree.items(), key=lambda kv: str(kv[0])):
     if isinstance(value, dict):
-      yield from _flat(value, prefix + (key,))
+      yield from leaves_with_paths(value, prefix + (key,))
     else:
       yield prefix + (key,), value
 
@@ -57,7 +57,7 @@ def _key(path):
 def save_params(directory: epath.Path, tree):
   from gvu_jax import checkpoint   # orbax; imported late so --help stays fast
   groups, size = [[]], 0
-  for path, value in _flat(tree):
+  for path, value in leaves_with_paths(tree):
     if groups[-1] and size + value.nbytes > SAVE_GROUP_BYTES:
       groups.append([])
       size = 0
@@ -72,7 +72,7 @@ def load_params(directory: epath.Path, like):
   """Inverse of save_params: the weights restored into the structure (and the
   dtypes: Orbax casts) of `like`."""
   from gvu_jax import checkpoint
-  leaves = {_key(p): v for p, v in _flat(like)}
+  leaves = {_key(p): v for p, v in leaves_with_paths(like)}
   groups = json.loads((directory / "groups.json").read_text())
   if sorted(sum(groups, [])) != sorted(leaves):
     missing = sorted(set(leaves) - set(sum(groups, [])))
@@ -83,7 +83,7 @@ def load_params(directory: epath.Path, like):
     stored.update(checkpoint.load_frozen(str(directory / f"{i:03d}"),
                                          {k: leaves[k] for k in keys}))
   out = {}
-  for path, _ in _flat(like):
+  for path, _ in leaves_with_paths(like):
     place(out, path, stored[_key(path)])
   return out
 
