@@ -209,6 +209,7 @@ def progress(total, desc, initial=0):
 
 
 def status(message):
-  """One line saying what the run is doing now (host 0), e.g. before a silent phase."""
+  """One line on stdout saying what the run is doing now (host 0), e.g. before a
+  silent phase (stderr stays for progress and, on bad input, the one error line)."""
   if is_main_host():
-    print(message, file=sys.stderr, flush=True)
+    print(message, flush=True)
