@@ -262,7 +262,7 @@ def _save_sharded(directory, shapes, make, dtype):
       size = 0
     shards[-1].append(name)
     size += nbytes[name]
-  weight_map, bar = {}, metrics.Progress(len(shards), "export: shards")
+  weight_map, bar = {}, metrics.Progress(len(shards), "export: shards", warmup=None)
   for i, names in enumerate(shards):
     file = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
     # contiguous: safetensors writes a strided array in its memory order

@@ -142,38 +142,40 @@ def _duration(seconds):
 
 class Progress:
   """A bar on a terminal; plain lines elsewhere (a log file gets a line every
-  `every_s` seconds, never carriage-return frames). The first update pays for
-  compilation: until it the progress says "compiling", and the rate and the
-  time left are measured from it, so they never count compilation."""
+  `every_s` seconds, never carriage-return frames). With `warmup` (default
+  "compiling") the first update pays for compilation: until it the progress
+  says so, and the rate and the time left are measured from it, so they never
+  count compilation; warmup=None measures from the start."""
 
-  def __init__(self, total, desc, initial=0, every_s=30.0, stream=None):
+  def __init__(self, total, desc, initial=0, every_s=30.0, stream=None, warmup="compiling"):
     self.total, self.desc, self.n, self.every_s = total, desc, initial, every_s
     self.stream = stream or sys.stderr
     self.enabled = is_main_host()
     self.tty = self.enabled and self.stream.isatty()
-    self.postfix, self.clock = {}, None
+    self.postfix, self.clock = {}, None if warmup else (time.perf_counter(), initial)
     self.last_line, self.last_n = time.perf_counter(), None
     if self.tty:
       self.bar = tqdm.tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True,
                            mininterval=1.0, smoothing=0, file=self.stream)
-      if initial < total:
-        self.bar.set_postfix_str("compiling")
-    elif self.enabled and initial < total:
-      self._line("compiling")
+      if initial < total and warmup:
+        self.bar.set_postfix_str(warmup)
+    elif self.enabled and initial < total and warmup:
+      self._line(warmup)
 
   def update(self, n=1):
     self.n += n
     if not self.enabled:
       return
-    first = self.clock is None
-    if first:   # compiled: the clock starts here
+    warmed_up = self.clock is None
+    if warmed_up:   # (compiled): the clock starts here
       self.clock = (time.perf_counter(), self.n)
     if self.tty:
       self.bar.update(n)
-      if first:
+      if warmed_up:
         self.bar.set_postfix_str("")
         self.bar.start_t, self.bar.initial = self.bar._time(), self.bar.n
-    elif first or self.n >= self.total or time.perf_counter() - self.last_line >= self.every_s:
+    elif (warmed_up or self.last_n is None or self.n >= self.total
+          or time.perf_counter() - self.last_line >= self.every_s):
       self._line()
 
   def set_postfix(self, **values):

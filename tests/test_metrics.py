@@ -84,6 +84,7 @@ def test_a_terminal_gets_a_bar_whose_rate_skips_compilation(clock):
   bar.update(1)
   assert (bar.bar.initial, bar.bar.n) == (1, 1)   # tqdm measures from here
   bar.update(1)
+  assert (bar.bar.initial, bar.bar.n) == (1, 2)   # and only once
   bar.close()
   assert "compiling" not in out.getvalue().split("\r")[-1]
 
@@ -250,3 +251,15 @@ def test_report_png_plots_what_the_workdir_holds(tmp_path, report, rows, panel_r
   with Image.open(tmp_path / "report.png") as saved:
     np.testing.assert_array_equal(np.asarray(saved.convert("RGB")), picture)
   assert picture.shape == (340 * panel_rows, 1200, 3)
+
+
+def test_without_warmup_the_clock_runs_from_the_start(clock):
+  out = io.StringIO()
+  bar = metrics.Progress(4, "export: shards", every_s=0.0, stream=out, warmup=None)
+  for _ in range(4):
+    clock.now += 5.0
+    bar.update(1)
+  bar.close()
+  assert out.getvalue().splitlines() == [
+      "export: shards: 1/4 (25%), 5 s each, 15s left", "export: shards: 2/4 (50%), 5 s each, 10s left",
+      "export: shards: 3/4 (75%), 5 s each, 5s left", "export: shards: 4/4 (100%), 5 s each, 0s left"]
