@@ -286,6 +286,11 @@ def iter_sharded(directory):
         yield name, f.get_tensor(name)
 
 
+def export_info(directory):
+  """What an export records of itself (EXPORTED): workdir, step, format, family, dtype."""
+  return read_json_object(epath.Path(directory) / DONE_FILE)
+
+
 def read_sharded(directory):
   return dict(iter_sharded(directory))
 
@@ -298,7 +303,7 @@ def load_own(directory):
                      f"{config.get('format')!r}, expected {EMBEDDED_FORMAT!r})")
   m = ml_collections.ConfigDict(config["model"])
   params = {}
-  for name, value in read_sharded(directory).items():
+  for name, value in iter_sharded(directory):
     place(params, tuple(int(k) if k.isdigit() else k for k in name.split(".")),
           np.asarray(value, np.float32))
   return m, params
@@ -450,7 +455,7 @@ def policy_model(policy, merged=False):
 def check_files(dst, policy):
   """Every tensor the export holds, read back, against the policy's own (rounded
   to the export's dtype) -> the largest |difference| (0 when written right)."""
-  done = json.loads((epath.Path(dst) / DONE_FILE).read_text())
+  done = export_info(dst)
   fmt, dtype = done["format"], DTYPES[done["dtype"]]
   if fmt == "peft":
     from safetensors.numpy import load_file
@@ -477,7 +482,7 @@ def check(dst, policy):
   """The export at `dst` read back, and for Janus loaded as its users load it
   (transformers; PEFT on the conversion's source checkpoint) and run against
   gvu_jax's policy -> JSON-able report."""
-  fmt = json.loads((epath.Path(dst) / DONE_FILE).read_text())["format"]
+  fmt = export_info(dst)["format"]
   files_diff = check_files(dst, policy)
   report = {"format": fmt, "files_max_abs_diff": files_diff}
   if policy.family != "janus" or fmt == "safetensors":

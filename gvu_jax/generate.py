@@ -26,7 +26,6 @@ from flax import nnx
 from gvu_jax import cli as cli_lib
 from gvu_jax import export, metrics
 from gvu_jax.convert import store
-from gvu_jax.convert.source import read_json_object
 from gvu_jax.data import prompt_files
 from gvu_jax.errors import InputError
 from gvu_jax.evaluation import grid
@@ -50,7 +49,7 @@ def load(checkpoint, step=None):
     if step is not None:
       raise InputError(f"--step={step}: {checkpoint} is not a GvU workdir")
     if (path / export.DONE_FILE).exists():
-      fmt = read_json_object(path / export.DONE_FILE).get("format")
+      fmt = export.export_info(path).get("format")
       if fmt != "safetensors":
         raise InputError(f"{checkpoint}: a {fmt} export; convert it first (python -m "
                          f"gvu_jax.convert --src={checkpoint} --dst=...)")

@@ -58,7 +58,6 @@ class MetricsWriter:
     if self.tensorboard:
       for key, value in numbers.items():
         self.tensorboard.add_scalar(f"{self.stage}/{key}", value, int(step))
-      self.tensorboard.flush()
     if self.wandb:
       self.wandb.log(self.stage, step, numbers)
 
@@ -69,11 +68,11 @@ class MetricsWriter:
     if self.tensorboard:
       self.tensorboard.add_image(f"{self.stage}/{name}", np.asarray(image, np.uint8),
                                  int(step), dataformats="HWC")
-      self.tensorboard.flush()
     if self.wandb:
       self.wandb.image(self.stage, step, name, image)
 
   def close(self):
+    """Flushes the event file (tensorboardX also flushes every 30 s on its own)."""
     if self.tensorboard:
       self.tensorboard.close()
 

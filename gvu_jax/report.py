@@ -12,12 +12,17 @@ import PIL.Image
 from gvu_jax import files, metrics
 
 
+def read(ctx):
+  """report.json as a dict ({} before the first evaluation)."""
+  if not os.path.exists(ctx.path("report.json")):
+    return {}
+  with open(ctx.path("report.json")) as f:
+    return json.load(f)
+
+
 def add_stage(ctx, stage, result):
   path = ctx.path("report.json")
-  report = {}
-  if os.path.exists(path):
-    with open(path) as f:
-      report = json.load(f)
+  report = read(ctx)
   report[stage] = result
   order = {"pretrained": 0, "gvu": 1}
   report = dict(sorted(report.items(), key=lambda kv: order.get(kv[0], len(order))))
@@ -42,8 +47,7 @@ def markdown(report):
 
 
 def show(ctx):
-  with open(ctx.path("report.json")) as f:
-    table = markdown(json.load(f))
+  table = markdown(read(ctx))
   if metrics.is_main_host():
     print(table)
     files.write_atomic(ctx.path("report.md"), table + "\n")
@@ -61,10 +65,7 @@ def plot(ctx):
   import matplotlib
   matplotlib.use("Agg")   # files only, no display
   from matplotlib import pyplot as plt
-  report = {}
-  if os.path.exists(ctx.path("report.json")):
-    with open(ctx.path("report.json")) as f:
-      report = json.load(f)
+  report = read(ctx)
   rows = files.read_jsonl(ctx.path("gvu", "metrics.jsonl"))
   parts = [p for p in ("generation", "understanding") if any(p in s for s in report.values())]
   if not parts and not rows:
