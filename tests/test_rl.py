@@ -15,6 +15,7 @@ from gvu_jax import lora, optimizer, rl
 from gvu_jax.text import synthetic as text
 from gvu_jax.errors import InputError
 from gvu_jax.models import presets
+from gvu_jax.models.umm import image_logits
 
 EPS = 1e-4   # the reference advantage eps (docs/design.md §3)
 
@@ -224,6 +225,36 @@ def sgd_steps(mini):
   return tx, make(1), make(2)
 
 
+def full_logprobs(model, batch):
+  """Token log-probs and entropy from the whole [B, N, codebook] log-softmax at once."""
+  logp_all = jax.nn.log_softmax(image_logits(model, batch["prompt_ids"], batch["prompt_valid"],
+                                             batch["codes"]))
+  logp = jnp.take_along_axis(logp_all, batch["codes"][..., None], -1)[..., 0]
+  return logp, -jnp.sum(jnp.exp(logp_all) * logp_all, axis=-1)
+
+
+@pytest.mark.parametrize("chunk", [1, 5, 16, 1000])   # 16 image tokens: divisors or not
+def test_chunked_token_logprobs_equal_the_full_log_softmax(mini, chunk):
+  """rl.token_logprobs reads the image head in chunks of tokens: the same log-probs,
+  entropy and gradient as the whole log-softmax."""
+  graphdef, params, batch = mini
+  assert batch["codes"].shape[1] == 16
+
+  def objective(fn, p):
+    logp, entropy = fn(nnx.merge(graphdef, p), batch)
+    return jnp.sum(logp * batch["advantages"][:, None]) + 0.1 * jnp.sum(entropy), (logp, entropy)
+
+  chunked = lambda model, b: rl.token_logprobs(model, b["prompt_ids"], b["prompt_valid"],
+                                               b["codes"], chunk=chunk)
+  run = lambda fn: jax.jit(jax.value_and_grad(lambda p: objective(fn, p), has_aux=True),
+                           compiler_options=FAST)(params)
+  (_, (logp, entropy)), grads = run(chunked)
+  (_, (logp_full, entropy_full)), grads_full = run(full_logprobs)
+  np.testing.assert_allclose(logp, logp_full, atol=1e-5)
+  np.testing.assert_allclose(entropy, entropy_full, atol=1e-5)
+  assert norm(grads_full) > 0 and max_abs_diff(grads, grads_full) < 1e-5
+
+
 @pytest.fixture(scope="module")
 def independent_grad(mini):
   """The step's loss written out for mu = 1: mean over rows of the mean over image
@@ -231,8 +262,7 @@ def independent_grad(mini):
   graphdef, _, _ = mini
 
   def loss(p, batch, beta):
-    logp, _ = rl.token_logprobs(nnx.merge(graphdef, p), batch["prompt_ids"],
-                                batch["prompt_valid"], batch["codes"])
+    logp, _ = full_logprobs(nnx.merge(graphdef, p), batch)
     d = batch["ref_logp"] - logp
     per_token = -batch["advantages"][:, None] * logp + beta * (jnp.exp(d) - d - 1)
     return per_token.mean()

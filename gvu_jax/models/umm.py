@@ -3,7 +3,9 @@ use only that: one decoder `lm` that reads text and image tokens, with a text he
 and an image head (docs/design.md §5). JanusUMM (models/janus.py) and XOmniUMM
 (models/xomni.py) are the two implementations.
 
-  `image_logits` - teacher-forced image-token logits given a prompt (T2I loss, GRPO)
+  `image_hidden` - teacher-forced hidden states that predict each image token
+  `image_logits` - their logits over the codebook (T2I loss; GRPO reads them in
+                   chunks, rl.token_logprobs)
   `text_hidden`  - hidden states of an understanding query with an image in it
                    (the reward reads the prompt's likelihood from these)
   `text_logits`  - text logits of the same (captioning loss, parity checks)
@@ -49,19 +51,25 @@ def causal_mask(valid):
   return causal[None] & (valid[:, :, None] == valid[:, None, :])
 
 
-def image_logits(model: UMM, prompt_ids, prompt_valid, codes):
-  """Teacher-forced logits of every image token given its (left-padded) prompt.
+def image_hidden(model: UMM, prompt_ids, prompt_valid, codes):
+  """Teacher-forced hidden states [B, image_tokens, hidden]: position i predicts
+  image token i given its (left-padded) prompt.
 
   Input sequence: prompt (ending in <begin_of_image>) then codes[:, :-1]; the
   hidden state at the last prompt position predicts codes[:, 0].
-  Returns float32 [B, image_tokens, codebook_size].
   """
   n = codes.shape[1]
   x = jnp.concatenate([model.lm.embed_tokens(prompt_ids),
                        model.embed_image_codes(codes[:, :-1])], axis=1)
   valid = jnp.concatenate([prompt_valid, jnp.ones(codes[:, :-1].shape, bool)], axis=1)
   hidden, _ = model.lm(x, positions_from_valid(valid), causal_mask(valid))
-  return model.image_head(hidden[:, -n:])
+  return hidden[:, -n:]
+
+
+def image_logits(model: UMM, prompt_ids, prompt_valid, codes):
+  """Teacher-forced logits of every image token given its prompt (image_hidden):
+  float32 [B, image_tokens, codebook_size]."""
+  return model.image_head(image_hidden(model, prompt_ids, prompt_valid, codes))
 
 
 def text_hidden(model: UMM, ids, valid, image_slots, pixels):
