@@ -21,6 +21,7 @@ from flax import nnx
 from gvu_jax import sharding
 from gvu_jax.errors import InputError
 from gvu_jax.models.umm import causal_mask, positions_from_valid
+from gvu_jax.models.layers import Dense
 from gvu_jax.models.llama import CACHE_AXES
 
 
@@ -78,17 +79,22 @@ def row_uniforms(key, rows):
 
 
 def sample_categorical(key, logits):
-  """One draw per row from softmax(logits), by inverting the CDF with one uniform
-  per row (row_uniforms). (jax.random.categorical draws one Gumbel per vocabulary
-  entry: 16384 random numbers per row per step, 11 ms of a 75 ms CPU decode step at
-  32 rows; this takes 3 ms.) Tokens with zero probability are never drawn."""
-  probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
-  cdf = jnp.cumsum(probs, axis=-1)
-  u = row_uniforms(key, logits.shape[0]) * cdf[..., -1:]
-  index = jnp.sum(cdf <= u, axis=-1)
+  """One draw per row from softmax(logits) and its log-probability, by inverting
+  the CDF with one uniform per row (row_uniforms). (jax.random.categorical draws
+  one Gumbel per vocabulary entry: 16384 random numbers per row per step, 11 ms of
+  a 75 ms CPU decode step at 32 rows; this takes 3 ms.) Tokens with zero
+  probability are never drawn. -> (codes [rows], log-probs [rows])."""
+  logits = logits.astype(jnp.float32)
+  shifted = logits - jnp.max(logits, axis=-1, keepdims=True)
+  weights = jnp.exp(shifted)        # unnormalised: one pass gives the CDF and the total
+  cdf = jnp.cumsum(weights, axis=-1)
+  total = cdf[..., -1:]
+  index = jnp.sum(cdf <= row_uniforms(key, logits.shape[0]) * total, axis=-1)
   # u * total can round up to total: fall back to the last token with mass.
-  last = logits.shape[-1] - 1 - jnp.argmax(probs[..., ::-1] > 0, axis=-1)
-  return jnp.minimum(index, last)
+  last = logits.shape[-1] - 1 - jnp.argmax(weights[..., ::-1] > 0, axis=-1)
+  code = jnp.minimum(index, last)
+  logp = jnp.take_along_axis(shifted, code[:, None], -1)[:, 0] - jnp.log(total[:, 0])
+  return code, logp
 
 
 @dataclasses.dataclass
@@ -115,16 +121,34 @@ def row_keys(key, indices, group_size=1):
       jnp.arange(group_size)))(per_prompt).reshape(-1)
 
 
+# Image tokens per KV-cache segment: at least MIN_SEGMENT, at most MAX_SEGMENTS of them.
+MIN_SEGMENT, MAX_SEGMENTS = 32, 8
+
+
+def cache_segments(prompt_len, num_tokens):
+  """Slots of each KV-cache segment: the prompt's, then the image tokens' in runs
+  of equal length (the last image token is sampled, never fed back: N - 1 slots).
+  Decode step i reads the prompt and the segments up to the one it writes, so the
+  slots read per step exceed those filled by half a segment on average, not by
+  half the cache."""
+  image_slots = num_tokens - 1
+  size = max(MIN_SEGMENT, -(-image_slots // MAX_SEGMENTS))
+  runs = [min(size, image_slots - start) for start in range(0, image_slots, size)]
+  return [prompt_len] + runs
+
+
 def sample_image_tokens(model, ids, valid, uncond_ids, uncond_valid, key, cache, *,
                         cfg: SamplingConfig, num_tokens):
   """One batch of rows (already repeated G times). `key`: one key for the batch,
-  or a [rows] array of keys (row_keys). Returns (Samples, cache)."""
+  or a [rows] array of keys (row_keys). `cache`: model.lm.init_cache of
+  cache_segments(prompt length, num_tokens). Returns (Samples, cache)."""
   rows = ids.shape[0]
   if cfg.guided:
     ids = jnp.concatenate([ids, uncond_ids])
     valid = jnp.concatenate([valid, uncond_valid])
   p = ids.shape[1]
   prompt_lengths = jnp.sum(valid, axis=1)
+  ends = np.cumsum([k.shape[2] for k in cache[0]["k"]])   # the slot after each segment
 
   def next_token(logits, step_key):
     cond = logits[:rows]
@@ -132,35 +156,64 @@ def sample_image_tokens(model, ids, valid, uncond_ids, uncond_valid, key, cache,
     if cfg.guided:
       uncond = logits[rows:]
       guided = uncond + cfg.cfg_weight * (cond - uncond)
-    filtered = filter_logits(guided, cfg)
-    code = sample_categorical(step_key, filtered)
-    logp = jnp.take_along_axis(jax.nn.log_softmax(filtered), code[:, None], -1)[:, 0]
+    code, logp = sample_categorical(step_key, filter_logits(guided, cfg))
     return code.astype(jnp.int32), logp
 
-  # Prefill: the prompt fills cache slots [0, p); image token i goes to slot p + i.
-  slots_valid = jnp.concatenate([valid, jnp.zeros((valid.shape[0], num_tokens - 1), bool)], 1)
-  mask = causal_mask(slots_valid)[:, :p]
-  hidden, cache = model.lm(model.lm.embed_tokens(ids), positions_from_valid(valid), mask,
-                           cache, 0)
+  def read(cache, last):   # each layer's segments 0..last
+    return [{"k": c["k"][:last + 1], "v": c["v"][:last + 1]} for c in cache]
+
+  def written(cache, last, new):   # segment `last` of each layer replaced by `new`'s
+    return [{"k": c["k"][:last] + n["k"][-1:] + c["k"][last + 1:],
+             "v": c["v"][:last] + n["v"][-1:] + c["v"][last + 1:]} for c, n in zip(cache, new)]
+
+  # Prefill: the prompt fills segment 0 (slots [0, p)); image token i goes to slot p + i.
+  slots_valid = jnp.concatenate([valid, jnp.zeros((valid.shape[0], ends[-1] - p), bool)], 1)
+  hidden, new = model.lm(model.lm.embed_tokens(ids), positions_from_valid(valid),
+                         causal_mask(valid), read(cache, 0), 0)
+  cache = written(cache, 0, new)
   first = next_token(model.image_head(hidden[:, -1]), fold_in(key, 0))
   out = jax.tree.map(lambda x: jnp.zeros((rows, num_tokens), x.dtype).at[:, 0].set(x), first)
 
-  def body(i, carry):
-    out, cache = carry
-    last = out[0][:, i - 1]
-    if cfg.guided:
-      last = jnp.concatenate([last, last])
-    x = model.embed_image_codes(last[:, None])
-    positions = (prompt_lengths + i - 1)[:, None]
-    slot = jnp.arange(p + num_tokens - 1)
-    step_mask = (slots_valid | ((slot >= p) & (slot < p + i)))[:, None, :]
-    hidden, cache = model.lm(x, positions, step_mask, cache, p + i - 1)
-    new = next_token(model.image_head(hidden[:, 0]), fold_in(key, i))
-    out = jax.tree.map(lambda o, n: o.at[:, i].set(n), out, new)
-    return out, cache
+  def decode(seg, carry):
+    """Steps whose fed-back token lands in segment `seg`, reading slots [0, ends[seg])."""
+    start, stop = ends[seg - 1] - p + 1, ends[seg] - p + 1   # steps i feed token i - 1
+    slot = jnp.arange(ends[seg])
 
-  out, cache = jax.lax.fori_loop(1, num_tokens, body, (out, cache))
+    def body(i, carry):
+      out, cache = carry
+      x = model.embed_image_codes(out[0][:, i - 1][:, None])
+      if cfg.guided:   # both halves feed back the same token
+        x = jnp.concatenate([x, x])
+      positions = (prompt_lengths + i - 1)[:, None]
+      step_mask = (slots_valid[:, :ends[seg]] | ((slot >= p) & (slot < p + i)))[:, None, :]
+      hidden, new = model.lm(x, positions, step_mask, read(cache, seg),
+                             i - 1 - (ends[seg - 1] - p))
+      token = next_token(model.image_head(hidden[:, 0]), fold_in(key, i))
+      out = jax.tree.map(lambda o, n: o.at[:, i].set(n), out, token)
+      return out, written(cache, seg, new)
+
+    return jax.lax.fori_loop(start, stop, body, carry)
+
+  carry = (out, cache)   # the whole cache rides along, updated in place
+  for seg in range(1, len(ends)):
+    carry = decode(seg, carry)
+  out, cache = carry
   return Samples(*out), cache
+
+
+def merge_adapters(model):
+  """Folds every LoRA adapter into its kernel (W + (alpha / r) A B, in float32,
+  then back to the kernel's dtype), so the N decode steps of a rollout each read
+  one weight per projection and run one matmul, not three. Rounding the sum to a
+  bfloat16 kernel loses no more than adding the adapter's output to a bfloat16
+  activation does."""
+  for _, module in nnx.iter_graph(model):
+    if isinstance(module, Dense) and module.lora_a is not None:
+      f32 = lambda v: v[...].astype(jnp.float32)
+      delta = f32(module.lora_a) @ f32(module.lora_b) * module.lora_scale
+      module.kernel = nnx.Param((f32(module.kernel) + delta).astype(module.kernel.dtype))
+      module.lora_a = module.lora_b = None
+  return model
 
 
 def in_compute_dtype(params, graphdef):
@@ -192,7 +245,9 @@ class Sampler:
 
     def run(params, ids, valid, key, cache):
       self._traces += 1   # runs once per trace, i.e. per compilation
-      model = nnx.merge(graphdef, in_compute_dtype(params, graphdef))
+      model = merge_adapters(nnx.merge(graphdef, params))   # once per rollout
+      rollout_def, weights = nnx.split(model)
+      model = nnx.merge(rollout_def, in_compute_dtype(weights, rollout_def))
       ids, valid = jnp.repeat(ids, group_size, 0), jnp.repeat(valid, group_size, 0)
       rows = ids.shape[0]
       uncond_ids = jnp.broadcast_to(self.uncond_ids, (rows,) + self.uncond_ids.shape[-1:])
@@ -217,7 +272,7 @@ class Sampler:
   def _new_cache(self, params, batch, prompt_len, abstract=False):
     rows = batch * self.group_size * (2 if self.cfg.guided else 1)
     make = lambda p: nnx.merge(self._graphdef, p).lm.init_cache(
-        rows, prompt_len + self.num_tokens - 1)
+        rows, cache_segments(prompt_len, self.num_tokens))
     shapes = jax.eval_shape(make, params)
     shardings = None
     if self.layout is not None:

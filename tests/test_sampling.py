@@ -128,6 +128,44 @@ def test_cfg_off_samples_from_the_policy(model, prompts, plain_samples):
                              atol=1e-4, rtol=0)
 
 
+def test_lora_adapters_merged_once_sample_the_adapted_policy(prompts):
+  """The rollout folds LoRA adapters into their kernels: the tokens' log-probs
+  are those of the unmerged policy (adapters applied at each layer), and not
+  those of the base model."""
+  graphdef, params = hm.mini_lora()
+  rng = np.random.default_rng(5)
+  adapted = jax.tree_util.tree_map_with_path(
+      lambda path, x: x + 0.5 * rng.standard_normal(x.shape).astype(x.dtype)
+      if path[-1].key == "lora_b" else x, params)
+  s = make_sampler(graphdef)(adapted, *prompts, jax.random.key(4))
+  codes = np.asarray(s.codes)
+  policy = teacher_forced((graphdef, adapted), *rows(prompts), codes)
+  base = teacher_forced((graphdef, params), *rows(prompts), codes)
+  np.testing.assert_allclose(hm.log_softmax_at(policy, codes), s.logp_sampled, atol=1e-4)
+  assert np.abs(hm.log_softmax_at(base, codes) - s.logp_sampled).max() > 1e-2
+
+
+@pytest.mark.parametrize("prompt_len,num_tokens,expected", [
+    (9, 16, [9, 15]),                           # fewer image slots than a segment
+    (32, 256, [32] + [32] * 7 + [31]),          # the small preset: runs of MIN_SEGMENT
+    (64, 576, [64] + [72] * 7 + [71]),          # Janus: MAX_SEGMENTS runs
+    (5, 2, [5, 1]),
+    (5, 1, [5])])                               # one token: no slot is ever fed back
+def test_cache_segments(prompt_len, num_tokens, expected):
+  segments = sampling.cache_segments(prompt_len, num_tokens)
+  assert segments == expected and sum(segments) == prompt_len + num_tokens - 1
+
+
+def test_a_segmented_cache_samples_the_same(model, prompts, guided_samples, monkeypatch):
+  """Decode steps read the prompt and the cache segments filled so far: with
+  runs of 3 slots (six segments) the draws and log-probs are those of one."""
+  monkeypatch.setattr(sampling, "MIN_SEGMENT", 3)
+  assert sampling.cache_segments(4, world.NUM_CELLS) == [4, 3, 3, 3, 3, 3]
+  s = make_sampler(model[0], cfg_weight=CFG_W)(model[1], *prompts, jax.random.key(1))
+  np.testing.assert_array_equal(s.codes, guided_samples.codes)
+  np.testing.assert_allclose(s.logp_sampled, guided_samples.logp_sampled, atol=1e-5)
+
+
 def guided_teacher_forced(model, prompt_rows, codes):
   """log-probs of `codes` under u + w (c - u), teacher-forced, in float64."""
   cond = teacher_forced(model, *prompt_rows, codes).astype(np.float64)
@@ -282,12 +320,14 @@ def test_filter_order():
 
 def test_sample_categorical_matches_the_distribution():
   """Inverse-CDF sampling: frequencies within 4 sigma of the probabilities over
-  100k draws; tokens removed by a filter (-inf) never drawn, even in last place."""
+  100k draws; tokens removed by a filter (-inf) never drawn, even in last place;
+  each draw's log-probability that of its token."""
   probs = np.array([0.1, 0.0, 0.45, 0.05, 0.4, 0.0])
   logits = np.log(np.where(probs > 0, probs, 1.0)) + np.where(probs > 0, 0.0, -np.inf)
   n = 100_000
-  draws = np.asarray(jax.jit(sampling.sample_categorical)(
-      jax.random.key(7), np.broadcast_to(logits, (n, probs.size)).astype(np.float32)))
+  draws, logp = map(np.asarray, jax.jit(sampling.sample_categorical)(
+      jax.random.key(7), np.broadcast_to(logits + 3.0, (n, probs.size)).astype(np.float32)))
+  np.testing.assert_allclose(logp, np.log(probs[draws]), rtol=1e-6)
   freq = np.bincount(draws, minlength=probs.size) / n
   sigma = np.sqrt(probs * (1 - probs) / n)
   assert np.all(np.abs(freq - probs) <= 4 * sigma + 1e-12), freq

@@ -58,6 +58,22 @@ def xla_attention(q, k, v, mask):
   return jnp.einsum("bhts,bhsd->bthd", probs, v)
 
 
+def cached_attention(q, k_segments, v_segments, mask):
+  """xla_attention over a KV cache held in segments ([B,Hkv,S_i,D] each; the mask
+  [B,T,sum S_i] covers them in order): each einsum reads a segment where it lies,
+  one softmax spans them all. Nothing is concatenated but the [B,H,T,S] scores."""
+  pairs = [_repeat_kv(k, v, q.shape[2]) for k, v in zip(k_segments, v_segments)]
+  scores = jnp.concatenate([jnp.einsum("bthd,bhsd->bhts", q, k,
+                                       preferred_element_type=jnp.float32)
+                            for k, _ in pairs], axis=-1)
+  scores = scores / jnp.sqrt(jnp.float32(q.shape[-1]))
+  scores = jnp.where(mask[:, None], scores, jnp.finfo(jnp.float32).min)
+  probs = jax.nn.softmax(scores, axis=-1).astype(v_segments[0].dtype)
+  ends = np.cumsum([k.shape[2] for k in k_segments])
+  return sum(jnp.einsum("bhts,bhsd->bthd", p, v)
+             for p, (_, v) in zip(jnp.split(probs, ends[:-1], axis=-1), pairs))
+
+
 def _repeat_kv(k, v, heads):
   """Grouped-query attention: share each kv head across heads // kv_heads q heads."""
   groups = heads // k.shape[1]
@@ -104,9 +120,12 @@ def _splash(q, k, v, mask):
 
 def attention(q, k, v, mask, implementation="xla", full_pass=True):
   """Softmax attention with the chosen implementation (see the module docstring).
-  q: [B,T,H,D], k/v: [B,Hkv,S,D] (heads first), mask: [B,T,S] -> [B,T,H,D]."""
+  q: [B,T,H,D], k/v: [B,Hkv,S,D] (heads first), or lists of cache segments
+  (full_pass=False), mask: [B,T,S] -> [B,T,H,D]."""
+  if not full_pass:
+    return cached_attention(q, k, v, mask)
   implementation = resolve(implementation, q.dtype)
-  if implementation == "xla" or not full_pass:
+  if implementation == "xla":
     return xla_attention(q, k, v, mask)
   if implementation == "splash":
     return _splash(q, k, v, mask)

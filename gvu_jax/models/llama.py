@@ -103,8 +103,11 @@ class Attention(nnx.Module):
     self.cfg = cfg
 
   def __call__(self, x, positions, mask, cache=None, write_index=None):
-    """Returns (output, updated cache). With a cache, the T new keys/values are
-    written at [write_index, write_index + T) and the query reads all S slots."""
+    """Returns (output, updated cache). A cache is a list of segments ({"k": [...],
+    "v": [...]}, init_cache): the T new keys/values are written into the last
+    segment at [write_index, write_index + T) and the query reads every segment
+    given, S slots in all (mask [B, T, S]). The sampler passes only the segments
+    filled so far, so a decode step reads what it needs, not the whole cache."""
     cfg, (b, t, _) = self.cfg, x.shape
     q = self.q(x).reshape(b, t, cfg.heads, cfg.head_dim)
     k = self.k(x).reshape(b, t, cfg.kv_heads, cfg.head_dim)
@@ -112,10 +115,10 @@ class Attention(nnx.Module):
     q, k = rope(q, positions, cfg.rope_theta), rope(k, positions, cfg.rope_theta)
     k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)   # heads first: [B, Hkv, T, D]
     if cache is not None:
-      start = (0, 0, write_index, 0)
-      k = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), start)
-      v = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), start)
-      cache = {"k": k, "v": v}
+      write = lambda segments, new: [*segments[:-1], jax.lax.dynamic_update_slice(
+          segments[-1], new.astype(segments[-1].dtype), (0, 0, write_index, 0))]
+      cache = {"k": write(cache["k"], k), "v": write(cache["v"], v)}
+      k, v = cache["k"], cache["v"]
     out = attention_lib.attention(q, k, v, mask, cfg.attention, full_pass=cache is None)
     out = out.reshape(b, t, cfg.heads * cfg.head_dim)
     return self.o(out), cache
@@ -198,12 +201,14 @@ class Decoder(nnx.Module):
       x = rows(self.layer_update(i, x, out, kinds))
     return self.norm(x, kinds), new_cache
 
-  def init_cache(self, batch, length, dtype=None):
+  def init_cache(self, batch, lengths, dtype=None):
+    """A zero KV cache per layer, {"k": [...], "v": [...]}: one segment of each of
+    `lengths` slots (an int: one segment), heads first (models/attention.py)."""
     cfg = self.cfg
-    shape = (batch, cfg.kv_heads, length, cfg.head_dim)   # heads first (models/attention.py)
+    lengths = (lengths,) if isinstance(lengths, int) else tuple(lengths)
     dtype = dtype or jnp.dtype(cfg.dtype)
-    return [{"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
-            for _ in range(cfg.layers)]
+    zeros = lambda: [jnp.zeros((batch, cfg.kv_heads, n, cfg.head_dim), dtype) for n in lengths]
+    return [{"k": zeros(), "v": zeros()} for _ in range(cfg.layers)]
 
 
 CACHE_AXES = ("batch", "kv_heads", "length", "head_dim")   # logical axes of init_cache arrays
