@@ -12,6 +12,7 @@ log-probs GRPO trains on are computed teacher-forced after the rollout
 """
 
 import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
@@ -82,18 +83,31 @@ def sample_categorical(key, logits):
   """One draw per row from softmax(logits) and its log-probability, by inverting
   the CDF with one uniform per row (row_uniforms). (jax.random.categorical draws
   one Gumbel per vocabulary entry: 16384 random numbers per row per step, 11 ms of
-  a 75 ms CPU decode step at 32 rows; this takes 3 ms.) Tokens with zero
-  probability are never drawn. -> (codes [rows], log-probs [rows])."""
+  a 75 ms CPU decode step at 32 rows; this takes 3 ms.) The CDF is searched in two
+  levels, blocks of about sqrt(V) codes, then the codes of one block: a cumulative
+  sum over all V codes costs more than the rest of the draw on a CPU (5 ms at 32
+  rows x 16384). Tokens with zero probability are never drawn.
+  -> (codes [rows], log-probs [rows])."""
+  rows, vocab = logits.shape
   logits = logits.astype(jnp.float32)
   shifted = logits - jnp.max(logits, axis=-1, keepdims=True)
-  weights = jnp.exp(shifted)        # unnormalised: one pass gives the CDF and the total
-  cdf = jnp.cumsum(weights, axis=-1)
-  total = cdf[..., -1:]
-  index = jnp.sum(cdf <= row_uniforms(key, logits.shape[0]) * total, axis=-1)
-  # u * total can round up to total: fall back to the last token with mass.
-  last = logits.shape[-1] - 1 - jnp.argmax(weights[..., ::-1] > 0, axis=-1)
-  code = jnp.minimum(index, last)
-  logp = jnp.take_along_axis(shifted, code[:, None], -1)[:, 0] - jnp.log(total[:, 0])
+  weights = jnp.exp(shifted)   # unnormalised
+  size = math.isqrt(vocab - 1) + 1   # codes per block
+  blocks = -(-vocab // size)
+  padded = jnp.pad(weights, ((0, 0), (0, blocks * size - vocab))).reshape(rows, blocks, size)
+  block_mass = padded.sum(-1)
+  block_cdf = jnp.cumsum(block_mass, axis=-1)   # [rows, blocks]
+  total = block_cdf[:, -1]
+  target = row_uniforms(key, rows)[:, 0] * total
+  last_with_mass = lambda w: w.shape[-1] - 1 - jnp.argmax(w[..., ::-1] > 0, axis=-1)
+  # u * total can round up to total: then the last block (and code) with mass.
+  block = jnp.minimum(jnp.sum(block_cdf <= target[:, None], axis=-1), last_with_mass(block_mass))
+  before = jnp.where(block > 0, jnp.take_along_axis(block_cdf, jnp.maximum(block - 1, 0)[:, None],
+                                                    -1)[:, 0], 0.0)
+  inner = jnp.take_along_axis(padded, block[:, None, None], 1)[:, 0]   # [rows, size]
+  within = jnp.sum(before[:, None] + jnp.cumsum(inner, axis=-1) <= target[:, None], axis=-1)
+  code = block * size + jnp.minimum(within, last_with_mass(inner))
+  logp = jnp.take_along_axis(shifted, code[:, None], -1)[:, 0] - jnp.log(total)
   return code, logp
 
 

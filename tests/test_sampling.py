@@ -334,6 +334,22 @@ def test_sample_categorical_matches_the_distribution():
   assert freq[1] == freq[5] == 0.0
 
 
+@pytest.mark.parametrize("vocab,kept", [(1, [0]), (2, [1]), (7, [0, 6]), (25, [4, 5, 24]),
+                                        (100, [17]), (100, [0, 50, 99]), (16384, [9, 16383])])
+def test_sample_categorical_draws_only_codes_with_mass(vocab, kept):
+  """The two-level CDF search, over vocabularies with and without a ragged last
+  block and mass in the first, last or a single block: every draw has mass, each
+  kept code is drawn about as often as its probability, the log-prob is its own."""
+  logits = np.full((4000, vocab), -np.inf, np.float32)
+  logits[:, kept] = np.log(np.arange(1, len(kept) + 1, dtype=np.float32))
+  draws, logp = map(np.asarray, jax.jit(sampling.sample_categorical)(jax.random.key(3), logits))
+  probs = np.arange(1, len(kept) + 1) / np.arange(1, len(kept) + 1).sum()
+  assert set(np.unique(draws)) <= set(kept)
+  freq = np.array([(draws == k).mean() for k in kept])
+  assert np.all(np.abs(freq - probs) <= 4 * np.sqrt(probs * (1 - probs) / 4000) + 1e-12)
+  np.testing.assert_allclose(logp, np.log(probs[np.searchsorted(kept, draws)]), rtol=1e-5)
+
+
 def test_a_key_per_row_draws_the_same_image_in_any_batch(model, guided):
   """Evaluation's keys (sampling.row_keys): a prompt draws the same codes alone,
   in a batch of four, or padded, so no accuracy depends on eval.batch_size or the

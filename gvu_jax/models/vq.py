@@ -72,9 +72,37 @@ def _conv(cfg, din, dout, size, rngs, **kw):
   return nnx.Conv(din, dout, (size, size), dtype=jnp.dtype(cfg.dtype), rngs=rngs, **kw)
 
 
+class GroupNorm(nnx.Module):
+  """GroupNorm over NHWC (the two-pass variance of nnx.GroupNorm(use_fast_variance=
+  False), the same `scale` and `bias`) whose sums over the pixels are products with
+  a ones vector: XLA's CPU backend reduced [B, H*W, C] over its middle axis at a
+  small fraction of the speed of a matrix-vector product (1.5 s of a 3.8 s decode
+  of 8 images at 256 px)."""
+
+  def __init__(self, channels, num_groups, epsilon, dtype):
+    self.scale = nnx.Param(jnp.ones((channels,), jnp.float32))
+    self.bias = nnx.Param(jnp.zeros((channels,), jnp.float32))
+    self.num_groups, self.epsilon, self.dtype = num_groups, epsilon, dtype
+
+  def __call__(self, x):
+    b, h, w, c = x.shape
+    per_group = c // self.num_groups
+    x = x.astype(jnp.float32).reshape(b, h * w, c)
+    ones = jnp.ones((h * w,), jnp.float32)
+
+    def group_mean(t):   # [B, H*W, C] -> [B, 1, C]: the mean over each group's pixels
+      sums = jnp.einsum("bnc,n->bc", t, ones, precision=jax.lax.Precision.HIGHEST)
+      means = sums.reshape(b, self.num_groups, per_group).mean(-1) / (h * w)
+      return jnp.repeat(means, per_group, axis=1)[:, None, :]
+
+    centred = x - group_mean(x)
+    y = centred * jax.lax.rsqrt(group_mean(centred * centred) + self.epsilon)
+    y = y * self.scale[...] + self.bias[...]
+    return y.reshape(b, h, w, c).astype(self.dtype)
+
+
 def _norm(cfg, channels, rngs):
-  return nnx.GroupNorm(channels, num_groups=32, epsilon=1e-6, use_fast_variance=False,
-                       dtype=jnp.dtype(cfg.dtype), rngs=rngs)
+  return GroupNorm(channels, num_groups=32, epsilon=1e-6, dtype=jnp.dtype(cfg.dtype))
 
 
 class ResnetBlock(nnx.Module):
