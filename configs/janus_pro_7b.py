@@ -16,6 +16,10 @@ Presets (docs/recipes.md sets each value beside its source, file and line):
            beta 0.01, lr 1e-6 with linear decay, CFG 5 in the rollout, 1600 steps.
   small    `mode=bench` on random weights of a 78 M-parameter Janus (presets.janus_small)
            in float32: the CPU benchmark (gvu_jax/bench.py).
+  device_check  `mode=bench` on random weights of this model in bfloat16 with the
+           device's attention kernel, sized to finish in minutes on one GPU or TPU:
+           sampler, VQ decode, reward, GRPO (MFU), the kernel against XLA and one
+           whole GvU step, each beside transformers / the PyTorch reference loop.
 
 Benchmarks: `--config.mode=bench --config.random_init=True` times this recipe's
 model and GvU step on random weights (see gvu_jax/bench.py and `bench` below).
@@ -35,8 +39,9 @@ MODEL = "janus_pro_7b"
 
 def get_config(arg=None, model=MODEL):
   preset = arg or "lora"
-  if preset not in ("lora", "t2i_r1", "small"):
-    raise ValueError(f"unknown preset {preset!r}; expected one of ['lora', 't2i_r1', 'small']")
+  presets = ("lora", "t2i_r1", "small", "device_check")
+  if preset not in presets:
+    raise ValueError(f"unknown preset {preset!r}; expected one of {list(presets)}")
   c = ml_collections.ConfigDict()
   c.mode = "gvu"
   c.seed = 0
@@ -101,9 +106,13 @@ def get_config(arg=None, model=MODEL):
                  full_ft_modules=("lm",))   # the language model; vision and gen_* frozen
     c.gvu.lora.enabled = False
     c.gvu.sampling.update(min_p=0.0, cfg_weight=5.0)
+  if preset == "device_check":   # the lora recipe's step: 4 prompts x G=4, 16 images
+    c.update(mode="bench", random_init=True)
+    c.gvu.update(prompts_per_step=4, group_size=4)
+    c.bench.update(sampler_batches=(16,), reward_images=16, reference_forwards=32, repeats=1)
   if preset == "small":
     c.update(mode="bench", random_init=True, expect_model="janus_small")
     c.model_options.update(dtype="float32", remat=False)
     c.gvu.update(prompts_per_step=2, group_size=4)
-    c.bench.update(sampler_batches=(4,), reward_images=4, reference_forwards=16, repeats=2)
+    c.bench.update(sampler_batches=(4, 16), reward_images=4, reference_forwards=16, repeats=2)
   return c

@@ -144,14 +144,14 @@ def grpo_bytes_model(m, rows, length, trainable, frozen_bytes, flash, layout):
   moments (all split over fsdp x tensor), then, split over the batch devices, the
   saved activations (each layer's input under remat, about 10 tensors of the layer
   otherwise), one layer's forward+backward working set, its attention scores (none
-  with a flash kernel) and the image-head logits (logits, log-softmax and their
-  gradient in float32)."""
+  with a flash kernel) and one chunk of the image-head logits (logits, log-softmax
+  and their gradient in float32 for rl.LOGIT_CHUNK tokens: rl.token_logprobs)."""
   lm, item = m.lm, jnp.dtype(m.dtype).itemsize
   tokens = rows * length
   per_layer_saved = tokens * lm.hidden * item * (1 if m.remat else 10)
   working = tokens * (3 * lm.intermediate + 6 * lm.hidden) * item * 2
   scores = 0 if flash else 2 * rows * lm.heads * length * length * 4
-  logits = 3 * rows * m.image_tokens * m.codebook_size * 4
+  logits = 3 * rows * min(rl.LOGIT_CHUNK, m.image_tokens) * m.codebook_size * 4
   weight_shards, row_shards = shards(layout)
   return int((frozen_bytes + 16 * trainable) / weight_shards
              + (lm.layers * per_layer_saved + working + scores + logits) / row_shards)
@@ -389,7 +389,9 @@ def bench_reward(graphdef, params, m, b, images, abstract, rng, layout):
   return out
 
 
-def bench_grpo(config, m, params, abstract, rng, layout):
+def grpo_setup(config, m, params, abstract, layout):
+  """-> (graphdef, roles, tx, state) of the recipe's GvU update: LoRA adapters or
+  fp32 copies of the fine-tuned modules, AdamW state, on the layout's mesh."""
   c = config.gvu
   overrides = {}
   if c.lora.enabled:
@@ -407,6 +409,13 @@ def bench_grpo(config, m, params, abstract, rng, layout):
   opt_state = jax.eval_shape(tx.init, trainable) if abstract else tx.init(trainable)
   state = place(layout, {"trainable": trainable, "opt_state": opt_state, "step": jnp.int32(0),
                          "rng": jax.random.key_data(jax.random.key(0))}, abstract)
+  return graphdef, roles, tx, state
+
+
+def bench_grpo(config, m, params, abstract, rng, layout):
+  c = config.gvu
+  graphdef, roles, tx, state = grpo_setup(config, m, params, abstract, layout)
+  trainable = state["trainable"]
   rows = c.prompts_per_step * c.group_size
   ids, valid, _ = prompts(m, rows, config.bench.prompt_tokens, rng)
   batch = {"prompt_ids": ids, "prompt_valid": valid,
@@ -439,6 +448,81 @@ def bench_grpo(config, m, params, abstract, rng, layout):
 
     out["seconds"] = seconds(one_step, config.bench.repeats)[0]
   return out
+
+
+def bench_attention(m, b, rows, rng):
+  """The kernel `model.attention` picks on this device (cuDNN flash on GPU, splash
+  on TPU; models/attention.py) against the XLA reference at the GRPO step's shape,
+  causal, the first row left-padded: max |difference| over real query positions
+  and the seconds of each."""
+  kernel = attention_lib.resolve(m.get("attention", "xla"), m.dtype)
+  lm, dtype = m.lm, jnp.dtype(m.dtype)
+  length, head_dim = b.prompt_tokens + m.image_tokens - 1, lm.hidden // lm.heads
+  normal = lambda *shape: jnp.asarray(rng.standard_normal(shape), dtype)
+  q = normal(rows, length, lm.heads, head_dim)
+  k, v = normal(rows, lm.kv_heads, length, head_dim), normal(rows, lm.kv_heads, length, head_dim)
+  valid = np.ones((rows, length), bool)
+  valid[0, :b.prompt_tokens // 2] = False
+  mask = causal_mask(jnp.asarray(valid))
+  run = {name: jax.jit(functools.partial(attention_lib.attention, implementation=name))
+         for name in {kernel, "xla"}}
+  t_kernel, out = seconds(lambda: run[kernel](q, k, v, mask), b.repeats)
+  t_xla, reference = seconds(lambda: run["xla"](q, k, v, mask), b.repeats)
+  diff = jnp.abs(out.astype(jnp.float32) - reference.astype(jnp.float32))[valid]
+  return {"kernel": kernel, "rows": rows, "length": length, "seconds": t_kernel,
+          "xla_seconds": t_xla, "max_abs_diff_vs_xla": float(diff.max())}
+
+
+def bench_step(config, m, params, rng, layout):
+  """One whole GvU step at the recipe's shapes (prompts_per_step x G, its sampling,
+  LoRA or full fine-tuning) as gvu.py runs it: sample, VQ decode, reward (the
+  policy judging `reward_answer_tokens` answer tokens), advantages, reference
+  log-probs and the update. -> seconds per phase of the fastest of `repeats` steps."""
+  c, b = config.gvu, config.bench
+  graphdef, roles, tx, state = grpo_setup(config, m, params, False, layout)
+  g = c.group_size
+  ids, valid, uncond = prompts(m, c.prompts_per_step, b.prompt_tokens, rng)
+  query = layout.put_batch(understanding_query(m, len(ids) * g, b.reward_answer_tokens, rng))
+  sampler = Sampler(graphdef, SamplingConfig(**c.sampling), num_tokens=m.image_tokens,
+                    uncond_row=uncond, group_size=g, layout=layout)
+  tokenizer = build.VQTokenizer()
+  decode = jax.jit(lambda p, codes: tokenizer.decode(codes, nnx.merge(graphdef, p)))
+  reward = jax.jit(lambda t, f, pixels, query: reward_lib.intrinsic_reward(
+      nnx.merge(graphdef, roles.policy(t, f)), pixels, query, "geo_mean_prob")[0])
+  advantages = jax.jit(functools.partial(rl.group_advantages, group_size=g))
+  logp = rl.make_logp_fn(graphdef, roles, with_policy=False)
+  update = rl.make_grpo_step(graphdef, roles, tx, clip_eps=c.clip_eps, beta=c.beta,
+                             grad_accum=c.grad_accum, layout=layout, state=state)
+  prompt_rows = layout.put_batch({"prompt_ids": np.repeat(ids, g, 0),
+                                  "prompt_valid": np.repeat(valid, g, 0)})
+  ids, valid = layout.put_batch((ids, valid))
+  holder = {"state": state}
+
+  def one_step(key):
+    clock, phases = [time.perf_counter()], {}
+
+    def done(phase, out):
+      jax.block_until_ready(out)
+      clock.append(time.perf_counter())
+      phases[phase] = clock[-1] - clock[-2]
+      return out
+
+    trainable = holder["state"]["trainable"]
+    policy = roles.policy(trainable, params)
+    codes = done("sample", sampler(policy, ids, valid, key).codes)
+    pixels = done("decode", decode(policy, codes))
+    rewards = done("reward", reward(trainable, params, pixels, query))
+    batch = dict(prompt_rows, codes=codes, advantages=advantages(rewards))
+    batch.update(logp(trainable, params, batch))
+    holder["state"], metrics = update(holder["state"], params, batch)
+    done("update", metrics["loss"])
+    return phases
+
+  one_step(jax.random.key(0))   # compiles every phase
+  steps = [one_step(jax.random.key(i + 1)) for i in range(b.repeats)]
+  phases = min(steps, key=lambda p: sum(p.values()))
+  return {"rows": len(prompt_rows["prompt_ids"]), "seconds": sum(phases.values()),
+          "phases": phases}
 
 
 # --- transformers, same config, same process ------------------------------------------
@@ -491,6 +575,19 @@ def transformers_sampler(m, b, batches):
   return out
 
 
+def reference_step(config, m):
+  """The GvU authors' loop (bench_reference.py) at the shapes of bench_step."""
+  from gvu_jax import bench_reference
+  c, b = config.gvu, config.bench
+  if not c.lora.enabled:
+    return None   # the reference loop trains PEFT LoRA adapters
+  return bench_reference.reference_step(
+      m, prompts=c.prompts_per_step, group_size=c.group_size, sampling=dict(c.sampling),
+      prompt_tokens=b.prompt_tokens, answer_tokens=b.reward_answer_tokens,
+      lora_rank=c.lora.rank, lora_alpha=c.lora.alpha, lora_targets=tuple(c.lora.targets),
+      lr=c.lr, beta=c.beta, clip_eps=c.clip_eps, repeats=b.repeats, seed=config.seed)
+
+
 # --- The run -----------------------------------------------------------------------
 
 def measure(report, config, m, graphdef, params, sampler_params, abstract, rng, layout, log):
@@ -514,6 +611,11 @@ def measure(report, config, m, graphdef, params, sampler_params, abstract, rng, 
                                   layout)
   log("GRPO step")
   report["grpo"] = bench_grpo(config, m, params, abstract, rng, layout)
+  if not abstract:
+    log("attention kernel against XLA")
+    report["attention_check"] = bench_attention(m, b, c.prompts_per_step * c.group_size, rng)
+    log("one whole GvU step")
+    report["step"] = bench_step(config, m, params, rng, layout)
 
 
 def run(config, workdir):
@@ -561,6 +663,11 @@ def run(config, workdir):
                  speedup_vs_transformers=t / s["seconds"])
       report["sampler_speedup_vs_transformers"] = report["sampler"][
           str(b.sampler_batches[-1])]["speedup_vs_transformers"]
+    log("the reference loop's GvU step (PyTorch)")
+    step = report["step"]
+    step["reference"] = reference_step(config, m) if b.transformers else None
+    if step["reference"]:
+      report["step_speedup_vs_reference"] = step["reference"]["seconds"] / step["seconds"]
   if abstract and b.get("machine"):
     report["estimate"] = estimate(report, m, b.prompt_tokens, b.machine)
   peaks = [x["peak_bytes"] for x in (*report["sampler"].values(), report["vq_decode"],
@@ -608,6 +715,19 @@ def table(r):
                f"{num(g.get('seconds'), '.3f')} s | {rate} | model {g['model_tflop']:.2f} "
                f"TFLOP, XLA {num(g['hlo_tflop'], '.2f')} TFLOP per device | {gb(g['peak_bytes'])} "
                f"({gb(g['model_bytes'])}; {gb(g['model_bytes_flash'])} with flash attention) |")
+  a = r.get("attention_check")
+  if a:
+    lines.append(f"| attention: {a['kernel']} against XLA, {a['rows']} rows x {a['length']} "
+                 f"tokens | {a['seconds'] * 1000:.2f} ms | - | XLA {a['xla_seconds'] * 1000:.2f} ms"
+                 f"; max abs diff {a['max_abs_diff_vs_xla']:.2g} | - |")
+  st = r.get("step")
+  if st:
+    split = lambda p: ", ".join(f"{k} {v:.2f}" for k, v in p.items())
+    ref = st.get("reference")
+    vs = (f"{r['step_speedup_vs_reference']:.2f}x the reference loop ({ref['seconds']:.2f} s: "
+          f"{split(ref['phases'])})") if ref else "-"
+    lines.append(f"| GvU step, {st['rows']} images | {st['seconds']:.3f} s | "
+                 f"{split(st['phases'])} | {vs} | - |")
   e = r.get("estimate")
   if e:
     lines.append(f"\non paper, {e['chips']} {e['machine']} chips: rollout {e['rollout_s']:.2f} s + "

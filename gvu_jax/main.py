@@ -52,6 +52,8 @@ def check_workdir(workdir):
 
 
 def run(config, workdir):
+  if config.mode == "bench":   # (before any device is touched) the GPU's memory is shared
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")   # with PyTorch's side
   config_check.check(config)   # every value, before anything runs or is written
   check_workdir(workdir)
   if metrics.is_main_host():

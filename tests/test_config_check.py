@@ -16,6 +16,7 @@ from helpers_run import REPO, recipe_config
 
 RECIPES = [("synthetic", "default"), ("synthetic", "mini"), ("janus_pro_7b", "lora"),
            ("janus_pro_7b", "t2i_r1"), ("janus_pro_7b", "small"), ("janus_pro_1b", "lora"),
+           ("janus_pro_1b", "device_check"),
            ("xomni_en", None)]
 
 
