@@ -50,7 +50,10 @@ def get_config(arg=None, model=MODEL):
   c.random_init = False           # mode=bench only: random weights of expect_model's shapes
   # attention: auto = cuDNN flash on GPU, Pallas splash on TPU, XLA elsewhere
   # (gvu_jax/models/attention.py); xla | dot_product | cudnn | splash to force one.
-  c.model_options = dict(dtype="bfloat16", remat=True, max_prompt_tokens=64, attention="auto")
+  # mlp_chunks: training passes run each MLP over this many slices of the tokens, so
+  # the backward pass holds one slice's [tokens, intermediate] activations at a time.
+  c.model_options = dict(dtype="bfloat16", remat=True, max_prompt_tokens=64, attention="auto",
+                         mlp_chunks=4)
   # GvU prompts: a prompt file, a dataset of gvu_jax/data/builders.py (the paper's:
   # geneval_prompts, GenEval-style training prompts), or the embedded world's.
   # Batches keep tags balanced; datasets live in tfds_dir ("" = TFDS's default)
@@ -112,7 +115,7 @@ def get_config(arg=None, model=MODEL):
     c.bench.update(sampler_batches=(16,), reward_images=16, reference_forwards=32, repeats=1)
   if preset == "small":
     c.update(mode="bench", random_init=True, expect_model="janus_small")
-    c.model_options.update(dtype="float32", remat=False)
+    c.model_options.update(dtype="float32", remat=False, mlp_chunks=1)
     c.gvu.update(prompts_per_step=2, group_size=4)
     c.bench.update(sampler_batches=(4, 16), reward_images=4, reference_forwards=16, repeats=2)
   return c

@@ -143,13 +143,14 @@ def grpo_bytes_model(m, rows, length, trainable, frozen_bytes, flash, layout):
   the frozen weights, the trainable fp32 weights with their gradient and two Adam
   moments (all split over fsdp x tensor), then, split over the batch devices, the
   saved activations (each layer's input under remat, about 10 tensors of the layer
-  otherwise), one layer's forward+backward working set, its attention scores (none
-  with a flash kernel) and one chunk of the image-head logits (logits, log-softmax
-  and their gradient in float32 for rl.LOGIT_CHUNK tokens: rl.token_logprobs)."""
+  otherwise), one layer's forward+backward working set (its MLP part for one of
+  `mlp_chunks` token slices), its attention scores (none with a flash kernel) and
+  one chunk of the image-head logits (logits, log-softmax and their gradient in
+  float32 for rl.LOGIT_CHUNK tokens: rl.token_logprobs)."""
   lm, item = m.lm, jnp.dtype(m.dtype).itemsize
   tokens = rows * length
   per_layer_saved = tokens * lm.hidden * item * (1 if m.remat else 10)
-  working = tokens * (3 * lm.intermediate + 6 * lm.hidden) * item * 2
+  working = tokens * (3 * lm.intermediate / m.get("mlp_chunks", 1) + 6 * lm.hidden) * item * 2
   scores = 0 if flash else 2 * rows * lm.heads * length * length * 4
   logits = 3 * rows * min(rl.LOGIT_CHUNK, m.image_tokens) * m.codebook_size * 4
   weight_shards, row_shards = shards(layout)

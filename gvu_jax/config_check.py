@@ -140,6 +140,7 @@ RULES = {
     "model_options.dtype": choice(*DTYPES), "model_options.remat": boolean(),
     "model_options.max_prompt_tokens": integer(1),
     "model_options.attention": choice(*IMPLEMENTATIONS),
+    "model_options.mlp_chunks": integer(1),
     "model_options.image_grid": integers(length=2), "model_options.system_prompt": optional(text()),
     # the embedded world's model block (models/presets.py)
     "model.family": choice("janus", "xomni"), "model.image_tokenizer": choice("cells", "vq16", "tokens"),

@@ -490,13 +490,16 @@ def test_cell_tokenizer_reads_world_images():
 
 
 def test_remat_and_bf16_compute(base):
-  """Remat changes memory, not math: same loss and gradients. bf16 compute keeps
-  fp32 weights and stays close to the fp32 result."""
+  """Remat and MLP token slices change memory, not math: same loss and gradients
+  (slices that divide the sequence or not, with or without remat). bf16 compute
+  keeps fp32 weights and stays close to the fp32 result."""
   graphdef, params = base
   ids, valid = hm.prompts(2)
   codes = hm.random_codes(5, 2)
   variants = {}
-  for name, overrides in {"fp32": {}, "remat": {"remat": True},
+  sliced = {"mlp_slices_2": {"mlp_chunks": 2},   # the sequence: prompt + 15 image slots
+            "mlp_slices_7_remat": {"mlp_chunks": 7, "remat": True}}
+  for name, overrides in {"fp32": {}, "remat": {"remat": True}, **sliced,
                           "bf16": {"dtype": "bfloat16"}}.items():
     cfg = hm.mini_cfg()
     cfg.update(overrides)
@@ -507,5 +510,9 @@ def test_remat_and_bf16_compute(base):
   (l32, g32), (lr, gr), (l16, g16) = variants["fp32"], variants["remat"], variants["bf16"]
   np.testing.assert_allclose(lr, l32, rtol=1e-6)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), gr, g32)
+  for name in sliced:
+    ls, gs = variants[name]
+    np.testing.assert_allclose(ls, l32, rtol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), gs, g32)
   assert abs(float(l16) - float(l32)) < 0.05 * abs(float(l32))
   assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(g16))

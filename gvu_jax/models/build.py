@@ -52,9 +52,9 @@ def abstract(model_cfg, **lm_overrides):
 
 def signature(model_cfg):
   """What must match between a checkpoint and a config: the weights' shapes and
-  meaning, not run-time choices such as the compute dtype, remat or attention kernel."""
+  meaning, not run-time choices such as the compute dtype, remat, attention kernel or MLP slices."""
   d = model_cfg.to_dict()
-  for runtime_key in ("dtype", "remat", "attention"):
+  for runtime_key in ("dtype", "remat", "attention", "mlp_chunks"):
     d.pop(runtime_key, None)
   return d
 

@@ -8,6 +8,7 @@ left padding, CFG rows and the cache all use the same function.
 """
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -35,6 +36,7 @@ class LlamaConfig:
   dtype: str = "float32"          # compute dtype; master weights stay float32
   remat: bool = False
   attention: str = "xla"          # kernel, see models/attention.py (a run-time choice)
+  mlp_chunks: int = 1             # full passes run the MLP over this many token slices
   lora_rank: int = 0
   lora_alpha: float = 1.0
   lora_targets: tuple = LORA_TARGETS_ALL
@@ -52,7 +54,8 @@ class LlamaConfig:
     sizes plus the block's compute dtype, remat and attention; `overrides` set
     run-time options such as LoRA that are not part of the weights."""
     lm = dict(c.lm, dtype=c.dtype, remat=c.get("remat", False),
-              attention=c.get("attention", "xla"), **overrides)
+              attention=c.get("attention", "xla"), mlp_chunks=c.get("mlp_chunks", 1),
+              **overrides)
     if "lora_targets" in lm:
       lm["lora_targets"] = tuple(lm["lora_targets"])
     return cls(**lm)
@@ -131,6 +134,7 @@ class Mlp(nnx.Module):
     self.gate = dense("gate", cfg.hidden, cfg.intermediate)
     self.up = dense("up", cfg.hidden, cfg.intermediate)
     self.down = dense("down", cfg.intermediate, cfg.hidden)
+    self.cfg = cfg
 
   def __call__(self, x):
     return self.down(jax.nn.silu(self.gate(x)) * self.up(x))
@@ -147,7 +151,26 @@ class DecoderLayer(nnx.Module):
   def __call__(self, x, positions, mask, cache=None, write_index=None):
     h, cache = self.attn(self.input_norm(x), positions, mask, cache, write_index)
     x = x + h
-    return x + self.mlp(self.post_attn_norm(x)), cache
+    mlp = self.mlp if cache is not None else functools.partial(
+        _in_token_slices, self.mlp, slices=self.mlp.cfg.mlp_chunks)
+    return x + mlp(self.post_attn_norm(x)), cache
+
+
+def _in_token_slices(mlp, x, slices):
+  """mlp(x) [B, T, H] over `slices` slices of the T tokens, each rematerialized:
+  the MLP is per token, so the result is the same, and a backward pass holds one
+  slice's [B, T / slices, intermediate] activations at a time, not all three of
+  them for every token (the largest part of a layer's working set)."""
+  if slices <= 1:
+    return mlp(x)
+  b, t, h = x.shape
+  size = -(-t // slices)
+  x = jnp.pad(x, ((0, 0), (0, size * slices - t), (0, 0)))
+  graphdef, state = nnx.split(mlp)
+  one = jax.checkpoint(lambda state, part: nnx.merge(graphdef, state)(part))
+  out = jax.lax.map(lambda part: one(state, part),
+                    jnp.moveaxis(x.reshape(b, slices, size, h), 1, 0))
+  return jnp.moveaxis(out, 0, 1).reshape(b, slices * size, h)[:, :t]
 
 
 def _remat_layer(layer, x, positions, mask):
