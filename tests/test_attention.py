@@ -42,13 +42,17 @@ def test_matches_xla_forward_and_backward(implementation, kv_heads):
     np.testing.assert_allclose(g, w, atol=1e-5, rtol=1e-5)
 
 
-def test_cache_passes_use_xla():
-  """A KV-cache step (one query over a longer cache) never reaches a fused kernel."""
-  q, k, v, mask = _inputs(H)
+@pytest.mark.parametrize("kv_heads", [H, 2])
+@pytest.mark.parametrize("cuts", [(), (1,), (3, 4), (2, 5, 7)])
+def test_cache_passes_use_xla_over_the_segments(cuts, kv_heads):
+  """A KV-cache step (one query over a longer cache, held in segments) never
+  reaches a fused kernel and equals XLA attention over the whole cache."""
+  q, k, v, mask = _inputs(kv_heads)
   step_mask = mask[:, -1:, :]
-  np.testing.assert_array_equal(
-      attn.attention(q[:, -1:], k, v, step_mask, "splash", full_pass=False),
-      attn.xla_attention(q[:, -1:], k, v, step_mask))
+  split = lambda x: jnp.split(x, cuts, axis=2)
+  np.testing.assert_allclose(
+      attn.attention(q[:, -1:], split(k), split(v), step_mask, "splash", full_pass=False),
+      attn.xla_attention(q[:, -1:], k, v, step_mask), rtol=1e-6, atol=1e-6)
 
 
 def test_auto_and_bad_names():
