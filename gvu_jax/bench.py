@@ -414,6 +414,7 @@ def grpo_setup(config, m, params, abstract, layout):
 
 
 def bench_grpo(config, m, params, abstract, rng, layout):
+  """-> (the report's grpo section, the compiled update, which bench_step reuses)."""
   c = config.gvu
   graphdef, roles, tx, state = grpo_setup(config, m, params, abstract, layout)
   trainable = state["trainable"]
@@ -448,7 +449,7 @@ def bench_grpo(config, m, params, abstract, rng, layout):
       return metrics["loss"]
 
     out["seconds"] = seconds(one_step, config.bench.repeats)[0]
-  return out
+  return out, compiled
 
 
 def bench_attention(m, b, rows, rng):
@@ -474,13 +475,14 @@ def bench_attention(m, b, rows, rng):
           "xla_seconds": t_xla, "max_abs_diff_vs_xla": float(diff.max())}
 
 
-def bench_step(config, m, params, rng, layout):
+def bench_step(config, m, params, rng, layout, update):
   """One whole GvU step at the recipe's shapes (prompts_per_step x G, its sampling,
   LoRA or full fine-tuning) as gvu.py runs it: sample, VQ decode, reward (the
   policy judging `reward_answer_tokens` answer tokens), advantages, reference
-  log-probs and the update. -> seconds per phase of the fastest of `repeats` steps."""
+  log-probs and `update`, bench_grpo's compiled GRPO step (the same shapes).
+  -> seconds per phase of the fastest of `repeats` steps."""
   c, b = config.gvu, config.bench
-  graphdef, roles, tx, state = grpo_setup(config, m, params, False, layout)
+  graphdef, roles, _, state = grpo_setup(config, m, params, False, layout)
   g = c.group_size
   ids, valid, uncond = prompts(m, c.prompts_per_step, b.prompt_tokens, rng)
   query = layout.put_batch(understanding_query(m, len(ids) * g, b.reward_answer_tokens, rng))
@@ -492,8 +494,6 @@ def bench_step(config, m, params, rng, layout):
       nnx.merge(graphdef, roles.policy(t, f)), pixels, query, "geo_mean_prob")[0])
   advantages = jax.jit(functools.partial(rl.group_advantages, group_size=g))
   logp = rl.make_logp_fn(graphdef, roles, with_policy=False)
-  update = rl.make_grpo_step(graphdef, roles, tx, clip_eps=c.clip_eps, beta=c.beta,
-                             grad_accum=c.grad_accum, layout=layout, state=state)
   prompt_rows = layout.put_batch({"prompt_ids": np.repeat(ids, g, 0),
                                   "prompt_valid": np.repeat(valid, g, 0)})
   ids, valid = layout.put_batch((ids, valid))
@@ -533,17 +533,11 @@ def transformers_sampler(m, b, batches):
   random weights of the same config: {B: seconds}, or None without transformers."""
   try:
     import torch
-    from transformers import DynamicCache, GenerationConfig, JanusForConditionalGeneration
+    from transformers import DynamicCache, GenerationConfig
   except ImportError:
     return None
-  from gvu_jax.convert import parity
-  device = "cuda" if torch.cuda.is_available() else "cpu"
-  dtype = torch.bfloat16 if m.dtype == "bfloat16" else torch.float32
-  torch.manual_seed(0)
-  with torch.device(device):
-    model = JanusForConditionalGeneration(
-        parity.hf_config(m, image_token_id=m.lm.vocab_size - 5, pad_token_id=0))
-  model = model.to(dtype).eval()
+  from gvu_jax.bench_reference import janus_model
+  model, device = janus_model(m, torch.bfloat16 if m.dtype == "bfloat16" else torch.float32)
   generation = GenerationConfig(do_sample=True, guidance_scale=b.cfg_weight, pad_token_id=0,
                                 bos_token_id=1, max_new_tokens=m.image_tokens,
                                 generation_kwargs={"boi_token_id": 2})
@@ -611,12 +605,12 @@ def measure(report, config, m, graphdef, params, sampler_params, abstract, rng, 
                                   rollout if abstract else b.reward_images, abstract, rng,
                                   layout)
   log("GRPO step")
-  report["grpo"] = bench_grpo(config, m, params, abstract, rng, layout)
+  report["grpo"], update = bench_grpo(config, m, params, abstract, rng, layout)
   if not abstract:
     log("attention kernel against XLA")
     report["attention_check"] = bench_attention(m, b, c.prompts_per_step * c.group_size, rng)
     log("one whole GvU step")
-    report["step"] = bench_step(config, m, params, rng, layout)
+    report["step"] = bench_step(config, m, params, rng, layout, update)
 
 
 def run(config, workdir):

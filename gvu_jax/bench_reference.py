@@ -28,6 +28,20 @@ _TARGETS = dict(q="self_attn.q_proj", k="self_attn.k_proj", v="self_attn.v_proj"
 _TEXT = 8   # random text tokens either side of the image in the reward's input
 
 
+def janus_model(m, dtype, seed=0):
+  """transformers' Janus on random weights of the config `m` (torch.manual_seed(seed)),
+  in `dtype`, on the GPU when there is one; eval mode. -> (model, device)."""
+  import torch
+  from transformers import JanusForConditionalGeneration
+  from gvu_jax.convert import parity
+  device = "cuda" if torch.cuda.is_available() else "cpu"
+  torch.manual_seed(seed)
+  with torch.device(device):
+    model = JanusForConditionalGeneration(
+        parity.hf_config(m, image_token_id=m.lm.vocab_size - 5, pad_token_id=0))
+  return model.to(dtype).eval(), device
+
+
 class ReferenceLoop:
   """The model, its LoRA adapters and optimizer, and one timed GvU step."""
 
@@ -35,18 +49,13 @@ class ReferenceLoop:
                lora_alpha, lora_targets, lr, beta, clip_eps, seed=0):
     import peft
     import torch
-    from transformers import GenerationConfig, JanusForConditionalGeneration, LogitsProcessor
-    from gvu_jax.convert import parity
+    from transformers import GenerationConfig, LogitsProcessor
     self.torch, self.m = torch, m
     self.group_size, self.prompt_tokens, self.answer_tokens = group_size, prompt_tokens, answer_tokens
     self.beta, self.clip_eps = beta, clip_eps
-    self.device = "cuda" if torch.cuda.is_available() else "cpu"
-    self.dtype = torch.bfloat16 if self.device == "cuda" and m.dtype == "bfloat16" else torch.float32
-    torch.manual_seed(seed)
-    with torch.device(self.device):
-      model = JanusForConditionalGeneration(
-          parity.hf_config(m, image_token_id=m.lm.vocab_size - 5, pad_token_id=0))
-    self.model = model.to(self.dtype).eval()
+    bf16 = torch.cuda.is_available() and m.dtype == "bfloat16"
+    self.dtype = torch.bfloat16 if bf16 else torch.float32
+    self.model, self.device = janus_model(m, self.dtype, seed)
     # LoRA on the language model's decoder layers only (not the vision tower, whose
     # attention also has q/k/v_proj); PEFT injects the adapters into `model` in place.
     names = "|".join(_TARGETS[t] for t in lora_targets)

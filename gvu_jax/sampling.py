@@ -217,17 +217,13 @@ def sample_image_tokens(model, ids, valid, uncond_ids, uncond_valid, key, cache,
 
 
 def merge_adapters(model):
-  """Folds every LoRA adapter into its kernel (W + (alpha / r) A B, in float32,
-  then back to the kernel's dtype), so the N decode steps of a rollout each read
-  one weight per projection and run one matmul, not three. Rounding the sum to a
-  bfloat16 kernel loses no more than adding the adapter's output to a bfloat16
-  activation does."""
+  """Every LoRA adapter folded into its kernel (Dense.fold_lora), so the N decode
+  steps of a rollout each read one weight per projection and run one matmul, not
+  three. Rounding the sum to a bfloat16 kernel loses no more than adding the
+  adapter's output to a bfloat16 activation does."""
   for _, module in nnx.iter_graph(model):
-    if isinstance(module, Dense) and module.lora_a is not None:
-      f32 = lambda v: v[...].astype(jnp.float32)
-      delta = f32(module.lora_a) @ f32(module.lora_b) * module.lora_scale
-      module.kernel = nnx.Param((f32(module.kernel) + delta).astype(module.kernel.dtype))
-      module.lora_a = module.lora_b = None
+    if isinstance(module, Dense):
+      module.fold_lora()
   return model
 
 

@@ -50,28 +50,27 @@ def xla_attention(q, k, v, mask):
   Keys and values come heads-first, the KV cache's layout: both einsums then read
   them as they lie. (With [B,S,H,D], XLA on CPU transposed the whole cache at
   every decode step: 9x slower per layer at 32 rows x 287 slots.)"""
-  k, v = _repeat_kv(k, v, q.shape[2])
-  scores = jnp.einsum("bthd,bhsd->bhts", q, k, preferred_element_type=jnp.float32)
-  scores = scores / jnp.sqrt(jnp.float32(q.shape[-1]))
-  scores = jnp.where(mask[:, None], scores, jnp.finfo(jnp.float32).min)
-  probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-  return jnp.einsum("bhts,bhsd->bthd", probs, v)
+  return cached_attention(q, [k], [v], mask)
 
 
 def cached_attention(q, k_segments, v_segments, mask):
-  """xla_attention over a KV cache held in segments ([B,Hkv,S_i,D] each; the mask
-  [B,T,sum S_i] covers them in order): each einsum reads a segment where it lies,
-  one softmax spans them all. Nothing is concatenated but the [B,H,T,S] scores."""
+  """xla_attention over keys and values held in segments ([B,Hkv,S_i,D] each, the
+  KV cache's; the mask [B,T,sum S_i] covers them in order): each einsum reads a
+  segment where it lies, one float32 softmax spans them all. Nothing is
+  concatenated but the [B,H,T,S] scores."""
   pairs = [_repeat_kv(k, v, q.shape[2]) for k, v in zip(k_segments, v_segments)]
-  scores = jnp.concatenate([jnp.einsum("bthd,bhsd->bhts", q, k,
-                                       preferred_element_type=jnp.float32)
-                            for k, _ in pairs], axis=-1)
+  scores = [jnp.einsum("bthd,bhsd->bhts", q, k, preferred_element_type=jnp.float32)
+            for k, _ in pairs]
+  scores = scores[0] if len(scores) == 1 else jnp.concatenate(scores, axis=-1)
   scores = scores / jnp.sqrt(jnp.float32(q.shape[-1]))
   scores = jnp.where(mask[:, None], scores, jnp.finfo(jnp.float32).min)
   probs = jax.nn.softmax(scores, axis=-1).astype(v_segments[0].dtype)
   ends = np.cumsum([k.shape[2] for k in k_segments])
-  return sum(jnp.einsum("bhts,bhsd->bthd", p, v)
-             for p, (_, v) in zip(jnp.split(probs, ends[:-1], axis=-1), pairs))
+  parts = jnp.split(probs, ends[:-1], axis=-1) if len(pairs) > 1 else [probs]
+  out = jnp.einsum("bhts,bhsd->bthd", parts[0], pairs[0][1])
+  for p, (_, v) in zip(parts[1:], pairs[1:]):
+    out = out + jnp.einsum("bhts,bhsd->bthd", p, v)
+  return out
 
 
 def _repeat_kv(k, v, heads):

@@ -47,6 +47,32 @@ class Dense(nnx.Module):
     return y
 
 
+  def fold_lora(self):
+    """Folds the adapter into the kernel, W + (alpha / r) A B computed in float32
+    and stored in the kernel's dtype, and drops it: the same layer, one matmul."""
+    if self.lora_a is None:
+      return
+    f32 = lambda v: v[...].astype(jnp.float32)
+    delta = f32(self.lora_a) @ f32(self.lora_b) * self.lora_scale
+    self.kernel = nnx.Param((f32(self.kernel) + delta).astype(self.kernel.dtype))
+    self.lora_a = self.lora_b = None
+
+
+def in_slices(fn, state, xs, size):
+  """fn(state, *slices) over slices of `size` positions along axis 1 of every
+  array of `xs` (padded to a whole number of slices; the padding's outputs are
+  dropped), one slice at a time and each rematerialized: a backward pass holds
+  one slice's intermediates, not all of them. -> fn's outputs over all positions."""
+  n = xs[0].shape[1]
+  pad = -n % size
+  slice_major = lambda x: jnp.moveaxis(jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
+                                       .reshape((x.shape[0], -1, size) + x.shape[2:]), 1, 0)
+  one = jax.checkpoint(fn)
+  out = jax.lax.map(lambda parts: one(state, *parts), tuple(slice_major(x) for x in xs))
+  return jax.tree.map(lambda y: jnp.moveaxis(y, 0, 1).reshape(
+      (y.shape[1], -1) + y.shape[3:])[:, :n], out)
+
+
 def gelu(x):
   """Exact (erf) GELU, as in SigLIP and the Janus projectors."""
   return jax.nn.gelu(x, approximate=False)

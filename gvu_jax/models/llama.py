@@ -16,7 +16,7 @@ from flax import nnx
 
 from gvu_jax import sharding
 from gvu_jax.models import attention as attention_lib
-from gvu_jax.models.layers import Dense
+from gvu_jax.models.layers import Dense, in_slices
 
 LORA_TARGETS_ALL = ("q", "k", "v", "o", "gate", "up", "down")
 
@@ -157,20 +157,15 @@ class DecoderLayer(nnx.Module):
 
 
 def _in_token_slices(mlp, x, slices):
-  """mlp(x) [B, T, H] over `slices` slices of the T tokens, each rematerialized:
-  the MLP is per token, so the result is the same, and a backward pass holds one
+  """mlp(x) [B, T, H] over `slices` slices of the T tokens (layers.in_slices): the
+  MLP is per token, so the result is the same, and a backward pass holds one
   slice's [B, T / slices, intermediate] activations at a time, not all three of
   them for every token (the largest part of a layer's working set)."""
   if slices <= 1:
     return mlp(x)
-  b, t, h = x.shape
-  size = -(-t // slices)
-  x = jnp.pad(x, ((0, 0), (0, size * slices - t), (0, 0)))
   graphdef, state = nnx.split(mlp)
-  one = jax.checkpoint(lambda state, part: nnx.merge(graphdef, state)(part))
-  out = jax.lax.map(lambda part: one(state, part),
-                    jnp.moveaxis(x.reshape(b, slices, size, h), 1, 0))
-  return jnp.moveaxis(out, 0, 1).reshape(b, slices * size, h)[:, :t]
+  return in_slices(lambda state, part: nnx.merge(graphdef, state)(part), state, (x,),
+                   -(-x.shape[1] // slices))
 
 
 def _remat_layer(layer, x, positions, mask):
