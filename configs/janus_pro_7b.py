@@ -75,6 +75,10 @@ def get_config(arg=None, model=MODEL):
                adam_b1=0.9, adam_b2=0.999, adam_eps=1e-8, weight_decay=0.0,
                max_grad_norm=1.0, clip_eps=0.2, beta=0.03,
                scale_advantages_by_std=True,     # the paper's A = (r - mean) / (std + eps)
+               # True: the update runs each prompt once for its G images (the same
+               # log-probs, (G-1)/G of the prompt tokens' compute saved), but the image
+               # tokens then attend with XLA attention, not cudnn/splash (docs/design.md §9).
+               shared_prompt_pass=False,
                lora=dict(enabled=True, rank=8, alpha=32.0,
                          targets=("q", "k", "v", "o", "gate", "up", "down")),
                full_ft_modules=(),   # without LoRA: the top-level modules trained (() = all)
@@ -116,6 +120,6 @@ def get_config(arg=None, model=MODEL):
   if preset == "small":
     c.update(mode="bench", random_init=True, expect_model="janus_small")
     c.model_options.update(dtype="float32", remat=False, mlp_chunks=1)
-    c.gvu.update(prompts_per_step=2, group_size=4)
+    c.gvu.update(prompts_per_step=2, group_size=4, shared_prompt_pass=True)   # XLA on CPU
     c.bench.update(sampler_batches=(4, 16), reward_images=4, reference_forwards=16, repeats=2)
   return c

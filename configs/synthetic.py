@@ -60,6 +60,9 @@ def get_config(arg=None):
                # position prompts) full-size random advantages; on this world that made
                # position and counting generation collapse on 2 of 3 seeds.
                scale_advantages_by_std=False,
+               # The update's and the reference's teacher-forced passes run each prompt
+               # once for its G images (the same log-probs; docs/design.md §9).
+               shared_prompt_pass=True,
                lora=dict(enabled=True, rank=8, alpha=32.0,
                          targets=("q", "k", "v", "o", "gate", "up", "down")),
                full_ft_modules=(),   # without LoRA: the top-level modules trained (() = all)

@@ -138,6 +138,16 @@ def forward_flops(m, rows, length, head_tokens):
   return 2 * rows * (linear + attention)
 
 
+def update_forward_flops(m, rows, prompt_tokens, group):
+  """forward_flops of the update's teacher-forced pass over `rows` rows; with a
+  shared prompt pass (group G > 1) the prompt's tokens run once per G rows."""
+  length = prompt_tokens + m.image_tokens - 1
+  flops = forward_flops(m, rows, length, m.image_tokens)
+  if group > 1:
+    flops -= forward_flops(m, rows - rows // group, prompt_tokens, 0)
+  return flops
+
+
 def grpo_bytes_model(m, rows, length, trainable, frozen_bytes, flash, layout):
   """Analytic bytes one device holds in one GRPO step (per micro-batch of `rows`):
   the frozen weights, the trainable fp32 weights with their gradient and two Adam
@@ -241,7 +251,8 @@ def estimate(report, m, prompt_tokens, machine, mfu=0.4):
   rollout_s = m.image_tokens * step_bytes / bandwidth
   at_mfu = lambda flops: flops / (chips * peak * mfu)
   reward_s = at_mfu(forward_flops(m, reward["images"], reward["length"], 0))
-  update_s = at_mfu(forward_flops(m, grpo["rows"], grpo["length"], m.image_tokens)
+  update_s = at_mfu(update_forward_flops(m, grpo["rows"], prompt_tokens,
+                                         grpo.get("shared_prompt_group", 1))
                     + grpo["model_tflop"] * 1e12)
   # The training state stays on the chips while the rollout runs beside it.
   state = (report["params"] * jnp.dtype(m.dtype).itemsize + 16 * grpo["trainable_params"]) / (
@@ -418,23 +429,26 @@ def bench_grpo(config, m, params, abstract, rng, layout):
   c = config.gvu
   graphdef, roles, tx, state = grpo_setup(config, m, params, abstract, layout)
   trainable = state["trainable"]
-  rows = c.prompts_per_step * c.group_size
-  ids, valid, _ = prompts(m, rows, config.bench.prompt_tokens, rng)
-  batch = {"prompt_ids": ids, "prompt_valid": valid,
+  rows, group = c.prompts_per_step * c.group_size, rl.shared_prompt_group(c)
+  ids, valid, _ = prompts(m, c.prompts_per_step, config.bench.prompt_tokens, rng)
+  batch = {"prompt_ids": np.repeat(ids, c.group_size, 0),   # prompt-major, as a rollout's
+           "prompt_valid": np.repeat(valid, c.group_size, 0),
            "codes": rng.integers(0, m.codebook_size, (rows, m.image_tokens)).astype(np.int32),
            "advantages": rng.normal(size=rows).astype(np.float32),
            "ref_logp": np.full((rows, m.image_tokens), -np.log(m.codebook_size), np.float32)}
   batch = place(layout, batch, abstract, batch=True)
   step = rl.make_grpo_step(graphdef, roles, tx, clip_eps=c.clip_eps, beta=c.beta,
-                           grad_accum=c.grad_accum, layout=layout, state=state)
+                           grad_accum=c.grad_accum, layout=layout, state=state,
+                           shared_prompt_group=group)
   compiled = step.lower(state, params, batch).compile()
   out = analysis(compiled)
   length = config.bench.prompt_tokens + m.image_tokens - 1
-  model_flops = (3 if not c.lora.enabled else 2) * forward_flops(m, rows, length,
-                                                                  m.image_tokens)
+  model_flops = (3 if not c.lora.enabled else 2) * update_forward_flops(
+      m, rows, config.bench.prompt_tokens, group)
   frozen_bytes = nbytes(params)
   flash = attention_lib.resolve(m.get("attention", "xla"), m.dtype) in ("cudnn", "splash")
   out.update(rows=rows, length=length, lora=bool(c.lora.enabled), remat=bool(m.remat),
+             shared_prompt_group=group,
              grad_accum=c.grad_accum, trainable_params=count(trainable),
              model_tflop=model_flops / 1e12,
              model_bytes=grpo_bytes_model(m, rows // c.grad_accum, length, count(trainable),
@@ -493,7 +507,8 @@ def bench_step(config, m, params, rng, layout, update):
   reward = jax.jit(lambda t, f, pixels, query: reward_lib.intrinsic_reward(
       nnx.merge(graphdef, roles.policy(t, f)), pixels, query, "geo_mean_prob")[0])
   advantages = jax.jit(functools.partial(rl.group_advantages, group_size=g))
-  logp = rl.make_logp_fn(graphdef, roles, with_policy=False)
+  logp = rl.make_logp_fn(graphdef, roles, with_policy=False,
+                         shared_prompt_group=rl.shared_prompt_group(c))
   prompt_rows = layout.put_batch({"prompt_ids": np.repeat(ids, g, 0),
                                   "prompt_valid": np.repeat(valid, g, 0)})
   ids, valid = layout.put_batch((ids, valid))

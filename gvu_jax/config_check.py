@@ -159,7 +159,7 @@ RULES = {
     **_optimizer("gvu"),
     "gvu.prompts_per_step": integer(1), "gvu.group_size": integer(2), "gvu.mu": integer(1),
     "gvu.grad_accum": integer(1), "gvu.clip_eps": number(0, lo_open=True), "gvu.beta": number(0),
-    "gvu.scale_advantages_by_std": boolean(), "gvu.grid_every": integer(0),
+    "gvu.scale_advantages_by_std": boolean(), "gvu.shared_prompt_pass": boolean(), "gvu.grid_every": integer(0),
     "gvu.max_nonfinite_steps": integer(1),
     "gvu.lora.enabled": boolean(), "gvu.lora.rank": integer(1),
     "gvu.lora.alpha": number(0, lo_open=True),
@@ -202,6 +202,10 @@ def _relations(c):
     if rows % c.gvu.grad_accum:
       return ("gvu.grad_accum", c.gvu.grad_accum,
               f"a divisor of the rollout's {rows} rows (gvu.prompts_per_step x gvu.group_size)")
+    if c.gvu.get("shared_prompt_pass") and c.gvu.prompts_per_step % c.gvu.grad_accum:
+      return ("gvu.grad_accum", c.gvu.grad_accum,
+              f"a divisor of gvu.prompts_per_step={c.gvu.prompts_per_step} (with "
+              "gvu.shared_prompt_pass each micro-batch holds whole groups)")
   if "profile" in c and len(c.profile.steps) == 2 and c.profile.steps[0] > c.profile.steps[1]:
     return ("profile.steps", tuple(c.profile.steps), "START <= END")
   if "data" in c and "gvu_fraction" in c.data:

@@ -182,10 +182,11 @@ def step_functions(ctx, graphdef, roles, tx, schedule, state):
       advantages=jax.jit(functools.partial(rl.group_advantages, group_size=c.group_size,
                                            scale_by_std=c.scale_advantages_by_std)),
       shuffle=jax.jit(rl.shuffle_within_groups, static_argnums=1),
-      logp=rl.make_logp_fn(graphdef, roles, with_policy=c.mu > 1),
+      logp=rl.make_logp_fn(graphdef, roles, with_policy=c.mu > 1,
+                           shared_prompt_group=rl.shared_prompt_group(c)),
       update=rl.make_grpo_step(graphdef, roles, tx, clip_eps=c.clip_eps, beta=c.beta,
                                grad_accum=c.grad_accum, schedule=schedule, layout=ctx.layout,
-                               state=state))
+                               state=state, shared_prompt_group=rl.shared_prompt_group(c)))
 
 
 def rollout(ctx, fns, policy, texts, key) -> Rollout:

@@ -62,15 +62,17 @@ def grpo_token_loss(logp, old_logp, ref_logp, advantages, clip_eps, beta):
 LOGIT_CHUNK = 64
 
 
-def token_logprobs(model, prompt_ids, prompt_valid, codes, chunk=LOGIT_CHUNK):
+def token_logprobs(model, prompt_ids, prompt_valid, codes, chunk=LOGIT_CHUNK, group_size=1):
   """log pi(code_t | prompt, code_<t) [B, N] and the per-token entropy [B, N].
+  group_size=G: rows come in groups of G sharing a prompt, whose pass runs once per
+  group (umm.image_hidden).
 
   The image head and its log-softmax run over `chunk` tokens at a time (a scan
   whose body is rematerialized), so no more than [B, chunk, codebook] float32
   logits exist at once, in the forward or the backward pass; the whole
   [B, N, codebook] would be 3 x 4 B N V bytes (logits, log-softmax, gradient):
   14.5 GB for 128 rows of Janus (N = 576, V = 16384)."""
-  hidden = image_hidden(model, prompt_ids, prompt_valid, codes)
+  hidden = image_hidden(model, prompt_ids, prompt_valid, codes, group_size)
   head_def, head_state = nnx.split(model)
 
   def one_chunk(state, h, target):
@@ -83,18 +85,20 @@ def token_logprobs(model, prompt_ids, prompt_valid, codes, chunk=LOGIT_CHUNK):
 
 
 def make_grpo_step(graphdef, roles, tx, *, clip_eps, beta, grad_accum, schedule=None,
-                   layout=None, state=None):
+                   layout=None, state=None, shared_prompt_group=1):
   """Returns step(state, frozen, batch) -> (state, metrics), pure and jit-compiled
   with the state donated (and, given a sharding.Layout and the state, kept in the
   layout's shardings). `batch` holds prompt_ids, prompt_valid, codes,
   advantages, ref_logp and old_logp (or no old_logp: mu=1 is exactly on-policy,
   so the old policy is the current one held constant). Given the optimizer's
-  `schedule`, metrics["lr"] is the learning rate this update applied."""
+  `schedule`, metrics["lr"] is the learning rate this update applied.
+  shared_prompt_group=G: each micro-batch's rows come in whole groups of G that
+  share a prompt (token_logprobs), which then runs once per group."""
 
   def loss_fn(trainable, frozen, micro):
     model = nnx.merge(graphdef, roles.policy(trainable, frozen))
     logp, entropy = token_logprobs(model, micro["prompt_ids"], micro["prompt_valid"],
-                                   micro["codes"])
+                                   micro["codes"], group_size=shared_prompt_group)
     old = micro.get("old_logp", jax.lax.stop_gradient(logp))
     per_token, stats = grpo_token_loss(logp, old, micro["ref_logp"], micro["advantages"],
                                        clip_eps, beta)
@@ -130,6 +134,12 @@ def make_grpo_step(graphdef, roles, tx, *, clip_eps, beta, grad_accum, schedule=
   return jax.jit(step, donate_argnums=0, out_shardings=state_out_shardings(layout, state))
 
 
+def shared_prompt_group(gvu_config):
+  """The rows per prompt whose teacher-forced passes share the prompt's pass
+  (gvu.shared_prompt_pass; 1: none)."""
+  return gvu_config.group_size if gvu_config.get("shared_prompt_pass", False) else 1
+
+
 def state_out_shardings(layout, state):
   """out_shardings of a (state, metrics) step: the state where it already lives,
   metrics replicated; None (the compiler's choice) without a layout."""
@@ -138,18 +148,19 @@ def state_out_shardings(layout, state):
   return layout.for_params(state), layout.replicated
 
 
-def make_logp_fn(graphdef, roles, with_policy):
+def make_logp_fn(graphdef, roles, with_policy, shared_prompt_group=1):
   """Jit-compiled (trainable, frozen, batch) -> log-probs of the sampled tokens,
   computed once per rollout: {"ref_logp"} and, for mu > 1 inner iterations,
-  {"old_logp"} under the policy that sampled them."""
+  {"old_logp"} under the policy that sampled them. shared_prompt_group: as
+  make_grpo_step's."""
 
   def logps(trainable, frozen, batch):
-    args = (batch["prompt_ids"], batch["prompt_valid"], batch["codes"])
-    out = {"ref_logp": token_logprobs(
-        nnx.merge(graphdef, roles.reference(trainable, frozen)), *args)[0]}
+    logp = lambda params: token_logprobs(
+        nnx.merge(graphdef, params), batch["prompt_ids"], batch["prompt_valid"],
+        batch["codes"], group_size=shared_prompt_group)[0]
+    out = {"ref_logp": logp(roles.reference(trainable, frozen))}
     if with_policy:
-      out["old_logp"] = token_logprobs(
-          nnx.merge(graphdef, roles.policy(trainable, frozen)), *args)[0]
+      out["old_logp"] = logp(roles.policy(trainable, frozen))
     return out
 
   return jax.jit(logps)

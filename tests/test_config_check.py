@@ -93,6 +93,8 @@ def test_a_value_outside_its_rule_is_one_line_naming_the_key(key, value):
     ("pretrain.batch_size", 0, "pretrain.batch_size=0: expected an integer >= 1"),
     ("pretrain.t2i_mislabel", 1.0, "pretrain.t2i_mislabel=1.0: expected a finite number in [0, 1)"),
     ("gvu.grad_accum", 3, "gvu.grad_accum=3: expected a divisor of the rollout's 128 rows"),
+    ("gvu.grad_accum", 16, "gvu.grad_accum=16: expected a divisor of gvu.prompts_per_step=8 "
+     "(with gvu.shared_prompt_pass each micro-batch holds whole groups)"),
     ("data.gvu_fraction", 0.8, "data.gvu_fraction=0.8: expected below 1 - data.heldout_fraction"),
     ("gvu.lora.targets", ("q", "qkv"), "gvu.lora.targets=('q', 'qkv'): expected a tuple of names"),
     ("reward.token_weights", {"a": math.nan}, "reward.token_weights={'a': nan}: expected a dict"),

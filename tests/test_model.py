@@ -8,7 +8,7 @@ import pytest
 from flax import nnx
 
 import helpers_model as hm
-from gvu_jax import lora
+from gvu_jax import lora, rl
 from gvu_jax import pixels as pixels_lib
 from gvu_jax import world
 from gvu_jax.models import build, layers, llama, presets, umm
@@ -516,3 +516,59 @@ def test_remat_and_bf16_compute(base):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), gs, g32)
   assert abs(float(l16) - float(l32)) < 0.05 * abs(float(l32))
   assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(g16))
+
+
+def _tiny_xomni():
+  """An X-Omni-family decoder (grouped-query heads, multimodal-only first and last
+  layers) at test size."""
+  return presets.xomni_config(
+      lm=dict(vocab_size=96, hidden=32, layers=4, heads=4, kv_heads=2, intermediate=48,
+              rope_theta=10000.0, norm_eps=1e-6, max_position=64),
+      mm_vocab_size=40, image_vocab_size=32, num_mm_adap_layers=1, num_mm_head_layers=1,
+      image_grid=(2, 3), dtype="float32")
+
+
+def _janus_mini(**overrides):
+  cfg = hm.mini_cfg()
+  cfg.update(overrides)
+  return cfg
+
+
+@pytest.mark.parametrize("model_cfg,group_size", [
+    (_janus_mini(), 3),
+    (_janus_mini(remat=True, mlp_chunks=3), 2),
+    (_tiny_xomni(), 3),
+], ids=["janus_g3", "janus_remat_mlp_slices_g2", "xomni_g3"])
+def test_a_prompt_shared_by_its_group_gives_the_same_logprobs_and_gradient(model_cfg,
+                                                                          group_size):
+  """umm.image_hidden with group_size=G runs each prompt once for its G rows: the
+  same token log-probs, entropy and LoRA and base gradients as a pass per row,
+  with prompts of different lengths (left padding)."""
+  graphdef, params = hm.host_init(model_cfg, 3, **hm.LORA)
+  rng = np.random.default_rng(4)
+  params = jax.tree.map(lambda x: x + 0.1 * rng.standard_normal(x.shape).astype(x.dtype),
+                        params)   # LoRA B away from zero: the adapters count
+  prompt_len, prompts = 7, 3
+  seqs = [rng.integers(3, model_cfg.lm.vocab_size, n) for n in (7, 2, 5)]
+  ids, valid = (np.repeat(a, group_size, 0) for a in hm.left_pad(seqs, prompt_len))
+  codes = rng.integers(0, 32 if model_cfg.family == "xomni" else world.CODEBOOK_SIZE,
+                       (prompts * group_size, model_cfg.image_tokens)).astype(np.int32)
+  weights = rng.standard_normal(codes.shape).astype(np.float32)
+
+  def run(group):
+    def objective(p):
+      logp, entropy = rl.token_logprobs(nnx.merge(graphdef, p), ids, valid, codes,
+                                        group_size=group)
+      return jnp.sum(weights * logp) + 0.1 * jnp.sum(entropy), (logp, entropy)
+    return jax.jit(jax.value_and_grad(objective, has_aux=True),
+                   compiler_options=hm.FAST)(params)
+
+  (_, (logp, entropy)), grads = run(group_size)
+  (_, (logp_1, entropy_1)), grads_1 = run(1)
+  np.testing.assert_allclose(logp, logp_1, atol=1e-5)
+  np.testing.assert_allclose(entropy, entropy_1, atol=1e-5)
+  decoder = [g for path, g in jax.tree_util.tree_leaves_with_path(grads_1)
+             if "layers" in jax.tree_util.keystr(path)]
+  assert decoder and all(float(jnp.abs(g).max()) > 0 for g in decoder)   # LoRA's too
+  for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_1)):   # float32 sums: to
+    assert float(jnp.abs(a - b).max()) <= 1e-5 * float(jnp.abs(b).max()) + 1e-7   # scale

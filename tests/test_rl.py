@@ -324,6 +324,22 @@ def test_grad_accumulation_matches_one_batch(mini, sgd_steps):
   np.testing.assert_allclose(m2["grad_norm"], m1["grad_norm"], rtol=1e-5)
 
 
+def test_shared_prompt_pass_gives_the_same_update(mini, sgd_steps):
+  """shared_prompt_group=2 (the batch: 2 prompts x 2 rows, prompt-major) runs each
+  prompt once: the same SGD update and metrics as a pass per row."""
+  graphdef, params, batch = mini
+  tx, step1, _ = sgd_steps
+  shared = compile_fast(rl.make_grpo_step(graphdef, lora.Roles(False), tx, clip_eps=0.2,
+                                          beta=STEP_BETA, grad_accum=1, shared_prompt_group=2),
+                        fresh_state(tx, params), params, batch)
+  s1, m1 = step1(fresh_state(tx, params), params, batch)
+  s2, m2 = shared(fresh_state(tx, params), params, batch)
+  assert max_abs_diff(s1["trainable"], params) > 1e-3
+  assert max_abs_diff(s1["trainable"], s2["trainable"]) < 1e-5
+  for key in ("loss", "kl", "grad_norm", "entropy"):
+    np.testing.assert_allclose(m2[key], m1[key], rtol=1e-5, atol=1e-7)
+
+
 @pytest.fixture(scope="module")
 def adam_step(mini):
   graphdef, params, batch = mini

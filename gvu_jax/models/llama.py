@@ -151,7 +151,7 @@ class DecoderLayer(nnx.Module):
   def __call__(self, x, positions, mask, cache=None, write_index=None):
     h, cache = self.attn(self.input_norm(x), positions, mask, cache, write_index)
     x = x + h
-    mlp = self.mlp if cache is not None else functools.partial(
+    mlp = self.mlp if _decode_step(x) else functools.partial(
         _in_token_slices, self.mlp, slices=self.mlp.cfg.mlp_chunks)
     return x + mlp(self.post_attn_norm(x)), cache
 
@@ -168,12 +168,18 @@ def _in_token_slices(mlp, x, slices):
                    -(-x.shape[1] // slices))
 
 
-def _remat_layer(layer, x, positions, mask):
-  """layer(x) whose activations are recomputed in the backward pass (jax.checkpoint
-  over the layer's weights as a pure function)."""
+def _decode_step(x):
+  """A decode step: one new token per row (no backward pass, nothing to slice)."""
+  return x.shape[1] == 1
+
+
+def _remat_layer(layer, x, positions, mask, cache=None, write_index=None):
+  """layer(...) whose activations are recomputed in the backward pass (jax.checkpoint
+  over the layer's weights as a pure function) -> (output, cache)."""
   graphdef, state = nnx.split(layer)
-  forward = lambda state, x: nnx.merge(graphdef, state)(x, positions, mask)[0]
-  return jax.checkpoint(forward)(state, x)
+  forward = lambda state, x, cache: nnx.merge(graphdef, state)(x, positions, mask, cache,
+                                                               write_index)
+  return jax.checkpoint(forward)(state, x, cache)
 
 
 class Decoder(nnx.Module):
@@ -210,11 +216,14 @@ class Decoder(nnx.Module):
     x = rows(x)
     new_cache = None if cache is None else []
     for i, layer in enumerate(self.layers):
-      if cache is None:   # a full pass (training, reward): optionally rematerialized
-        out = (_remat_layer(layer, x, positions, mask) if self.cfg.remat else
-               layer(x, positions, mask)[0])
-      else:               # sampling: no backward pass, nothing to rematerialize
-        out, c = layer(x, positions, mask, cache[i], write_index)
+      layer_cache = None if cache is None else cache[i]
+      # Passes of many tokens (training, the reward, a prompt shared by a group) are
+      # optionally rematerialized; a decode step has no backward pass.
+      if self.cfg.remat and not _decode_step(x):
+        out, c = _remat_layer(layer, x, positions, mask, layer_cache, write_index)
+      else:
+        out, c = layer(x, positions, mask, layer_cache, write_index)
+      if cache is not None:
         new_cache.append(c)
       x = rows(self.layer_update(i, x, out, kinds))
     return self.norm(x, kinds), new_cache

@@ -51,13 +51,21 @@ def causal_mask(valid):
   return causal[None] & (valid[:, :, None] == valid[:, None, :])
 
 
-def image_hidden(model: UMM, prompt_ids, prompt_valid, codes):
+def image_hidden(model: UMM, prompt_ids, prompt_valid, codes, group_size=1):
   """Teacher-forced hidden states [B, image_tokens, hidden]: position i predicts
   image token i given its (left-padded) prompt.
 
   Input sequence: prompt (ending in <begin_of_image>) then codes[:, :-1]; the
   hidden state at the last prompt position predicts codes[:, 0].
+
+  group_size=G > 1: rows come in groups of G that share a prompt (prompt-major, as a
+  GvU rollout's do). Each prompt then runs through the decoder once, and its keys
+  and values are read by its G rows' image tokens (the pass over a KV cache the
+  sampler uses): the same hidden states, without G - 1 of every G prompt passes.
+  That pass attends with XLA attention, not a fused kernel.
   """
+  if group_size > 1:
+    return _image_hidden_shared_prompt(model, prompt_ids, prompt_valid, codes, group_size)
   n = codes.shape[1]
   x = jnp.concatenate([model.lm.embed_tokens(prompt_ids),
                        model.embed_image_codes(codes[:, :-1])], axis=1)
@@ -66,10 +74,31 @@ def image_hidden(model: UMM, prompt_ids, prompt_valid, codes):
   return hidden[:, -n:]
 
 
-def image_logits(model: UMM, prompt_ids, prompt_valid, codes):
+def _image_hidden_shared_prompt(model: UMM, prompt_ids, prompt_valid, codes, group_size):
+  rows, n = codes.shape
+  ids, valid = prompt_ids[::group_size], prompt_valid[::group_size]   # one row per prompt
+  p = ids.shape[1]
+  prompt_hidden, cache = model.lm(model.lm.embed_tokens(ids), positions_from_valid(valid),
+                                  causal_mask(valid), model.lm.init_cache(ids.shape[0], p), 0)
+  per_row = lambda x: jnp.repeat(x, group_size, axis=0)
+  image_slots = lambda kv: jnp.zeros(kv.shape[:2] + (n - 1,) + kv.shape[3:], kv.dtype)
+  cache = [{name: [per_row(c[name][0]), image_slots(per_row(c[name][0]))] for name in c}
+           for c in cache]
+  valid = per_row(valid)
+  # Image token j continues its prompt: position (real prompt tokens) + j; it reads
+  # the prompt's real tokens and image tokens 0..j (causal_mask over the whole row).
+  positions = jnp.sum(valid, axis=1, keepdims=True) + jnp.arange(n - 1)
+  causal = jnp.tril(jnp.ones((n - 1, n - 1), bool))
+  mask = jnp.concatenate([jnp.broadcast_to(valid[:, None], (rows, n - 1, p)),
+                          jnp.broadcast_to(causal, (rows, n - 1, n - 1))], axis=-1)
+  hidden, _ = model.lm(model.embed_image_codes(codes[:, :-1]), positions, mask, cache, 0)
+  return jnp.concatenate([per_row(prompt_hidden[:, -1:]), hidden], axis=1)
+
+
+def image_logits(model: UMM, prompt_ids, prompt_valid, codes, group_size=1):
   """Teacher-forced logits of every image token given its prompt (image_hidden):
   float32 [B, image_tokens, codebook_size]."""
-  return model.image_head(image_hidden(model, prompt_ids, prompt_valid, codes))
+  return model.image_head(image_hidden(model, prompt_ids, prompt_valid, codes, group_size))
 
 
 def text_hidden(model: UMM, ids, valid, image_slots, pixels):
