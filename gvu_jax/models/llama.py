@@ -75,15 +75,28 @@ class RMSNorm(nnx.Module):
     return (x * self.scale[...]).astype(dtype)
 
 
-def rope(x, positions, theta):
-  """Rotate-half rotary embedding. x: [B, T, H, D], positions: [B, T]."""
-  half = x.shape[-1] // 2
+def rotary(positions, theta, head_dim):
+  """(cos, sin) [B, T, 1, head_dim / 2] of the rotate-half rotary embedding at
+  `positions` [B, T]. The decoder computes them once per pass for every layer's q
+  and k: computed inside each layer, XLA on CPU fused them into the rotation and
+  evaluated sin and cos once per element of q and k, in the backward pass too."""
+  half = head_dim // 2
   freqs = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
   angles = positions[..., None].astype(jnp.float32) * freqs          # [B, T, half]
-  cos, sin = jnp.cos(angles)[:, :, None], jnp.sin(angles)[:, :, None]
+  return jnp.cos(angles)[:, :, None], jnp.sin(angles)[:, :, None]
+
+
+def apply_rotary(x, cos_sin):
+  """x [B, T, H, D] rotated by rotary(...)'s (cos, sin)."""
+  cos, sin = cos_sin
   x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
   out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
   return out.astype(x.dtype)
+
+
+def rope(x, positions, theta):
+  """Rotate-half rotary embedding. x: [B, T, H, D], positions: [B, T]."""
+  return apply_rotary(x, rotary(positions, theta, x.shape[-1]))
 
 
 def _projection(cfg, name, din, dout, rngs):
@@ -105,17 +118,17 @@ class Attention(nnx.Module):
     self.o = dense("o", cfg.heads * hd, cfg.hidden)
     self.cfg = cfg
 
-  def __call__(self, x, positions, mask, cache=None, write_index=None):
-    """Returns (output, updated cache). A cache is a list of segments ({"k": [...],
-    "v": [...]}, init_cache): the T new keys/values are written into the last
-    segment at [write_index, write_index + T) and the query reads every segment
-    given, S slots in all (mask [B, T, S]). The sampler passes only the segments
+  def __call__(self, x, cos_sin, mask, cache=None, write_index=None):
+    """cos_sin: rotary(positions). Returns (output, updated cache). A cache is a
+    list of segments ({"k": [...], "v": [...]}, init_cache): the T new keys/values
+    are written into the last segment at [write_index, write_index + T) and the
+    query reads every segment given, S slots in all (mask [B, T, S]). The sampler passes only the segments
     filled so far, so a decode step reads what it needs, not the whole cache."""
     cfg, (b, t, _) = self.cfg, x.shape
     q = self.q(x).reshape(b, t, cfg.heads, cfg.head_dim)
     k = self.k(x).reshape(b, t, cfg.kv_heads, cfg.head_dim)
     v = self.v(x).reshape(b, t, cfg.kv_heads, cfg.head_dim)
-    q, k = rope(q, positions, cfg.rope_theta), rope(k, positions, cfg.rope_theta)
+    q, k = apply_rotary(q, cos_sin), apply_rotary(k, cos_sin)
     k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)   # heads first: [B, Hkv, T, D]
     if cache is not None:
       write = lambda segments, new: [*segments[:-1], jax.lax.dynamic_update_slice(
@@ -148,8 +161,8 @@ class DecoderLayer(nnx.Module):
     self.post_attn_norm = RMSNorm(cfg.hidden, cfg.norm_eps)
     self.mlp = Mlp(cfg, rngs=rngs)
 
-  def __call__(self, x, positions, mask, cache=None, write_index=None):
-    h, cache = self.attn(self.input_norm(x), positions, mask, cache, write_index)
+  def __call__(self, x, cos_sin, mask, cache=None, write_index=None):
+    h, cache = self.attn(self.input_norm(x), cos_sin, mask, cache, write_index)
     x = x + h
     mlp = self.mlp if _decode_step(x) else functools.partial(
         _in_token_slices, self.mlp, slices=self.mlp.cfg.mlp_chunks)
@@ -173,11 +186,11 @@ def _decode_step(x):
   return x.shape[1] == 1
 
 
-def _remat_layer(layer, x, positions, mask, cache=None, write_index=None):
+def _remat_layer(layer, x, cos_sin, mask, cache=None, write_index=None):
   """layer(...) whose activations are recomputed in the backward pass (jax.checkpoint
   over the layer's weights as a pure function) -> (output, cache)."""
   graphdef, state = nnx.split(layer)
-  forward = lambda state, x, cache: nnx.merge(graphdef, state)(x, positions, mask, cache,
+  forward = lambda state, x, cache: nnx.merge(graphdef, state)(x, cos_sin, mask, cache,
                                                                write_index)
   return jax.checkpoint(forward)(state, x, cache)
 
@@ -215,14 +228,15 @@ class Decoder(nnx.Module):
     x, kinds = self.split_kinds(x)
     x = rows(x)
     new_cache = None if cache is None else []
+    cos_sin = rotary(positions, self.cfg.rope_theta, self.cfg.head_dim)
     for i, layer in enumerate(self.layers):
       layer_cache = None if cache is None else cache[i]
       # Passes of many tokens (training, the reward, a prompt shared by a group) are
       # optionally rematerialized; a decode step has no backward pass.
       if self.cfg.remat and not _decode_step(x):
-        out, c = _remat_layer(layer, x, positions, mask, layer_cache, write_index)
+        out, c = _remat_layer(layer, x, cos_sin, mask, layer_cache, write_index)
       else:
-        out, c = layer(x, positions, mask, layer_cache, write_index)
+        out, c = layer(x, cos_sin, mask, layer_cache, write_index)
       if cache is not None:
         new_cache.append(c)
       x = rows(self.layer_update(i, x, out, kinds))
