@@ -153,16 +153,25 @@ def cache_segments(prompt_len, num_tokens):
 
 
 def sample_image_tokens(model, ids, valid, uncond_ids, uncond_valid, key, cache, *,
-                        cfg: SamplingConfig, num_tokens):
-  """One batch of rows (already repeated G times). `key`: one key for the batch,
-  or a [rows] array of keys (row_keys). `cache`: model.lm.init_cache of
-  cache_segments(prompt length, num_tokens). Returns (Samples, cache)."""
-  rows = ids.shape[0]
+                        cfg: SamplingConfig, num_tokens, group_size=1):
+  """G rows for each prompt of `ids`, `valid` (prompt-major; with CFG, then as many
+  unconditional rows, all of `uncond_ids`, `uncond_valid`: [1, prompt length]).
+  The prefill runs once per prompt (and once for the unconditional prompt); its
+  keys and values are copied to the rows. `key`: one key for the batch, or a
+  [rows] array of keys (row_keys). `cache`: model.lm.init_cache of
+  cache_segments(prompt length, num_tokens) for all rows. Returns (Samples, cache)."""
+  prompts, p = ids.shape
+  rows = prompts * group_size
   if cfg.guided:
     ids = jnp.concatenate([ids, uncond_ids])
     valid = jnp.concatenate([valid, uncond_valid])
-  p = ids.shape[1]
-  prompt_lengths = jnp.sum(valid, axis=1)
+
+  def per_row(x):   # prefill rows -> the rows: each prompt's G, then the unconditional
+    cond = jnp.repeat(x[:prompts], group_size, 0)
+    if not cfg.guided:
+      return cond
+    return jnp.concatenate([cond, jnp.broadcast_to(x[prompts:], (rows,) + x.shape[1:])])
+
   ends = np.cumsum([k.shape[2] for k in cache[0]["k"]])   # the slot after each segment
 
   def next_token(logits, step_key):
@@ -182,11 +191,15 @@ def sample_image_tokens(model, ids, valid, uncond_ids, uncond_valid, key, cache,
              "v": c["v"][:last] + n["v"][-1:] + c["v"][last + 1:]} for c, n in zip(cache, new)]
 
   # Prefill: the prompt fills segment 0 (slots [0, p)); image token i goes to slot p + i.
-  slots_valid = jnp.concatenate([valid, jnp.zeros((valid.shape[0], ends[-1] - p), bool)], 1)
+  prompt_cache = model.lm.init_cache(ids.shape[0], p, cache[0]["k"][0].dtype)
   hidden, new = model.lm(model.lm.embed_tokens(ids), positions_from_valid(valid),
-                         causal_mask(valid), read(cache, 0), 0)
-  cache = written(cache, 0, new)
-  first = next_token(model.image_head(hidden[:, -1]), fold_in(key, 0))
+                         causal_mask(valid), prompt_cache, 0)
+  cache = written(cache, 0, [{"k": [per_row(c["k"][0])], "v": [per_row(c["v"][0])]}
+                             for c in new])
+  valid = per_row(valid)
+  prompt_lengths = jnp.sum(valid, axis=1)
+  slots_valid = jnp.concatenate([valid, jnp.zeros((valid.shape[0], ends[-1] - p), bool)], 1)
+  first = next_token(per_row(model.image_head(hidden[:, -1])), fold_in(key, 0))
   out = jax.tree.map(lambda x: jnp.zeros((rows, num_tokens), x.dtype).at[:, 0].set(x), first)
 
   def decode(seg, carry):
@@ -259,12 +272,10 @@ class Sampler:
       model = merge_adapters(nnx.merge(graphdef, params))   # once per rollout
       rollout_def, weights = nnx.split(model)
       model = nnx.merge(rollout_def, in_compute_dtype(weights, rollout_def))
-      ids, valid = jnp.repeat(ids, group_size, 0), jnp.repeat(valid, group_size, 0)
-      rows = ids.shape[0]
-      uncond_ids = jnp.broadcast_to(self.uncond_ids, (rows,) + self.uncond_ids.shape[-1:])
-      uncond_valid = jnp.broadcast_to(self.uncond_valid, uncond_ids.shape)
-      return sample_image_tokens(model, ids, valid, uncond_ids, uncond_valid, key, cache,
-                                 cfg=cfg, num_tokens=num_tokens)
+      uncond = lambda row: jnp.asarray(row).reshape(1, -1)
+      return sample_image_tokens(model, ids, valid, uncond(self.uncond_ids),
+                                 uncond(self.uncond_valid), key, cache, cfg=cfg,
+                                 num_tokens=num_tokens, group_size=group_size)
 
     self._run = jax.jit(run, donate_argnums=4)
     self._cast = jax.jit(lambda p: in_compute_dtype(p, graphdef))
