@@ -122,8 +122,9 @@ class Attention(nnx.Module):
     """cos_sin: rotary(positions). Returns (output, updated cache). A cache is a
     list of segments ({"k": [...], "v": [...]}, init_cache): the T new keys/values
     are written into the last segment at [write_index, write_index + T) and the
-    query reads every segment given, S slots in all (mask [B, T, S]). The sampler passes only the segments
-    filled so far, so a decode step reads what it needs, not the whole cache."""
+    query reads every segment given, S slots in all (mask [B, T, S]). The sampler
+    passes only the segments filled so far, so a decode step reads what it needs,
+    not the whole cache."""
     cfg, (b, t, _) = self.cfg, x.shape
     q = self.q(x).reshape(b, t, cfg.heads, cfg.head_dim)
     k = self.k(x).reshape(b, t, cfg.kv_heads, cfg.head_dim)

@@ -81,9 +81,12 @@ def _image_hidden_shared_prompt(model: UMM, prompt_ids, prompt_valid, codes, gro
   prompt_hidden, cache = model.lm(model.lm.embed_tokens(ids), positions_from_valid(valid),
                                   causal_mask(valid), model.lm.init_cache(ids.shape[0], p), 0)
   per_row = lambda x: jnp.repeat(x, group_size, axis=0)
-  image_slots = lambda kv: jnp.zeros(kv.shape[:2] + (n - 1,) + kv.shape[3:], kv.dtype)
-  cache = [{name: [per_row(c[name][0]), image_slots(per_row(c[name][0]))] for name in c}
-           for c in cache]
+
+  def segments(kv):   # the prompt's keys or values for every row, then the image's slots
+    kv = per_row(kv)
+    return [kv, jnp.zeros(kv.shape[:2] + (n - 1,) + kv.shape[3:], kv.dtype)]
+
+  cache = [{name: segments(layer[name][0]) for name in layer} for layer in cache]
   valid = per_row(valid)
   # Image token j continues its prompt: position (real prompt tokens) + j; it reads
   # the prompt's real tokens and image tokens 0..j (causal_mask over the whole row).
