@@ -23,7 +23,7 @@ from flax import nnx
 
 from gvu_jax import sharding
 from gvu_jax.errors import InputError
-from gvu_jax.models.umm import causal_mask, positions_from_valid
+from gvu_jax.models.umm import prefill
 from gvu_jax.models.layers import Dense
 from gvu_jax.models.llama import CACHE_AXES
 
@@ -191,15 +191,12 @@ def sample_image_tokens(model, ids, valid, uncond_ids, uncond_valid, key, cache,
              "v": c["v"][:last] + n["v"][-1:] + c["v"][last + 1:]} for c, n in zip(cache, new)]
 
   # Prefill: the prompt fills segment 0 (slots [0, p)); image token i goes to slot p + i.
-  prompt_cache = model.lm.init_cache(ids.shape[0], p, cache[0]["k"][0].dtype)
-  hidden, new = model.lm(model.lm.embed_tokens(ids), positions_from_valid(valid),
-                         causal_mask(valid), prompt_cache, 0)
-  cache = written(cache, 0, [{"k": [per_row(c["k"][0])], "v": [per_row(c["v"][0])]}
-                             for c in new])
+  last, prompt_cache = prefill(model, ids, valid, per_row, cache[0]["k"][0].dtype)
+  cache = written(cache, 0, prompt_cache)
   valid = per_row(valid)
   prompt_lengths = jnp.sum(valid, axis=1)
   slots_valid = jnp.concatenate([valid, jnp.zeros((valid.shape[0], ends[-1] - p), bool)], 1)
-  first = next_token(per_row(model.image_head(hidden[:, -1])), fold_in(key, 0))
+  first = next_token(model.image_head(last), fold_in(key, 0))
   out = jax.tree.map(lambda x: jnp.zeros((rows, num_tokens), x.dtype).at[:, 0].set(x), first)
 
   def decode(seg, carry):
@@ -272,10 +269,8 @@ class Sampler:
       model = merge_adapters(nnx.merge(graphdef, params))   # once per rollout
       rollout_def, weights = nnx.split(model)
       model = nnx.merge(rollout_def, in_compute_dtype(weights, rollout_def))
-      uncond = lambda row: jnp.asarray(row).reshape(1, -1)
-      return sample_image_tokens(model, ids, valid, uncond(self.uncond_ids),
-                                 uncond(self.uncond_valid), key, cache, cfg=cfg,
-                                 num_tokens=num_tokens, group_size=group_size)
+      return sample_image_tokens(model, ids, valid, self.uncond_ids, self.uncond_valid, key,
+                                 cache, cfg=cfg, num_tokens=num_tokens, group_size=group_size)
 
     self._run = jax.jit(run, donate_argnums=4)
     self._cast = jax.jit(lambda p: in_compute_dtype(p, graphdef))

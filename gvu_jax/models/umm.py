@@ -74,19 +74,25 @@ def image_hidden(model: UMM, prompt_ids, prompt_valid, codes, group_size=1):
   return hidden[:, -n:]
 
 
+def prefill(model: UMM, ids, valid, to_rows, dtype=None):
+  """Each prompt of ids, valid [P, L] through the decoder once -> (the hidden state
+  at its last position, and each layer's keys and values as a one-segment KV cache),
+  both copied by `to_rows` to the rows that continue the prompt (e.g. its G rows).
+  The sampler's prefill and the shared prompt pass of image_hidden."""
+  hidden, cache = model.lm(model.lm.embed_tokens(ids), positions_from_valid(valid),
+                           causal_mask(valid), model.lm.init_cache(*ids.shape, dtype), 0)
+  return to_rows(hidden[:, -1]), [{name: [to_rows(layer[name][0])] for name in layer}
+                                  for layer in cache]
+
+
 def _image_hidden_shared_prompt(model: UMM, prompt_ids, prompt_valid, codes, group_size):
   rows, n = codes.shape
   ids, valid = prompt_ids[::group_size], prompt_valid[::group_size]   # one row per prompt
   p = ids.shape[1]
-  prompt_hidden, cache = model.lm(model.lm.embed_tokens(ids), positions_from_valid(valid),
-                                  causal_mask(valid), model.lm.init_cache(ids.shape[0], p), 0)
   per_row = lambda x: jnp.repeat(x, group_size, axis=0)
-
-  def segments(kv):   # the prompt's keys or values for every row, then the image's slots
-    kv = per_row(kv)
-    return [kv, jnp.zeros(kv.shape[:2] + (n - 1,) + kv.shape[3:], kv.dtype)]
-
-  cache = [{name: segments(layer[name][0]) for name in layer} for layer in cache]
+  last, cache = prefill(model, ids, valid, per_row)
+  image_slots = lambda kv: jnp.zeros(kv.shape[:2] + (n - 1,) + kv.shape[3:], kv.dtype)
+  cache = [{name: kv + [image_slots(kv[0])] for name, kv in layer.items()} for layer in cache]
   valid = per_row(valid)
   # Image token j continues its prompt: position (real prompt tokens) + j; it reads
   # the prompt's real tokens and image tokens 0..j (causal_mask over the whole row).
@@ -95,7 +101,7 @@ def _image_hidden_shared_prompt(model: UMM, prompt_ids, prompt_valid, codes, gro
   mask = jnp.concatenate([jnp.broadcast_to(valid[:, None], (rows, n - 1, p)),
                           jnp.broadcast_to(causal, (rows, n - 1, n - 1))], axis=-1)
   hidden, _ = model.lm(model.embed_image_codes(codes[:, :-1]), positions, mask, cache, 0)
-  return jnp.concatenate([per_row(prompt_hidden[:, -1:]), hidden], axis=1)
+  return jnp.concatenate([last[:, None], hidden], axis=1)
 
 
 def image_logits(model: UMM, prompt_ids, prompt_valid, codes, group_size=1):
