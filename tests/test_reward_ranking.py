@@ -1,5 +1,6 @@
-"""The reward's ranking of ground-truth renders against near misses (report.json's
-`reward_ranking`): exact values for rewards whose answer is known."""
+"""The two measures of reading in report.json, exact for scorers whose answer is
+known: `reward_ranking` (a ground-truth render against a near miss's, by the
+reward) and `understanding` (a prompt's render among K the judge rejects for it)."""
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -61,3 +62,41 @@ def test_rewards_within_float_rounding_are_a_tie(ctx, gap, expected):
 
   ranking = evaluate.reward_ranking(ctx, None, nearly, world.all_specs())
   assert ranking == {"overall": expected, **{c: expected for c in world.CATEGORIES}}
+
+
+@pytest.mark.parametrize("scorer, expected", [
+    ("judge", 1.0), ("flipped judge", 0.0), ("blind", 1 / 3), ("caption prior", 1 / 3)])
+def test_understanding_picks_the_render_only_by_reading_it(ctx, scorer, expected):
+  """The mini preset has K = 2 wrong renders per prompt, so chance is 1/3. A scorer
+  that reads only the text (here, any fixed score per prompt: a caption prior) is
+  exactly at chance, because every option carries the same text."""
+  assert ctx.config.eval.num_distractors == 2
+  judging = judging_scorer(ctx, flip=scorer == "flipped judge")
+  prior = {s.text: float(i) for i, s in enumerate(world.all_specs())}
+
+  def score(params, codes, query):
+    if scorer in ("judge", "flipped judge"):
+      return judging(params, codes, query)
+    if scorer == "blind":
+      return (jnp.zeros(codes.shape[0]),) * 2 + (None,)
+    ids, mask = np.asarray(query["ids"]), np.asarray(query["answer_mask"])
+    start = ctx.templates.understanding(["a photo of a circle"]).answer_start
+    logp = jnp.asarray([prior[ctx.tokenizer.decode(row[start:start + m.sum()].tolist())]
+                        for row, m in zip(ids, mask)])
+    return logp, jnp.exp(logp), None
+
+  credit, specs = evaluate.understanding(ctx, None, score)
+  assert judge.category_accuracy(credit, specs) == pytest.approx(
+      {"overall": expected, **{c: expected for c in world.CATEGORIES}}, abs=1e-12)
+
+
+def test_every_wrong_render_is_rejected_by_the_judge_for_the_prompt():
+  """Each distractor prompt's scene is resampled until the true prompt is false on
+  it, for every prompt of the world (position prompts need it: diagonals)."""
+  rng = np.random.default_rng(0)
+  for spec in world.all_specs():
+    image = world.render(world.sample_scene(spec, rng))
+    for wrong in world.distractors(spec, image, 4, rng):
+      scene = world.rejected_scene(wrong, spec, rng)
+      assert judge.judge(world.render(scene), wrong)
+      assert not judge.judge(world.render(scene), spec)

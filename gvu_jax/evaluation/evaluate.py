@@ -2,9 +2,8 @@
 
 generation:    images the model samples for held-out prompts, scored by the
                exact pixel judge (GenEval rules), per category.
-understanding: for a ground-truth render of each held-out prompt, does the
-               model's likelihood rank the true prompt above K judge-verified
-               distractors (near misses of the same category)?
+understanding: does the model's likelihood of each held-out prompt pick its
+               ground-truth render among K renders the judge rejects for it?
 intrinsic_reward: the mean GvU reward the model gives its own held-out images.
 reward_ranking: how often that reward prefers a render of a held-out prompt to a
                render of its near miss: the understanding branch as GvU's judge.
@@ -100,21 +99,32 @@ def score_rows(ctx, params, scorer, codes, texts):
 
 
 def understanding(ctx, params, scorer):
+  """Per category, how often the model picks the image a held-out prompt describes:
+  the prompt's log-likelihood on a ground-truth render must beat its likelihood on
+  K = eval.num_distractors renders the judge rejects for it (scenes of its
+  distractor prompts, near misses first, cycled when there are fewer than K). The
+  text is the same for all K + 1, so the caption prior cannot win: only reading
+  the image can. 1 = always right, 1 / (K + 1) = chance; a tie at the top is shared
+  (scores within float32 rounding, 1e-6 relative, are a tie, as in reward_ranking)."""
   c = ctx.config.eval
   specs = balanced_prompts(ctx.heldout_specs, c.images_per_category)
-  candidates, owner, codes = [], [], []
+  codes = []
   for i, spec in enumerate(specs):
     rng = batches.rng_for(ctx.config.seed, "eval", i)
     scene = world.sample_scene(spec, rng)
-    options = [spec] + world.distractors(spec, world.render(scene), c.num_distractors, rng)
-    candidates += [o.text for o in options]
-    owner += [i] * len(options)
-    codes += [world.scene_to_codes(scene)] * len(options)
-  scores, _ = score_rows(ctx, params, scorer, codes, candidates)
-  owner = np.asarray(owner)
-  correct = [bool(scores[owner == i][0] > scores[owner == i][1:].max())
-             for i in range(len(specs))]
-  return correct, specs
+    wrong_prompts = world.distractors(spec, world.render(scene), c.num_distractors, rng)
+    codes.append(world.scene_to_codes(scene))
+    codes += [world.scene_to_codes(world.rejected_scene(wrong_prompts[k % len(wrong_prompts)],
+                                                  spec, rng))
+              for k in range(c.num_distractors)]
+  options = c.num_distractors + 1
+  scores, _ = score_rows(ctx, params, scorer, codes, [s.text for s in specs for _ in
+                                                      range(options)])
+  scores = scores.reshape(len(specs), options)   # column 0: the true render
+  best = scores.max(-1, keepdims=True)
+  at_top = (scores == best) | (np.abs(scores - best) <= 1e-6 * np.abs(best))
+  credit = np.where(at_top[:, 0], 1.0 / at_top.sum(-1), 0.0)
+  return list(credit), specs
 
 
 def reward_ranking(ctx, params, scorer, prompts):

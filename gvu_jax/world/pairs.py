@@ -32,6 +32,26 @@ def sample_scene(spec: PromptSpec, rng: np.random.Generator) -> Scene:
       return scene
 
 
+def rejected_scene(spec: PromptSpec, rejected_by: PromptSpec, rng: np.random.Generator,
+                   tries: int = 100) -> Scene:
+  """A scene of `spec` on which the judge rejects `rejected_by`, resampled: a
+  render of a distractor can satisfy the true prompt too (diagonal positions)."""
+  for _ in range(tries):
+    scene = sample_scene(spec, rng)
+    if not judge.judge(render(scene), rejected_by):
+      return scene
+  raise ValueError(f"no scene of {spec.text!r} in {tries} tries that the judge rejects "
+                   f"for {rejected_by.text!r}")
+
+
+def wrong_scene(spec: PromptSpec, rng: np.random.Generator, nearest: int = 4) -> Scene:
+  """A scene the judge rejects for `spec`: one of the `nearest` distractor prompts
+  of a scene of it (near misses first, so every attribute the category names can
+  be the one that is wrong), chosen at random, then rendered."""
+  options = distractors(spec, render(sample_scene(spec, rng)), nearest, rng)
+  return rejected_scene(options[rng.integers(len(options))], spec, rng)
+
+
 @functools.cache
 def _bags_of_words() -> np.ndarray:
   """Int [len(all_specs()), len(vocabulary())] word counts of every prompt."""
