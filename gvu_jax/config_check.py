@@ -156,6 +156,7 @@ RULES = {
     **_optimizer("pretrain"),
     "pretrain.batch_size": integer(1), "pretrain.cond_dropout": number(0, 1, hi_open=True),
     "pretrain.t2i_mislabel": number(0, 1, hi_open=True),
+    "pretrain.near_miss_ranking": number(0),
     **_optimizer("gvu"),
     "gvu.prompts_per_step": integer(1), "gvu.group_size": integer(2), "gvu.mu": integer(1),
     "gvu.grad_accum": integer(1), "gvu.clip_eps": number(0, lo_open=True), "gvu.beta": number(0),

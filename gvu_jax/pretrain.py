@@ -18,20 +18,38 @@ from gvu_jax.reward import answer_token_logprobs
 
 
 def make_train_step(graphdef, image_tokenizer, tx, schedule, answer_start, layout=None,
-                    state=None):
+                    state=None, near_miss_ranking=0.0):
   """Pure (state, batch) -> (state, metrics), jit-compiled, state donated (and kept
-  in its shardings, given a sharding.Layout). metrics["lr"]: what the update applied."""
+  in its shardings, given a sharding.Layout). metrics["lr"]: what the update applied.
+  A batch with `near_miss_codes` adds near_miss_ranking x the captioning ranking loss."""
 
   def loss_fn(params, batch):
     model = nnx.merge(graphdef, params)
     logits = image_logits(model, batch["prompt_ids"], batch["prompt_valid"], batch["codes"])
     t2i = optax.softmax_cross_entropy_with_integer_labels(logits, batch["codes"]).mean()
-    pixels = image_tokenizer.decode(batch["caption_codes"], model)   # as the reward sees them
-    token_logp = answer_token_logprobs(model, batch["query_ids"], batch["query_valid"],
-                                       batch["image_slots"], pixels, batch["caption_mask"],
-                                       answer_start)
-    i2t = -token_logp.sum() / batch["caption_mask"].sum()
-    return t2i + i2t, {"t2i_loss": t2i, "i2t_loss": i2t}
+    ranked = "near_miss_codes" in batch
+    codes = batch["caption_codes"]
+    # With the ranking loss, the caption is also scored on a near miss's render, in
+    # the same pass: the understanding batch is [exact pairs; near-miss pairs].
+    both = (lambda x: jnp.concatenate([x, x])) if ranked else (lambda x: x)
+    if ranked:
+      codes = jnp.concatenate([codes, batch["near_miss_codes"]])
+    pixels = image_tokenizer.decode(codes, model)   # as the reward sees them
+    token_logp = answer_token_logprobs(model, both(batch["query_ids"]),
+                                       both(batch["query_valid"]), both(batch["image_slots"]),
+                                       pixels, both(batch["caption_mask"]), answer_start)
+    n = batch["caption_codes"].shape[0]
+    i2t = -token_logp[:n].sum() / batch["caption_mask"].sum()
+    aux = {"t2i_loss": t2i, "i2t_loss": i2t}
+    loss = t2i + i2t
+    if ranked:
+      # Bradley-Terry on the caption's log-likelihood: its own image above the
+      # near miss's render (docs/design.md §7), what the reward must tell apart.
+      margin = token_logp[:n].sum(-1) - token_logp[n:].sum(-1)
+      aux["ranking_loss"] = jax.nn.softplus(-margin).mean()
+      aux["ranking_accuracy"] = (margin > 0).mean()
+      loss += near_miss_ranking * aux["ranking_loss"]
+    return loss, aux
 
   def step(state, batch):
     (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], batch)
@@ -51,6 +69,8 @@ def checkpoint_signature(model_cfg, pretrain_cfg):
   signature = build.signature(model_cfg)
   if pretrain_cfg.t2i_mislabel:
     signature["pretrain_t2i_mislabel"] = pretrain_cfg.t2i_mislabel
+  if pretrain_cfg.get("near_miss_ranking"):
+    signature["pretrain_near_miss_ranking"] = pretrain_cfg.near_miss_ranking
   return signature
 
 
@@ -102,7 +122,8 @@ def run(ctx):
 
   answer_start = ctx.templates.understanding(["a photo of a circle"]).answer_start
   train_step = make_train_step(graphdef, ctx.image_tokenizer, tx, schedule, answer_start,
-                               layout=ctx.layout, state=state)
+                               layout=ctx.layout, state=state,
+                               near_miss_ranking=c.near_miss_ranking)
   start = int(state["step"])
   writer = metrics.stage_writer(config, ctx.workdir, "pretrain", resume_step=start)
   bar = metrics.progress(c.steps, "pretrain", initial=start)
@@ -110,7 +131,7 @@ def run(ctx):
   make_batch = lambda step: ctx.layout.put_batch(batches.supervised_batch(
       ctx.templates, ctx.pretrain_specs, c.batch_size,
       batches.rng_for(config.seed, "pretrain", step), c.cond_dropout,
-      c.t2i_mislabel))
+      c.t2i_mislabel, near_miss_images=c.near_miss_ranking > 0))
   for step, batch in zip(range(start, c.steps),
                          batches.prefetch(make_batch, range(start, c.steps))):
     state, m = train_step(state, batch)
@@ -122,7 +143,9 @@ def run(ctx):
       m["examples_per_s"] = seen / (time.perf_counter() - tic)
       tic, seen = time.perf_counter(), 0
       bar.set_postfix(loss=f"{m['loss']:.3f}", t2i=f"{m['t2i_loss']:.3f}",
-                      i2t=f"{m['i2t_loss']:.3f}", ex_s=f"{m['examples_per_s']:.0f}")
+                      i2t=f"{m['i2t_loss']:.3f}",
+                      **({"rank": f"{m['ranking_accuracy']:.2f}"} if "ranking_accuracy" in m
+                         else {}), ex_s=f"{m['examples_per_s']:.0f}")
       writer.write(done, m)
     stop = preemption.stop_requested(done)
     if done % c.checkpoint_every == 0 or done == c.steps or stop:

@@ -196,6 +196,24 @@ def test_mislabelled_text_to_image_pairs_keep_the_captions_exact():
   np.testing.assert_array_equal(right(noisy["codes"]), ~mislabelled)
 
 
+@pytest.mark.parametrize("mislabel", [0.0, 0.3])
+def test_near_miss_images_leave_the_rest_of_the_batch_as_it_was(mislabel):
+  """pretrain.near_miss_ranking's negatives: a render per prompt that the judge
+  rejects for it; every other array is that of a batch drawn without them."""
+  specs = world.all_specs()
+  make = lambda extra: batches.supervised_batch(hm.templates(), specs, 48,
+                                                np.random.default_rng(7), 0.1, mislabel,
+                                                near_miss_images=extra)
+  plain, ranked = make(False), make(True)
+  assert "near_miss_codes" not in plain
+  assert set(ranked) == set(plain) | {"near_miss_codes"}
+  for key, value in plain.items():
+    np.testing.assert_array_equal(ranked[key], value, err_msg=key)
+  prompts = batches.prompt_batch(specs, 48, np.random.default_rng(7))
+  assert not any(judge.judge(world.codes_to_image(c), s)
+                 for c, s in zip(ranked["near_miss_codes"], prompts))
+
+
 # --- the batch prefetch thread ---------------------------------------------------
 
 @pytest.mark.parametrize("error", [ValueError("need at least one array"), ZeroDivisionError(),

@@ -30,7 +30,8 @@ def prompt_batch(specs, n, rng):
           for c in picks]
 
 
-def supervised_batch(templates, specs, n, rng, cond_dropout, t2i_mislabel=0.0):
+def supervised_batch(templates, specs, n, rng, cond_dropout, t2i_mislabel=0.0,
+                     near_miss_images=False):
   """Ground-truth pairs for pretraining: prompts and the image tokens of scenes
   rendered for them: `caption_codes` are decoded to pixels for image->text,
   `codes` are the text->image targets. `caption_mask` marks the answer tokens the
@@ -40,7 +41,11 @@ def supervised_batch(templates, specs, n, rng, cond_dropout, t2i_mislabel=0.0):
   scene of a near miss of its prompt (world.near_miss) instead: loose alt-text,
   as in the web pairs real generators learn from, while the captioning pairs stay
   exact. This is the gap GvU relies on: understanding better than generation.
-  q = 0 draws nothing extra, so the streams are those of a run without it."""
+  q = 0 draws nothing extra, so the streams are those of a run without it.
+
+  near_miss_images: also `near_miss_codes`, for the captioning ranking loss: per
+  prompt a render the judge rejects for it (world.wrong_scene: a near miss);
+  drawn after everything else, so the other arrays are those of a run without."""
   batch_specs = prompt_batch(specs, n, rng)
   scenes = [world.sample_scene(s, rng) for s in batch_specs]
   texts = [s.text for s in batch_specs]
@@ -57,7 +62,12 @@ def supervised_batch(templates, specs, n, rng, cond_dropout, t2i_mislabel=0.0):
   prompt_ids = np.where(drop[:, None], uncond_ids, prompt_ids)
   prompt_valid = np.where(drop[:, None], uncond_valid, prompt_valid)
   query = templates.understanding(texts)
-  return {"prompt_ids": prompt_ids, "prompt_valid": prompt_valid, "codes": codes,
+  extra = {}
+  if near_miss_images:
+    extra["near_miss_codes"] = np.stack([
+        world.scene_to_codes(world.wrong_scene(s, rng))
+        for s in batch_specs]).astype(np.int32)
+  return {**extra, "prompt_ids": prompt_ids, "prompt_valid": prompt_valid, "codes": codes,
           "caption_codes": caption_codes, "query_ids": query.ids, "query_valid": query.valid,
           "image_slots": query.image_slots,
           "caption_mask": np.arange(query.answer_len) <= query.answer_mask.sum(1)[:, None]}
