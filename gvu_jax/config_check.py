@@ -168,7 +168,7 @@ RULES = {
     "gvu.lora.targets": words(("q", "k", "v", "o", "gate", "up", "down")),
     "gvu.full_ft_modules": words(allow_empty=True),
     **_sampling("gvu.sampling"),
-    "reward.kind": choice("intrinsic", "shuffled"), "reward.aggregation": choice(*AGGREGATIONS),
+    "reward.kind": choice("intrinsic", "shuffled", "judge"), "reward.aggregation": choice(*AGGREGATIONS),
     "reward.judge": choice("policy", "reference"), "reward.token_weights": word_weights(),
     "reward.quantize_pixels": boolean(),
     "eval.batch_size": integer(1), "eval.images_per_category": integer(1),
@@ -208,6 +208,9 @@ def _relations(c):
       return ("gvu.grad_accum", c.gvu.grad_accum,
               f"a divisor of gvu.prompts_per_step={c.gvu.prompts_per_step} (with "
               "gvu.shared_prompt_pass each micro-batch holds whole groups)")
+  if "reward" in c and c.reward.kind == "judge" and "checkpoint" in c:
+    return ("reward.kind", c.reward.kind, "intrinsic or shuffled for a converted checkpoint "
+            "(the judge, the ceiling run's reward, exists only in the embedded world)")
   if "profile" in c and len(c.profile.steps) == 2 and c.profile.steps[0] > c.profile.steps[1]:
     return ("profile.steps", tuple(c.profile.steps), "START <= END")
   if "data" in c and "gvu_fraction" in c.data:

@@ -21,7 +21,7 @@ import numpy as np
 from flax import nnx
 
 from gvu_jax import (checkpoint, context, lora, metrics, optimizer, preemption, profiling,
-                     provenance, rl, sharding)
+                     provenance, rl, sharding, world)
 from gvu_jax import reward as reward_lib
 from gvu_jax.data import pipeline
 from gvu_jax.errors import NonFiniteError
@@ -29,6 +29,7 @@ from gvu_jax.evaluation import grid
 from gvu_jax.models import build
 from gvu_jax.pixels import to_uint8
 from gvu_jax.sampling import Sampler, SamplingConfig
+from gvu_jax.world import judge
 
 
 def _setup(ctx, base_params):
@@ -200,7 +201,8 @@ def rollout(ctx, fns, policy, texts, key) -> Rollout:
 
 def score(ctx, fns, state, frozen, r: Rollout, key) -> Scored:
   """The intrinsic reward of each image: the likelihood of its prompt under the
-  understanding branch (design.md §2); shuffled within groups in the control run."""
+  understanding branch (design.md §2); shuffled within groups in the control run,
+  replaced by the world's judge in the ceiling run (the update sees `used`)."""
   g = ctx.config.gvu.group_size
   query = ctx.templates.understanding(r.texts).arrays(repeat=g)   # encoded once per prompt
   answer_mask, query = query["answer_mask"], ctx.layout.put_batch(query)
@@ -209,7 +211,18 @@ def score(ctx, fns, state, frozen, r: Rollout, key) -> Scored:
   used = rewards
   if ctx.config.reward.kind == "shuffled":
     used = fns.shuffle(rewards, g, jax.random.fold_in(key, 1))
+  if ctx.config.reward.kind == "judge":   # the ceiling: a perfect reward in its place
+    used = ctx.layout.put_batch(judge_verdicts(r.texts, r.samples.codes, g))
   return Scored(rewards, token_logp, answer_mask, used, {"reward": seconds})
+
+
+def judge_verdicts(texts, codes, group_size):
+  """1.0 where the embedded world's pixel judge accepts an image for its prompt,
+  else 0.0: the reward of the ceiling run (reward.kind=judge), float32 [rows]."""
+  specs = {s.text: s for s in world.all_specs()}
+  images = world.codes_to_image(sharding.to_host(codes))
+  rows = [specs[t] for t in texts for _ in range(group_size)]
+  return judge.judge_batch(images, rows).astype(np.float32)
 
 
 def training_batch(ctx, fns, state, frozen, r: Rollout, s: Scored):

@@ -117,6 +117,8 @@ def test_the_cases_found_by_the_probe(key, value, expected):
     ("janus_pro_7b", "lora", "eval.layout", "coco"),
     ("janus_pro_7b", "t2i_r1", "gvu.full_ft_modules", "lm"),
     ("xomni_en", None, "profile.steps", (1, 2, 3)),
+    ("janus_pro_1b", None, "reward.kind", "judge"),   # the judge is the embedded world's
+    ("xomni_en", None, "reward.kind", "judge"),
 ])
 def test_release_recipes_are_checked_too(name, preset, key, value):
   refused(recipe_config(name, preset), key, value)
