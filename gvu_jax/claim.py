@@ -2,10 +2,13 @@
 shuffled-reward control, each run through the real command line.
 
   python -m gvu_jax.claim --workdir=/tmp/gvu_claim [--seeds=0,1,2] [--config=configs/synthetic.py]
+      [--ceiling]
 
 For each seed: `gvu_jax.main` (pretrain -> eval -> GvU -> eval), then the control
 (`--config.reward.kind=shuffled`, rewards permuted within each group) starting
-from the same pretrained checkpoint. Writes WORKDIR/claim.json and claim.md.
+from the same pretrained checkpoint, and with --ceiling the same GvU stage with
+the world's judge as the reward (`--config.reward.kind=judge`): what a perfect
+reward gets. Writes WORKDIR/claim.json and claim.md.
 """
 
 import json
@@ -28,6 +31,7 @@ def define_flags():
   flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds to run.")
   flags.DEFINE_string("config", "configs/synthetic.py", "Recipe[:preset].")
   flags.DEFINE_multi_string("override", [], "Extra --config.k=v for every run.")
+  flags.DEFINE_bool("ceiling", False, "Also run GvU with the judge as the reward.")
 
 
 def run_main(workdir, seed, extra):
@@ -49,11 +53,17 @@ def summarize(runs):
           "understanding before": ("main", "pretrained", "understanding"),
           "understanding after GvU": ("main", "gvu", "understanding"),
           "understanding after shuffled control": ("control", "gvu", "understanding")}
+  ceiling = all("ceiling" in r for r in runs)
+  if ceiling:
+    keys["generation after judge ceiling"] = ("ceiling", "gvu", "generation")
   if all("generation_gvu_prompts" in r["main"]["gvu"] for r in runs):
     keys["generation on GvU prompts before"] = ("main", "pretrained", "generation_gvu_prompts")
     keys["generation on GvU prompts after GvU"] = ("main", "gvu", "generation_gvu_prompts")
     keys["generation on GvU prompts after control"] = ("control", "gvu",
                                                        "generation_gvu_prompts")
+    if ceiling:
+      keys["generation on GvU prompts after judge ceiling"] = ("ceiling", "gvu",
+                                                               "generation_gvu_prompts")
   out = {}
   for name, (run, stage, part) in keys.items():
     values = [r[run][stage][part]["overall"] for r in runs]
@@ -62,6 +72,13 @@ def summarize(runs):
   changes = {"generation gain (points)": ("main", "generation"),
              "control gain (points)": ("control", "generation"),
              "understanding change (points)": ("main", "understanding")}
+  if ceiling:
+    changes["ceiling gain (points)"] = ("ceiling", "generation")
+  if "generation on GvU prompts before" in keys:
+    changes["GvU-prompt gain (points)"] = ("main", "generation_gvu_prompts")
+    changes["GvU-prompt control gain (points)"] = ("control", "generation_gvu_prompts")
+    if ceiling:
+      changes["GvU-prompt ceiling gain (points)"] = ("ceiling", "generation_gvu_prompts")
   for name, (run, part) in changes.items():
     values = [100 * (r[run]["gvu"][part]["overall"] - r[run]["pretrained"][part]["overall"])
               for r in runs]
@@ -87,13 +104,15 @@ def main(argv):
   runs = []
   for seed in FLAGS.seeds:
     main_dir = os.path.join(FLAGS.workdir, f"seed_{seed}")
-    control_dir = os.path.join(FLAGS.workdir, f"seed_{seed}_shuffled")
     report, seconds = run_main(main_dir, seed, [])
-    if not os.path.exists(os.path.join(control_dir, "pretrain")):   # same start as the main run
-      shutil.copytree(os.path.join(main_dir, "pretrain"), os.path.join(control_dir, "pretrain"))
-    control, control_seconds = run_main(control_dir, seed, ["--config.reward.kind=shuffled"])
-    runs.append({"seed": seed, "main": report, "control": control,
-                 "seconds": seconds, "control_seconds": control_seconds})
+    runs.append({"seed": seed, "main": report, "seconds": seconds})
+    arms = [("control", "shuffled")] + ([("ceiling", "judge")] if FLAGS.ceiling else [])
+    for arm, kind in arms:
+      arm_dir = os.path.join(FLAGS.workdir, f"seed_{seed}_{kind}")
+      if not os.path.exists(os.path.join(arm_dir, "pretrain")):   # same start as the main run
+        shutil.copytree(os.path.join(main_dir, "pretrain"), os.path.join(arm_dir, "pretrain"))
+      runs[-1][arm], runs[-1][f"{arm}_seconds"] = run_main(arm_dir, seed,
+                                                           [f"--config.reward.kind={kind}"])
   summary = summarize(runs)
   table = markdown(summary, FLAGS.seeds)
   with open(os.path.join(FLAGS.workdir, "claim.json"), "w") as f:
