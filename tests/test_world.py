@@ -176,6 +176,29 @@ def test_near_miss_changes_what_the_category_tests():
         assert not judge.judge(world.render(world.sample_scene(miss, rng)), spec), miss.text
 
 
+def test_a_wrong_prompt_differs_in_one_attribute_and_no_render_of_it_passes():
+  """world.wrong_prompt, for every prompt: its near miss, or one object's shape
+  replaced by one the prompt does not name; a render of it never satisfies the
+  prompt (pretrain.near_miss_ranking's negatives)."""
+  kinds = set()
+  for spec in world.all_specs():
+    for seed in range(4):
+      rng = np.random.default_rng(seed)
+      wrong = world.wrong_prompt(spec, rng)
+      assert wrong.category == spec.category and wrong.text != spec.text
+      shapes = [o[0] for o in spec.objects]
+      swapped = [(o, w) for o, w in zip(spec.objects, wrong.objects) if o != w]
+      if (len(swapped) == 1 and swapped[0][0][1:] == swapped[0][1][1:]
+          and wrong.relation == spec.relation):
+        assert swapped[0][1][0] not in shapes
+        kinds.add("shape")
+      else:
+        assert wrong in {world.near_miss(spec, np.random.default_rng(s)) for s in range(20)}
+        kinds.add("near miss")
+      assert not judge.judge(world.render(world.sample_scene(wrong, rng)), spec), wrong.text
+  assert kinds == {"shape", "near miss"}
+
+
 def test_mislabelled_text_to_image_pairs_keep_the_captions_exact():
   """pretrain.t2i_mislabel: with probability q a text->image target shows a near
   miss of its prompt; the captioning pairs (and the prompts) are those of q = 0."""

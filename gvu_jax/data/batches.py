@@ -44,7 +44,7 @@ def supervised_batch(templates, specs, n, rng, cond_dropout, t2i_mislabel=0.0,
   q = 0 draws nothing extra, so the streams are those of a run without it.
 
   near_miss_images: also `near_miss_codes`, for the captioning ranking loss: per
-  prompt a render the judge rejects for it (world.wrong_scene: a near miss);
+  prompt a render of a prompt that differs in one attribute (world.wrong_prompt);
   drawn after everything else, so the other arrays are those of a run without."""
   batch_specs = prompt_batch(specs, n, rng)
   scenes = [world.sample_scene(s, rng) for s in batch_specs]
@@ -65,7 +65,7 @@ def supervised_batch(templates, specs, n, rng, cond_dropout, t2i_mislabel=0.0,
   extra = {}
   if near_miss_images:
     extra["near_miss_codes"] = np.stack([
-        world.scene_to_codes(world.wrong_scene(s, rng))
+        world.scene_to_codes(world.sample_scene(world.wrong_prompt(s, rng), rng))
         for s in batch_specs]).astype(np.int32)
   return {**extra, "prompt_ids": prompt_ids, "prompt_valid": prompt_valid, "codes": codes,
           "caption_codes": caption_codes, "query_ids": query.ids, "query_valid": query.valid,

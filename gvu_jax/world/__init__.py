@@ -7,12 +7,12 @@ from gvu_jax.world.scene import (CELL, CODEBOOK_SIZE, COLORS, GRID, IMAGE_SIZE, 
                                  image_to_codes, patch_table, render, scene_to_codes,
                                  shape_mask)
 from gvu_jax.world.prompts import (CATEGORIES, NUMBERS, OPPOSITE, RELATIONS, PromptSpec, Splits,
-                                   all_specs, near_miss, split_specs, vocabulary)
-from gvu_jax.world.pairs import distractors, rejected_scene, sample_scene, wrong_scene
+                                   all_specs, near_miss, split_specs, vocabulary, wrong_prompt)
+from gvu_jax.world.pairs import distractors, rejected_scene, sample_scene
 
 __all__ = ['CELL', 'CODEBOOK_SIZE', 'COLORS', 'GRID', 'IMAGE_SIZE', 'NUM_CELLS', 'PALETTE',
            'SHAPES', 'Object', 'Scene', 'code_of', 'codes_to_image', 'image_to_codes',
            'patch_table', 'render', 'scene_to_codes', 'shape_mask', 'CATEGORIES', 'NUMBERS',
            'OPPOSITE', 'RELATIONS', 'PromptSpec', 'Splits', 'all_specs', 'near_miss',
-           'split_specs', 'vocabulary', 'distractors', 'rejected_scene', 'sample_scene',
-           'wrong_scene']
+           'split_specs', 'vocabulary', 'wrong_prompt', 'distractors', 'rejected_scene',
+           'sample_scene']

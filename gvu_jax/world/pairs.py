@@ -44,14 +44,6 @@ def rejected_scene(spec: PromptSpec, rejected_by: PromptSpec, rng: np.random.Gen
                    f"for {rejected_by.text!r}")
 
 
-def wrong_scene(spec: PromptSpec, rng: np.random.Generator, nearest: int = 4) -> Scene:
-  """A scene the judge rejects for `spec`: one of the `nearest` distractor prompts
-  of a scene of it (near misses first, so every attribute the category names can
-  be the one that is wrong), chosen at random, then rendered."""
-  options = distractors(spec, render(sample_scene(spec, rng)), nearest, rng)
-  return rejected_scene(options[rng.integers(len(options))], spec, rng)
-
-
 @functools.cache
 def _bags_of_words() -> np.ndarray:
   """Int [len(all_specs()), len(vocabulary())] word counts of every prompt."""

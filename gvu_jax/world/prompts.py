@@ -124,3 +124,18 @@ def near_miss(spec: PromptSpec, rng: np.random.Generator) -> PromptSpec:
   other = [s for s in SHAPES if s not in {o[0] for o in objects}]
   return dataclasses.replace(spec, objects=objects[:-1] + ((str(rng.choice(other)), color,
                                                             count),))
+
+
+def wrong_prompt(spec: PromptSpec, rng: np.random.Generator) -> PromptSpec:
+  """A prompt no image of `spec` satisfies, that differs from it in one attribute:
+  half the time its near miss (what the category tests), else one object's shape
+  replaced by a shape the prompt does not name, so a reader must also check the
+  shapes in a counting, colour, position or attribution prompt."""
+  if rng.random() < 0.5:
+    return near_miss(spec, rng)
+  i = int(rng.integers(len(spec.objects)))
+  shape, color, count = spec.objects[i]
+  other = [s for s in SHAPES if s not in {o[0] for o in spec.objects}]
+  objects = list(spec.objects)
+  objects[i] = (str(rng.choice(other)), color, count)
+  return dataclasses.replace(spec, objects=tuple(objects))
