@@ -46,8 +46,10 @@ def make_train_step(graphdef, image_tokenizer, tx, schedule, answer_start, layou
       # Bradley-Terry on the caption's log-likelihood: its own image above the
       # near miss's render (docs/design.md §7), what the reward must tell apart.
       margin = token_logp[:n].sum(-1) - token_logp[n:].sum(-1)
-      aux["ranking_loss"] = jax.nn.softplus(-margin).mean()
-      aux["ranking_accuracy"] = (margin > 0).mean()
+      valid = batch["near_miss_valid"].astype(jnp.float32)
+      count = jnp.maximum(valid.sum(), 1.0)
+      aux["ranking_loss"] = (jax.nn.softplus(-margin) * valid).sum() / count
+      aux["ranking_accuracy"] = ((margin > 0) * valid).sum() / count
       loss += near_miss_ranking * aux["ranking_loss"]
     return loss, aux
 

@@ -176,27 +176,26 @@ def test_near_miss_changes_what_the_category_tests():
         assert not judge.judge(world.render(world.sample_scene(miss, rng)), spec), miss.text
 
 
-def test_a_wrong_prompt_differs_in_one_attribute_and_no_render_of_it_passes():
-  """world.wrong_prompt, for every prompt: its near miss, or one object's shape
-  replaced by one the prompt does not name; a render of it never satisfies the
-  prompt (pretrain.near_miss_ranking's negatives)."""
-  kinds = set()
+def test_one_attribute_changes_are_the_near_misses_and_the_shape_swaps():
+  """world.one_attribute_changes, for every prompt: each differs in one attribute
+  (the near misses, or one object's shape replaced by one the prompt does not
+  name), and no render of it satisfies the prompt."""
+  rng = np.random.default_rng(0)
   for spec in world.all_specs():
-    for seed in range(4):
-      rng = np.random.default_rng(seed)
-      wrong = world.wrong_prompt(spec, rng)
+    changes = world.one_attribute_changes(spec)
+    misses = {world.near_miss(spec, np.random.default_rng(s)) for s in range(30)}
+    assert misses <= set(changes), spec.text
+    for wrong in changes:
       assert wrong.category == spec.category and wrong.text != spec.text
-      shapes = [o[0] for o in spec.objects]
-      swapped = [(o, w) for o, w in zip(spec.objects, wrong.objects) if o != w]
-      if (len(swapped) == 1 and swapped[0][0][1:] == swapped[0][1][1:]
-          and wrong.relation == spec.relation):
-        assert swapped[0][1][0] not in shapes
-        kinds.add("shape")
-      else:
-        assert wrong in {world.near_miss(spec, np.random.default_rng(s)) for s in range(20)}
-        kinds.add("near miss")
+      if wrong not in misses:   # a shape swap: one object, only its shape
+        changed = [(o, w) for o, w in zip(spec.objects, wrong.objects) if o != w]
+        assert len(changed) == 1 and wrong.relation == spec.relation, wrong.text
+        (old, new), = changed
+        assert old[1:] == new[1:] and new[0] not in {o[0] for o in spec.objects}
       assert not judge.judge(world.render(world.sample_scene(wrong, rng)), spec), wrong.text
-  assert kinds == {"shape", "near miss"}
+    named = {o[0] for o in spec.objects}
+    swaps = len(spec.objects) * (len(world.SHAPES) - len(named))
+    assert len(changes) == len(misses | set(changes)) <= len(misses) + swaps
 
 
 def test_mislabelled_text_to_image_pairs_keep_the_captions_exact():
@@ -219,22 +218,28 @@ def test_mislabelled_text_to_image_pairs_keep_the_captions_exact():
   np.testing.assert_array_equal(right(noisy["codes"]), ~mislabelled)
 
 
-@pytest.mark.parametrize("mislabel", [0.0, 0.3])
-def test_near_miss_images_leave_the_rest_of_the_batch_as_it_was(mislabel):
-  """pretrain.near_miss_ranking's negatives: a render per prompt that the judge
-  rejects for it; every other array is that of a batch drawn without them."""
-  specs = world.all_specs()
-  make = lambda extra: batches.supervised_batch(hm.templates(), specs, 48,
+@pytest.mark.parametrize("mislabel, split", [(0.0, "all"), (0.3, "pretrain")])
+def test_near_miss_images_come_from_the_split_and_leave_the_batch_as_it_was(mislabel, split):
+  """pretrain.near_miss_ranking's negatives: per prompt a render of another prompt
+  of the same split that differs in one attribute (so the judge rejects the
+  prompt on it), or, where the split has none, a row marked invalid; every other
+  array is that of a batch drawn without them."""
+  specs = world.all_specs() if split == "all" else world.split_specs(0, 0.2, 0.3).pretrain
+  make = lambda extra: batches.supervised_batch(hm.templates(), specs, 96,
                                                 np.random.default_rng(7), 0.1, mislabel,
                                                 near_miss_images=extra)
   plain, ranked = make(False), make(True)
-  assert "near_miss_codes" not in plain
-  assert set(ranked) == set(plain) | {"near_miss_codes"}
+  assert set(ranked) == set(plain) | {"near_miss_codes", "near_miss_valid"}
   for key, value in plain.items():
     np.testing.assert_array_equal(ranked[key], value, err_msg=key)
-  prompts = batches.prompt_batch(specs, 48, np.random.default_rng(7))
-  assert not any(judge.judge(world.codes_to_image(c), s)
-                 for c, s in zip(ranked["near_miss_codes"], prompts))
+  prompts = batches.prompt_batch(specs, 96, np.random.default_rng(7))
+  for codes, valid, spec in zip(ranked["near_miss_codes"], ranked["near_miss_valid"], prompts):
+    image = world.codes_to_image(codes)
+    options = [w for w in world.one_attribute_changes(spec) if w in set(specs)]
+    assert valid == bool(options)
+    if valid:
+      assert not judge.judge(image, spec) and any(judge.judge(image, w) for w in options)
+  assert ranked["near_miss_valid"].all() if split == "all" else ranked["near_miss_valid"].any()
 
 
 def test_the_ceiling_reward_is_the_judge_verdict_per_image():

@@ -43,8 +43,7 @@ def supervised_batch(templates, specs, n, rng, cond_dropout, t2i_mislabel=0.0,
   exact. This is the gap GvU relies on: understanding better than generation.
   q = 0 draws nothing extra, so the streams are those of a run without it.
 
-  near_miss_images: also `near_miss_codes`, for the captioning ranking loss: per
-  prompt a render of a prompt that differs in one attribute (world.wrong_prompt);
+  near_miss_images: also the captioning ranking loss's negatives (near_miss_renders);
   drawn after everything else, so the other arrays are those of a run without."""
   batch_specs = prompt_batch(specs, n, rng)
   scenes = [world.sample_scene(s, rng) for s in batch_specs]
@@ -64,13 +63,27 @@ def supervised_batch(templates, specs, n, rng, cond_dropout, t2i_mislabel=0.0,
   query = templates.understanding(texts)
   extra = {}
   if near_miss_images:
-    extra["near_miss_codes"] = np.stack([
-        world.scene_to_codes(world.sample_scene(world.wrong_prompt(s, rng), rng))
-        for s in batch_specs]).astype(np.int32)
+    extra = near_miss_renders(batch_specs, set(specs), rng)
   return {**extra, "prompt_ids": prompt_ids, "prompt_valid": prompt_valid, "codes": codes,
           "caption_codes": caption_codes, "query_ids": query.ids, "query_valid": query.valid,
           "image_slots": query.image_slots,
           "caption_mask": np.arange(query.answer_len) <= query.answer_mask.sum(1)[:, None]}
+
+
+def near_miss_renders(batch_specs, allowed, rng):
+  """Per prompt, a render of another prompt of `allowed` (the pretraining split)
+  that differs from it in one attribute (world.one_attribute_changes), at random:
+  `near_miss_codes`, and `near_miss_valid` False (with a render of the prompt
+  itself) where the split holds none. Only pretraining prompts are drawn, so no
+  prompt's image is only ever a negative: a held-out prompt's would be, and the
+  ranking loss would teach that its images are wrong for every caption."""
+  codes, valid = [], []
+  for spec in batch_specs:
+    options = [w for w in world.one_attribute_changes(spec) if w in allowed]
+    wrong = options[rng.integers(len(options))] if options else spec
+    codes.append(world.scene_to_codes(world.sample_scene(wrong, rng)))
+    valid.append(bool(options))
+  return {"near_miss_codes": np.stack(codes).astype(np.int32), "near_miss_valid": np.array(valid)}
 
 
 def prefetch(make_batch, steps, depth=2):

@@ -7,12 +7,13 @@ from gvu_jax.world.scene import (CELL, CODEBOOK_SIZE, COLORS, GRID, IMAGE_SIZE, 
                                  image_to_codes, patch_table, render, scene_to_codes,
                                  shape_mask)
 from gvu_jax.world.prompts import (CATEGORIES, NUMBERS, OPPOSITE, RELATIONS, PromptSpec, Splits,
-                                   all_specs, near_miss, split_specs, vocabulary, wrong_prompt)
+                                   all_specs, near_miss, one_attribute_changes, split_specs,
+                                   vocabulary)
 from gvu_jax.world.pairs import distractors, rejected_scene, sample_scene
 
 __all__ = ['CELL', 'CODEBOOK_SIZE', 'COLORS', 'GRID', 'IMAGE_SIZE', 'NUM_CELLS', 'PALETTE',
            'SHAPES', 'Object', 'Scene', 'code_of', 'codes_to_image', 'image_to_codes',
            'patch_table', 'render', 'scene_to_codes', 'shape_mask', 'CATEGORIES', 'NUMBERS',
            'OPPOSITE', 'RELATIONS', 'PromptSpec', 'Splits', 'all_specs', 'near_miss',
-           'split_specs', 'vocabulary', 'wrong_prompt', 'distractors', 'rejected_scene',
+           'split_specs', 'vocabulary', 'one_attribute_changes', 'distractors', 'rejected_scene',
            'sample_scene']

@@ -126,16 +126,29 @@ def near_miss(spec: PromptSpec, rng: np.random.Generator) -> PromptSpec:
                                                             count),))
 
 
-def wrong_prompt(spec: PromptSpec, rng: np.random.Generator) -> PromptSpec:
-  """A prompt no image of `spec` satisfies, that differs from it in one attribute:
-  half the time its near miss (what the category tests), else one object's shape
-  replaced by a shape the prompt does not name, so a reader must also check the
-  shapes in a counting, colour, position or attribution prompt."""
-  if rng.random() < 0.5:
-    return near_miss(spec, rng)
-  i = int(rng.integers(len(spec.objects)))
-  shape, color, count = spec.objects[i]
-  other = [s for s in SHAPES if s not in {o[0] for o in spec.objects}]
-  objects = list(spec.objects)
-  objects[i] = (str(rng.choice(other)), color, count)
-  return dataclasses.replace(spec, objects=tuple(objects))
+def one_attribute_changes(spec: PromptSpec) -> list[PromptSpec]:
+  """Every prompt that differs from `spec` in one attribute and that no image of
+  `spec` satisfies: its near misses (world.near_miss: another count, colour,
+  relation, the colours swapped, another shape for single and two objects), and
+  each object's shape replaced by a shape the prompt does not name. Sorted by text."""
+  objects = spec.objects
+  out = set()
+  if spec.category == "position":
+    out.add(dataclasses.replace(spec, relation=OPPOSITE[spec.relation]))
+  elif spec.category == "color_attr":
+    (a, ca, _), (b, cb, _) = objects
+    out.add(dataclasses.replace(spec, objects=((a, cb, 1), (b, ca, 1))))
+  elif spec.category == "counting":
+    shape, color, count = objects[0]
+    out |= {dataclasses.replace(spec, objects=((shape, color, n),))
+            for n in (count - 1, count + 1) if 1 <= n <= len(NUMBERS)}
+  elif spec.category == "colors":
+    shape, color, count = objects[0]
+    out |= {dataclasses.replace(spec, objects=((shape, c, count),)) for c in COLORS if c != color}
+  named = {o[0] for o in objects}
+  for i, (shape, color, count) in enumerate(objects):
+    for other in SHAPES:
+      if other not in named:
+        changed = objects[:i] + ((other, color, count),) + objects[i + 1:]
+        out.add(dataclasses.replace(spec, objects=changed))
+  return sorted(out, key=lambda s: s.text)
