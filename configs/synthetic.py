@@ -33,16 +33,20 @@ def get_config(arg=None):
   # t2i_mislabel: the fraction of text->image pairs whose image shows a near miss of
   # the caption (loose alt-text); captioning pairs stay exact. This builds in the gap
   # GvU relies on, understanding better than generation (docs/design.md §7);
-  # 0 gives exact pairs for both branches.
+  # 0 gives exact pairs for both branches. near_miss_ranking: the weight of a loss
+  # that ranks each caption's render above a render of a pretraining prompt one
+  # attribute away (its near miss, or one shape swapped), so the understanding
+  # branch, GvU's judge, reads what each category tests (docs/design.md §7); 0 = off.
   # Optimizer (both stages): AdamW after global-norm clipping; schedule constant |
   # cosine | linear (decay to 0) after a linear warmup, sized in optimizer updates.
   c.pretrain = dict(steps=800, batch_size=32, lr=2e-3, warmup_steps=100, schedule="cosine",
                     adam_b1=0.9, adam_b2=0.95, adam_eps=1e-8,
                     weight_decay=0.0, max_grad_norm=1.0, cond_dropout=0.1,
-                    t2i_mislabel=0.3, near_miss_ranking=0.0, log_every=50, checkpoint_every=200, keep=2)
+                    t2i_mislabel=0.3, near_miss_ranking=1.0, log_every=50,
+                    checkpoint_every=200, keep=2)
 
-  # Held-out evaluation: generation judged on pixels, understanding as ranking
-  # the true prompt among judge-verified distractors by the model's likelihood.
+  # Held-out evaluation: generation judged on pixels; understanding: does the model's
+  # likelihood of the prompt pick its render among num_distractors judge-rejected ones.
   c.eval = dict(images_per_category=64, num_distractors=4, batch_size=128,
                 sampling=dict(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, cfg_weight=1.0),
                 # Also: images of these world prompts (a prompt file, or the gvu_world

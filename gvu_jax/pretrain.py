@@ -65,9 +65,9 @@ def make_train_step(graphdef, image_tokenizer, tx, schedule, answer_start, layou
 
 
 def checkpoint_signature(model_cfg, pretrain_cfg):
-  """What a pretraining checkpoint must match: the model, and the text->image data
-  its weights were fitted to (recorded only when mislabelled, so exact-pairs
-  checkpoints written before the key existed still match)."""
+  """What a pretraining checkpoint must match: the model, the text->image data its
+  weights were fitted to and the captioning ranking loss's weight (each recorded
+  only when not 0, so checkpoints written before the key existed still match)."""
   signature = build.signature(model_cfg)
   if pretrain_cfg.t2i_mislabel:
     signature["pretrain_t2i_mislabel"] = pretrain_cfg.t2i_mislabel
