@@ -50,18 +50,6 @@ class Block(nnx.Module):
     return x + self.fc2(gelu(self.fc1(self.norm2(x))))
 
 
-def sincos_2d(cfg, scale=1.0):
-  """[num_patches, width] 2-D sine-cosine table (row, then column frequencies), the
-  learned position embedding's starting point: a model trained from scratch can
-  tell cells apart from its first step (converted checkpoints overwrite it)."""
-  side, quarter = cfg.image_size // cfg.patch_size, cfg.width // 4
-  rows, cols = jnp.meshgrid(jnp.arange(side), jnp.arange(side), indexing="ij")
-  omega = 1.0 / 10000 ** (jnp.arange(quarter) / quarter)
-  angles = [a.reshape(-1, 1) * omega for a in (rows, cols)]
-  table = jnp.concatenate([f(a) for a in angles for f in (jnp.sin, jnp.cos)], axis=1)
-  return scale * jnp.pad(table, ((0, 0), (0, cfg.width - 4 * quarter)))
-
-
 class ViT(nnx.Module):
 
   def __init__(self, cfg: ViTConfig, *, rngs):
@@ -69,7 +57,7 @@ class ViT(nnx.Module):
     self.patch_embed = Dense(p * p * 3, cfg.width, use_bias=True,
                              dtype=jnp.dtype(cfg.dtype), rngs=rngs)
     self.pos_embed = nnx.Param(0.02 * nnx.initializers.normal()(
-        rngs.params(), (cfg.num_patches, cfg.width)) + sincos_2d(cfg))
+        rngs.params(), (cfg.num_patches, cfg.width)))
     self.blocks = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.layers)])
     self.norm = nnx.LayerNorm(cfg.width, epsilon=cfg.norm_eps, rngs=rngs)
     self.cfg = cfg
