@@ -42,7 +42,7 @@ def get_config(arg=None):
   c.pretrain = dict(steps=800, batch_size=32, lr=2e-3, warmup_steps=100, schedule="cosine",
                     adam_b1=0.9, adam_b2=0.95, adam_eps=1e-8,
                     weight_decay=0.0, max_grad_norm=1.0, cond_dropout=0.1,
-                    t2i_mislabel=0.3, near_miss_ranking=1.0, log_every=50,
+                    t2i_mislabel=0.3, near_miss_ranking=0.0, log_every=50,
                     checkpoint_every=200, keep=2)
 
   # Held-out evaluation: generation judged on pixels; understanding: does the model's
