@@ -10,9 +10,14 @@ stage holds is refused before any stage runs, in one line naming each key with
 its old and new value; nothing is written by a refused run.
 
 Not compared: how often to log, checkpoint or keep, the devices and mesh, the
-attention kernel and rematerialisation (the same numbers), where datasets live,
-and `steps` when the schedule is constant (a longer run then continues a shorter
-one exactly, its earlier steps' learning rates unchanged).
+attention kernel, rematerialisation, MLP token slices and the shared prompt pass
+(the same numbers by another schedule), where datasets live, and `steps` when the
+schedule is constant (a longer run then continues a shorter one exactly, its
+earlier steps' learning rates unchanged).
+
+A key added to a stage after records began is in INTRODUCED with the value that
+reproduces what the code did before it existed: a record without the key matches
+that value, so an existing workdir resumes until the key is set otherwise.
 """
 
 import json
@@ -31,7 +36,9 @@ STAGE_KEYS = {
     "gvu": ("seed", "model.", "model_options.", "checkpoint", "data.", "gvu.", "reward."),
 }
 RUNTIME = (".log_every", ".checkpoint_every", ".keep", ".grid_every", ".max_nonfinite_steps",
-           ".remat", ".attention", "data.tfds_dir", "data.manual_dir")
+           ".remat", ".attention", ".mlp_chunks", ".shared_prompt_pass", "data.tfds_dir",
+           "data.manual_dir")
+INTRODUCED = {"pretrain.near_miss_ranking": 0.0}
 
 
 def _flat(config, prefix=""):
@@ -129,6 +136,11 @@ def differences(directory, keys, upstream):
   old, new = dict(stored.get("config", {})), dict(keys)
   old.update({f"upstream {k}": v for k, v in (stored.get("upstream") or {}).items()})
   new.update({f"upstream {k}": v for k, v in (upstream or {}).items()})
+  for key, before in INTRODUCED.items():
+    for name in (key, f"upstream {key}"):
+      if (name in old) != (name in new):
+        old.setdefault(name, before)
+        new.setdefault(name, before)
   return [f"{k}: {_shown(old.get(k))} -> {_shown(new.get(k))}"
           for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
 
