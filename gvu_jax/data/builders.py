@@ -10,6 +10,13 @@
   dpg_bench        DPG-Bench (ELLA): 1065 dense prompts
   prompt_file      a user's own .txt / .jsonl / .csv file (data/prompt_files.py)
 
+and the understanding benchmarks of data/suites.py, whose records are questions
+(prepared from manual_dir only; not prompt sets):
+
+  pope             POPE: random / popular / adversarial yes/no questions on COCO
+  mme              MME: perception / cognition yes/no questions
+  seed_bench       SEED-Bench's image questions (multiple choice): test
+
 Every record: prompt, id, tag, index (its place in the source file) and meta (a
 JSON object: whatever else the source said, e.g. GenEval's `include`). Records
 keep the source's order.
@@ -41,7 +48,7 @@ import tensorflow_datasets as tfds
 from absl import app, flags, logging
 
 from gvu_jax import world
-from gvu_jax.data import geneval, prompt_files
+from gvu_jax.data import geneval, prompt_files, suites
 from gvu_jax.errors import InputError
 
 _GITHUB = "https://raw.githubusercontent.com"
@@ -261,11 +268,15 @@ def is_builder_spec(spec):
 
 
 def builder(name, data_dir=None, path=None):
+  """A prompt builder or, by its name, an understanding benchmark's (data/suites.py)."""
   if name == "prompt_file":
     return PromptFile(path=path, data_dir=data_dir)
+  if name in suites.SUITES:
+    return suites.builder(name, data_dir)
   if name not in BUILDERS:
     raise InputError(f"unknown prompt dataset {name!r}; expected one of "
-                     f"{sorted(BUILDERS) + ['prompt_file']}")
+                     f"{sorted(BUILDERS) + ['prompt_file']} or a benchmark "
+                     f"{sorted(suites.SUITES)}")
   return BUILDERS[name](data_dir=data_dir)
 
 
@@ -292,6 +303,9 @@ def data_sources(spec, data_dir=None, manual_dir=None):
   """NAME[:SPLIT[+SPLIT...]] -> (builder name, [random-access sources of records],
   one per split). The builder is prepared from manual_dir when it is not yet."""
   name, _, split = spec.partition(":")
+  if name in suites.SUITES:
+    raise InputError(f"{spec}: {name} is an understanding benchmark (data/suites.py), "
+                     "not a prompt set")
   b = prepare(name, data_dir, manual_dir)
   split = split or b.DEFAULT_SPLIT
   known = sorted(b.info.splits)
@@ -324,7 +338,8 @@ def main(argv):
 
 def cli():
   """python -m gvu_jax.data.builders --name=NAME (flags defined only when run)."""
-  flags.DEFINE_string("name", None, f"one of {sorted(BUILDERS) + ['prompt_file']}")
+  flags.DEFINE_string("name", None, f"one of {sorted(BUILDERS) + ['prompt_file']} "
+                      f"or a benchmark {sorted(suites.SUITES)}")
   flags.DEFINE_string("data_dir", "", "where TFDS keeps prepared datasets (default: TFDS's)")
   flags.DEFINE_string("manual_dir", "", "a folder with the source files, if you have them")
   flags.DEFINE_string("path", "", "the prompt file, for --name=prompt_file")
