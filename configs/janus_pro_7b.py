@@ -97,7 +97,11 @@ def get_config(arg=None, model=MODEL):
   # the latest GvU policy, in WORKDIR/eval/{base,gvu}/<layout>/, the layout each
   # benchmark's scorer reads: geneval | geneval_plus | t2i_compbench | dpg_bench
   # (gvu_jax/evaluation/export.py); auto = the dataset's own, else GenEval's.
-  c.eval = dict(prompts="", layout="auto", images_per_prompt=4, batch_size=4,
+  # understanding: understanding benchmarks scored for both as well, any of
+  # pope,mme,seed_bench (prepared from data.manual_dir: python -m
+  # gvu_jax.data.builders --name=pope --manual_dir=DIR), in
+  # WORKDIR/eval/{base,gvu}/understanding/ (gvu_jax/evaluation/understanding.py).
+  c.eval = dict(prompts="", layout="auto", images_per_prompt=4, batch_size=4, understanding="",
                 sampling=dict(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, cfg_weight=5.0))
 
   # mode=bench (gvu_jax/bench.py): sampler batch sizes (prompts; CFG doubles the

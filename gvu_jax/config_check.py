@@ -18,6 +18,7 @@ from gvu_jax.bench import MACHINES
 from gvu_jax.convert import DTYPES
 from gvu_jax.errors import InputError
 from gvu_jax.evaluation.export import LAYOUTS
+from gvu_jax.evaluation.suite_scores import SCORES as SUITES
 from gvu_jax.models.attention import IMPLEMENTATIONS
 from gvu_jax.reward import AGGREGATIONS
 from gvu_jax.optimizer import SCHEDULES
@@ -175,6 +176,10 @@ RULES = {
     "eval.batch_size": integer(1), "eval.images_per_category": integer(1),
     "eval.num_distractors": integer(1), "eval.images_per_prompt": integer(1),
     "eval.prompts": text(), "eval.layout": choice("auto", *LAYOUTS),
+    "eval.understanding": Rule(
+        lambda v: isinstance(v, str) and all(n.strip() in SUITES for n in v.split(",")
+                                             if n.strip()),
+        f"a comma-separated list of {list(SUITES)} (or empty)"),
     **_sampling("eval.sampling"),
     "bench.sampler_batches": integers(), "bench.cfg_weight": number(),
     "bench.prompt_tokens": integer(1), "bench.vq_images": integer(1),

@@ -11,7 +11,9 @@ exits, so `--config=configs/synthetic.py --print_config` lists them all.
 
 mode=bench times the model and the GvU step (gvu_jax/bench.py).
 A converted checkpoint (configs/janus_*.py) runs mode=gvu, or mode=eval: images
-of its prompts for the benchmarks' scorers (gvu_jax/evaluation/export.py).
+of its prompts for the benchmarks' scorers (gvu_jax/evaluation/export.py) and,
+with eval.understanding, POPE / MME / SEED-Bench scores of its understanding
+branch (gvu_jax/evaluation/understanding.py).
 mode=all (the default) runs pretrain -> eval -> gvu -> eval and writes
 WORKDIR/report.json; each stage resumes from, or skips to, what WORKDIR holds.
 mode=pretrain and mode=gvu train one stage; mode=eval evaluates the finished
@@ -32,7 +34,7 @@ from gvu_jax import config_check, context, files, gvu, metrics, preemption, pret
 from gvu_jax import provenance, report, sharding
 from gvu_jax import cli as cli_lib
 from gvu_jax.errors import InputError, NonFiniteError
-from gvu_jax.evaluation import evaluate, export, grid
+from gvu_jax.evaluation import evaluate, export, grid, understanding
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe file[:preset].",
                                           lock_config=True)
@@ -80,13 +82,17 @@ def run(config, workdir):
 def run_checkpoint(ctx):
   """GvU on a converted checkpoint, or benchmark images of it and of its GvU policy."""
   provenance.check_stages(ctx.config, ctx.path, ["gvu"])   # before anything runs
+  suites = understanding.prepare(ctx) if ctx.config.mode == "eval" else None
   graphdef, base = ctx.load_base()
   if ctx.config.mode == "gvu":
     gvu.run(ctx, base)
     plotted(ctx, ctx.config.gvu.steps)
     return
   policy = gvu.load(ctx, base)   # the latest GvU policy in the workdir, if any
-  export.run(ctx, [("base", graphdef, base)] + ([("gvu", *policy)] if policy else []))
+  stages = [("base", graphdef, base)] + ([("gvu", *policy)] if policy else [])
+  export.run(ctx, stages)
+  if suites:
+    understanding.run(ctx, stages, suites)
 
 
 def run_embedded(ctx):

@@ -85,7 +85,9 @@ class ReleaseTemplates:
       if self.ids[s] is None:
         raise InputError(f"the tokenizer has no {s!r} token (not a {model} tokenizer?)")
     # set by the subclass: pad_id, eos_id, image_token_id, image_tokens,
-    # _gen_head, _gen_tail, _und_prefix
+    # _gen_head, _gen_tail, _und_image (the understanding query up to the image's
+    # end), _question_ids (text -> the tokens after it, up to the answer) and
+    # _und_prefix (_und_image + the describe query)
 
   def _encode(self, text):
     return self.tok.encode(text, add_special_tokens=False).ids
@@ -107,6 +109,21 @@ class ReleaseTemplates:
     """Left-padded generation prompts: (ids [B, P], valid [B, P])."""
     return left_padded([self._gen_head + self.encode_prompt(t) + self._gen_tail for t in texts],
                        self.generation_length, self.pad_id)
+
+  def question(self, texts, length):
+    """Left-padded understanding queries asking `texts` (one question each) and
+    ending where the model's answer starts, so one pass reads every row's answer
+    logits at the last position: (ids, valid, image_slots), each [B, length]."""
+    rows = [self._und_image + self._question_ids(t) for t in texts]
+    longest = max(len(r) for r in rows)
+    if longest > length:
+      raise InputError(f"a question of {longest} tokens does not fit {length}")
+    ids, valid = left_padded(rows, length, self.pad_id)
+    return ids, valid, ids == self.image_token_id
+
+  def question_tokens(self, text):
+    """How many tokens `question` gives the row of `text`."""
+    return len(self._und_image) + len(self._question_ids(text))
 
   def understanding(self, texts):
     """Right-padded understanding queries with the prompts as the answer."""

@@ -74,9 +74,13 @@ class JanusTemplates(ReleaseTemplates):
     user, assistant = ROLES[style]
     self._gen_head = [self.ids[BOS], *self._encode(f"{user}:")]
     self._gen_tail = [*self._encode(f"\n\n{assistant}:"), self.ids[BOI]]
-    self._und_prefix = [self.ids[BOS], *self._encode(f"{SYSTEM_PROMPT}\n\n{user}: "),
-                        self.ids[BOI], *[self.image_token_id] * image_tokens, self.ids[EOI],
-                        *self._encode(f"\n{UNDERSTANDING_QUERY}\n\n{assistant}:")]
+    self._assistant = assistant
+    self._und_image = [self.ids[BOS], *self._encode(f"{SYSTEM_PROMPT}\n\n{user}: "),
+                       self.ids[BOI], *[self.image_token_id] * image_tokens, self.ids[EOI]]
+    self._und_prefix = self._und_image + self._question_ids(UNDERSTANDING_QUERY)
+
+  def _question_ids(self, text):
+    return self._encode(f"\n{text}\n\n{self._assistant}:")
 
   def prompt_ids(self, text):
     """The prompt's tokens as they follow "{U}:" / "{A}:" (i.e. " {prompt}")."""

@@ -1,0 +1,220 @@
+"""Understanding benchmarks (POPE, MME, SEED-Bench; data/suites.py) for a
+converted checkpoint and its GvU policy: does the understanding branch, which is
+also the reward, still work? (docs/design.md §9)
+
+Each question is one forward pass through the model's own understanding
+template, left-padded so that every row's answer starts at the last position:
+
+  Janus:  <bos>{system}\\n\\n<|User|>: <begin_of_image><image_placeholder>x576
+          <end_of_image>\\n{question}\\n\\n<|Assistant|>:
+
+The answer is read at that position, without decoding text:
+  yes/no           log p("Yes" or "yes") against log p("No" or "no"); POPE's
+                   questions get " Please answer yes or no." (MME's carry it)
+  multiple choice  the options listed as "A. ...", one per line, then "Answer
+                   with the option's letter from the given choices directly.";
+                   the letter with the highest log-probability. Letters, not
+                   each option's summed log-likelihood: one pass per question
+                   and no bias towards short options.
+Each answer word counts every single token it takes (alone and after a space),
+summed in probability. A tie goes to the first option ("yes", "A").
+
+WORKDIR/eval/<stage>/understanding/<suite>.json holds the suite's scores
+(evaluation/suite_scores.py), <suite>_answers.jsonl each question's answer and
+option log-probabilities; a suite whose .json is there is not scored again.
+"""
+
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from PIL import Image
+
+from gvu_jax import files, metrics, sharding
+from gvu_jax.data import suites
+from gvu_jax.errors import InputError
+from gvu_jax.evaluation import suite_scores
+from gvu_jax.evaluation.evaluate import padded_chunks
+from gvu_jax.models.umm import text_hidden
+from gvu_jax.reward import word_token_ids
+from gvu_jax.text import janus as janus_text
+
+YES_NO_SUFFIX = "Please answer yes or no."
+CHOICE_SUFFIX = "Answer with the option's letter from the given choices directly."
+LETTERS = "ABCDEFGH"
+YES_NO_WORDS = (("Yes", "yes"), ("No", "no"))
+YES_NO = ("yes", "no")
+LENGTH_STEP = 32   # question rows are padded to a multiple of this: few shapes, few compiles
+
+
+def question_text(q):
+  """The question as the model is asked it."""
+  text = q.question.strip()
+  if not q.options:
+    return text if text.endswith(YES_NO_SUFFIX) else f"{text} {YES_NO_SUFFIX}"
+  return "\n".join([text, *(f"{l}. {o}" for l, o in zip(LETTERS, q.options)), CHOICE_SUFFIX])
+
+
+def answer_table(tokenizer, options):
+  """Each option's words -> (token ids [C, K] int32, mask [C, K]): every single
+  token that any of its words takes."""
+  per_option = []
+  for words in options:
+    ids = sorted({i for w in words for i in word_token_ids(tokenizer, w)})
+    if not ids:
+      raise InputError(f"the tokenizer has no single token for the answer {words[0]!r} "
+                       f"(nor {', '.join(map(repr, words[1:]))}); its answers cannot be read")
+    per_option.append(ids)
+  width = max(len(i) for i in per_option)
+  table = np.zeros((len(options), width), np.int32)
+  mask = np.zeros((len(options), width), bool)
+  for c, ids in enumerate(per_option):
+    table[c, :len(ids)], mask[c, :len(ids)] = ids, True
+  return table, mask
+
+
+def option_logprobs(model, ids, valid, image_slots, pixels, option_ids, option_mask):
+  """log p(option) at the answer position (the last one): [B, C], each option
+  the log of the summed probability of its tokens (`option_ids` [C, K])."""
+  hidden = text_hidden(model, ids, valid, image_slots, pixels)[:, -1]
+  logp = jax.nn.log_softmax(model.text_head(hidden), axis=-1)
+  per_token = jnp.take(logp, option_ids, axis=1)                  # [B, C, K]
+  return jax.nn.logsumexp(jnp.where(option_mask, per_token, -jnp.inf), axis=-1)
+
+
+def answers(questions, logprobs):
+  """The chosen answer per question: "yes"/"no", or the option letter."""
+  best = np.argmax(logprobs, axis=-1)   # the first of equals
+  return [YES_NO[b] if not q.options else LETTERS[b] for q, b in zip(questions, best)]
+
+
+class Reader:
+  """Images from the questions' files as the model's processor prepares them."""
+
+  def __init__(self, ctx):
+    m = ctx.model
+    if m.family != "janus":
+      raise InputError(f"eval.understanding: {m.family} checkpoints are not supported (X-Omni "
+                       "reads a photo as SigLIP-VQ tokens at the photo's own resolution, which "
+                       "the benchmark path does not do yet); Janus checkpoints are")
+    self.config = janus_text.load_preprocessor_config(ctx.config.checkpoint)
+    if self.config["image_size"] != m.vision.image_size:
+      raise InputError(f"{ctx.config.checkpoint}/preprocessor_config.json: image size "
+                       f"{self.config['image_size']}, but the model's vision encoder reads "
+                       f"{m.vision.image_size}")
+
+  def __call__(self, question):
+    try:
+      with Image.open(question.image) as im:
+        return janus_text.preprocess([im], self.config)[0]
+    except (OSError, ValueError) as e:
+      raise InputError(f"{question.source}: cannot read image {question.image} ({e})") from None
+
+
+def make_scorer(graphdef, option_ids, option_mask):
+  def score(params, ids, valid, image_slots, pixels):
+    model = nnx.merge(graphdef, params)
+    return option_logprobs(model, ids, valid, image_slots, pixels, option_ids, option_mask)
+  return jax.jit(score)
+
+
+def score_suite(ctx, graphdef, params, questions, read_image, directory, suite):
+  """Every question of `suite` -> its scores; writes directory/<suite>.json and
+  <suite>_answers.jsonl."""
+  templates, batch = ctx.templates, ctx.config.eval.batch_size
+  ctx.layout.check_batch("eval.batch_size", batch)
+  texts = [question_text(q) for q in questions]
+  longest = max(templates.question_tokens(t) for t in texts)
+  length = -(-longest // LENGTH_STEP) * LENGTH_STEP
+  choices = max(len(q.options) for q in questions)
+  words = YES_NO_WORDS if choices == 0 else [(l,) for l in LETTERS[:choices]]
+  if choices and any(len(q.options) != choices for q in questions):
+    raise InputError(f"{suite}: questions with {sorted({len(q.options) for q in questions})} "
+                     "options in one suite; the scorer reads one set of letters")
+  scorer = make_scorer(graphdef, *answer_table(ctx.tokenizer, words))
+  bar = metrics.progress(len(questions), f"understanding {os.path.basename(directory)} {suite}")
+  logprobs, tic = np.zeros((len(questions), len(words)), np.float32), time.perf_counter()
+  for idx, real in padded_chunks(len(questions), batch):
+    ids, valid, slots = templates.question([texts[i] for i in idx], length)
+    pixels = np.stack([read_image(questions[i]) for i in idx])
+    out = scorer(params, *ctx.layout.put_batch((ids, valid, slots, pixels)))
+    logprobs[idx[:real]] = sharding.to_host(out)[:real]
+    bar.update(real)
+    bar.set_postfix(q_s=f"{(idx[real - 1] + 1) / (time.perf_counter() - tic):.1f}")
+  bar.close()
+  predicted = answers(questions, logprobs)
+  scores = suite_scores.SCORES[suite](questions, predicted)
+  if metrics.is_main_host():
+    lines = [json.dumps({"id": q.id, "group": q.group, "answer": q.answer, "predicted": p,
+                         "logprobs": [round(float(x), 6) for x in row]})
+             for q, p, row in zip(questions, predicted, logprobs)]
+    files.write_atomic(os.path.join(directory, f"{suite}_answers.jsonl"), "\n".join(lines) + "\n")
+    files.write_atomic(os.path.join(directory, f"{suite}.json"), json.dumps(
+        {"suite": suite, "questions": len(questions), "scores": scores,
+         "seconds": round(time.perf_counter() - tic, 2)}, indent=1))
+  return scores
+
+
+def read_scores(path):
+  with open(path, encoding="utf-8") as f:
+    return json.load(f)["scores"]
+
+
+def prepare(ctx):
+  """Before anything runs: eval.understanding's suites read (prepared from
+  data.manual_dir where needed) and the model's image reader -> (suites {name:
+  questions}, reader), or None when no suite is asked for."""
+  names = [s.strip() for s in ctx.config.eval.get("understanding", "").split(",") if s.strip()]
+  if not names:
+    return None
+  read_image = Reader(ctx)
+  d = ctx.config.data
+  return {n: suites.questions(n, d.get("tfds_dir") or None, d.get("manual_dir") or None)
+          for n in dict.fromkeys(names)}, read_image
+
+
+def run(ctx, stages, plan):
+  """`stages`: [(name, graphdef, params)] -> every suite of `plan` (prepare) scored
+  for each; the table (a column per stage and their difference) is added to
+  WORKDIR/eval/summary.md."""
+  per_suite, read_image = plan
+  results = {}
+  for stage, graphdef, params in stages:
+    directory = ctx.path("eval", stage, "understanding")
+    os.makedirs(directory, exist_ok=True)
+    for suite, questions in per_suite.items():
+      done = os.path.join(directory, f"{suite}.json")
+      if os.path.isfile(done):
+        results[stage, suite] = read_scores(done)
+        metrics.status(f"understanding: {stage} {suite}: kept {done}")
+        continue
+      results[stage, suite] = score_suite(ctx, graphdef, params, questions, read_image,
+                                          directory, suite)
+  table = summary_table([s for s, _, _ in stages], list(per_suite), results)
+  if metrics.is_main_host():
+    summary = ctx.path("eval", "summary.md")
+    before = open(summary, encoding="utf-8").read() if os.path.isfile(summary) else ""
+    files.write_atomic(summary, before + "\nUnderstanding benchmarks:\n\n" + table + "\n")
+    print(table)
+  return results
+
+
+def summary_table(stages, names, results):
+  """Markdown: a row per suite's reported numbers, a column per stage, and the
+  difference of the last stage from the first."""
+  diff = len(stages) > 1
+  head = ["suite", "metric", *stages] + ([f"{stages[-1]} - {stages[0]}"] if diff else [])
+  lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+  for suite in names:
+    rows = [suite_scores.reported(suite, results[s, suite]) for s in stages]
+    for metric in rows[0]:
+      values = [r[metric] for r in rows]
+      cells = [f"{v:.2f}" if abs(v) >= 10 else f"{v:.4f}" for v in values]   # MME: 0-200
+      if diff:
+        cells.append(f"{values[-1] - values[0]:+.4f}")
+      lines.append(f"| {suite} | {metric} | " + " | ".join(cells) + " |")
+  return "\n".join(lines)
