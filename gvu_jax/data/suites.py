@@ -30,6 +30,8 @@ Every problem with the files is one InputError naming the file and line (or
 what was found.
 """
 
+import contextlib
+import io
 import json
 import os
 from typing import NamedTuple
@@ -378,8 +380,10 @@ def questions(name, data_dir=None, manual_dir=None):
   is prepared into data_dir (TFDS's default when None) from manual_dir once."""
   b = builder(name, data_dir)
   if not b.is_prepared():
-    b.download_and_prepare(file_format="array_record",
-                           download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+    tfds.disable_progress_bar()
+    with contextlib.redirect_stdout(io.StringIO()):   # TFDS prints its stages
+      b.download_and_prepare(file_format="array_record",
+                             download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
   out, present = [], {}
   for split in b.SPLITS:
     source = b.as_data_source(split)

@@ -1,6 +1,6 @@
 """Understanding benchmarks (POPE, MME, SEED-Bench; data/suites.py) for a
 converted checkpoint and its GvU policy: does the understanding branch, which is
-also the reward, still work? (docs/design.md §9)
+also the reward, still work? (docs/design.md §10)
 
 Each question is one forward pass through the model's own understanding
 template, left-padded so that every row's answer starts at the last position:
@@ -24,6 +24,7 @@ WORKDIR/eval/<stage>/understanding/<suite>.json holds the suite's scores
 option log-probabilities; a suite whose .json is there is not scored again.
 """
 
+import concurrent.futures
 import json
 import os
 import time
@@ -122,9 +123,10 @@ def make_scorer(graphdef, option_ids, option_mask):
   return jax.jit(score)
 
 
-def score_suite(ctx, graphdef, params, questions, read_image, directory, suite):
-  """Every question of `suite` -> its scores; writes directory/<suite>.json and
-  <suite>_answers.jsonl."""
+def score_suite(ctx, graphdef, params, questions, read_image, stage, suite):
+  """Every question of `suite` -> its scores; writes <suite>.json and
+  <suite>_answers.jsonl into the stage's understanding/ folder."""
+  directory = ctx.path("eval", stage, "understanding")
   templates, batch = ctx.templates, ctx.config.eval.batch_size
   ctx.layout.check_batch("eval.batch_size", batch)
   texts = [question_text(q) for q in questions]
@@ -136,15 +138,26 @@ def score_suite(ctx, graphdef, params, questions, read_image, directory, suite):
     raise InputError(f"{suite}: questions with {sorted({len(q.options) for q in questions})} "
                      "options in one suite; the scorer reads one set of letters")
   scorer = make_scorer(graphdef, *answer_table(ctx.tokenizer, words))
-  bar = metrics.progress(len(questions), f"understanding {os.path.basename(directory)} {suite}")
+  bar = metrics.progress(len(questions), f"understanding {stage} {suite}")
   logprobs, tic = np.zeros((len(questions), len(words)), np.float32), time.perf_counter()
-  for idx, real in padded_chunks(len(questions), batch):
-    ids, valid, slots = templates.question([texts[i] for i in idx], length)
-    pixels = np.stack([read_image(questions[i]) for i in idx])
-    out = scorer(params, *ctx.layout.put_batch((ids, valid, slots, pixels)))
+
+  def collect(idx, real, out):
     logprobs[idx[:real]] = sharding.to_host(out)[:real]
     bar.update(real)
     bar.set_postfix(q_s=f"{(idx[real - 1] + 1) / (time.perf_counter() - tic):.1f}")
+
+  # Reading and resizing images costs about as much as a small model's pass: a
+  # batch's images are read, by threads, while the device scores the one before.
+  pending = None
+  with concurrent.futures.ThreadPoolExecutor(os.cpu_count()) as pool:
+    for idx, real in padded_chunks(len(questions), batch):
+      ids, valid, slots = templates.question([texts[i] for i in idx], length)
+      pixels = np.stack(list(pool.map(read_image, [questions[i] for i in idx])))
+      out = scorer(params, *ctx.layout.put_batch((ids, valid, slots, pixels)))
+      if pending:
+        collect(*pending)
+      pending = idx, real, out
+  collect(*pending)
   bar.close()
   predicted = answers(questions, logprobs)
   scores = suite_scores.SCORES[suite](questions, predicted)
@@ -173,6 +186,7 @@ def prepare(ctx):
     return None
   read_image = Reader(ctx)
   d = ctx.config.data
+  metrics.status(f"understanding: reading {', '.join(names)}")
   return {n: suites.questions(n, d.get("tfds_dir") or None, d.get("manual_dir") or None)
           for n in dict.fromkeys(names)}, read_image
 
@@ -192,8 +206,8 @@ def run(ctx, stages, plan):
         results[stage, suite] = read_scores(done)
         metrics.status(f"understanding: {stage} {suite}: kept {done}")
         continue
-      results[stage, suite] = score_suite(ctx, graphdef, params, questions, read_image,
-                                          directory, suite)
+      results[stage, suite] = score_suite(ctx, graphdef, params, questions, read_image, stage,
+                                          suite)
   table = summary_table([s for s, _, _ in stages], list(per_suite), results)
   if metrics.is_main_host():
     summary = ctx.path("eval", "summary.md")
