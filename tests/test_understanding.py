@@ -156,16 +156,6 @@ def test_the_summary_has_each_stage_and_their_difference():
   assert accuracy == ["| pope | accuracy | 0.5000 | 1.0000 | +0.5000 |"]
 
 
-def test_only_janus_checkpoints_are_read():
-  """X-Omni reads a photo as SigLIP-VQ tokens at its own resolution, which the
-  benchmark path does not do: refused before anything runs."""
-  import ml_collections
-  ctx = ml_collections.ConfigDict({"model": {"family": "xomni"},
-                                   "config": {"checkpoint": "/ckpt/xomni"}})
-  with pytest.raises(InputError, match=r"^eval.understanding: xomni checkpoints are not "):
-    understanding.Reader(ctx)
-
-
 @pytest.mark.slow
 def test_eval_scores_every_suite_and_resumes_per_suite(janus, tmp_path):
   """mode=eval with eval.understanding on the tiny conversion: each suite's

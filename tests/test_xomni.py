@@ -158,7 +158,7 @@ from helpers_run import recipe_command, run_two_gvu_steps   # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def write_release(oracle, directory):
+def write_release(oracle, directory, extra_words=()):
   """The oracle as an X-Omni release directory."""
   config = {"model_type": "x-omni", "vocab_size": VOCAB, "hidden_size": 32,
             "intermediate_size": 48, "num_hidden_layers": LAYERS, "num_attention_heads": 4,
@@ -168,7 +168,7 @@ def write_release(oracle, directory):
             "num_mm_adap_layers": ADAPTERS, "num_mm_head_layers": HEAD_LAYERS}
   tensors = {(k if k.startswith(("lm_head", "mm_head")) else "model." + k): v.numpy()
              for k, v in oracle.state_dict().items() if not k.startswith("rotary")}
-  helpers_xomni.write_release(directory, config, tensors)
+  helpers_xomni.write_release(directory, config, tensors, extra_words=extra_words)
 
 
 def _float32(m):
@@ -400,23 +400,34 @@ def test_anyres_preprocess_sizes():
     siglip_vq.preprocess(make(100, 400))
 
 
-def test_conversion_brings_the_image_tokenizer_when_the_release_has_it(pair, tmp_path):
+def write_release_with_image_tokenizer(oracle, src, extra_words=(), codebook=None):
   """A release whose config.json names its tokenizer files (vision_config.encoder:
-  siglip_path, projector_path, torch state dicts): converted beside the model,
+  siglip_path, projector_path, torch state dicts), the fixture's weights in them
+  (the first `codebook` codebook entries only, when given)."""
+  data = dict(np.load(FIXTURE))
+  sizes = dict(TINY_SIGLIP_VQ)
+  if codebook:
+    data["vqproj.quantize.embedding.weight"] = data["vqproj.quantize.embedding.weight"][:codebook]
+    sizes["codebook_size"] = codebook
+  write_release(oracle, str(src), extra_words)
+  for name, prefix in (("vit.pt", "vit."), ("projector.pt", "vqproj.")):
+    torch.save({k[len(prefix):]: torch.tensor(v) for k, v in data.items()
+                if k.startswith(prefix)}, str(src / name))
+  config = json.loads((src / "config.json").read_text())
+  config["vision_config"] = {"encoder": dict(
+      sizes, siglip_name="tiny", siglip_path="vit.pt", projector_path="projector.pt",
+      z_channels=32)}
+  (src / "config.json").write_text(json.dumps(config))
+
+
+def test_conversion_brings_the_image_tokenizer_when_the_release_has_it(pair, tmp_path):
+  """A release that names its image tokenizer files: converted beside the model,
   and the loaded tokenizer gives X-Omni's own token ids for the fixture image."""
   from gvu_jax.errors import InputError
   oracle, _ = pair
   data = np.load(FIXTURE)
   src = tmp_path / "src"
-  write_release(oracle, str(src))
-  for name, prefix in (("vit.pt", "vit."), ("projector.pt", "vqproj.")):
-    torch.save({k[len(prefix):]: torch.tensor(data[k]) for k in data.files
-                if k.startswith(prefix)}, str(src / name))
-  config = json.loads((src / "config.json").read_text())
-  config["vision_config"] = {"encoder": dict(
-      TINY_SIGLIP_VQ, siglip_name="tiny", siglip_path="vit.pt", projector_path="projector.pt",
-      z_channels=32)}
-  (src / "config.json").write_text(json.dumps(config))
+  write_release_with_image_tokenizer(oracle, src)
   m = convert.convert(str(src), str(tmp_path / "dst"), dtype="float32", log=lambda *_: None)
   assert m.image_encoder.width == 32
   encoder = convert.load_image_tokenizer(str(tmp_path / "dst"))
@@ -429,3 +440,68 @@ def test_conversion_brings_the_image_tokenizer_when_the_release_has_it(pair, tmp
   assert any("image tokenizer not converted" in n for n in notes)
   with pytest.raises(InputError, match="holds no image tokenizer"):
     convert.load_image_tokenizer(str(tmp_path / "dst2"))
+
+
+def test_benchmark_questions_are_read_as_the_oracle_reads_them(pair, tmp_path):
+  """eval.understanding on X-Omni: each photo through X-Omni's any-resolution
+  transform and its SigLIP-VQ tokens (a grid of the photo's own shape), the
+  question in ChatML after them; rows of different grids batched and padded.
+  Every option's log-probability at the answer position equals the oracle's on
+  the row alone, unpadded."""
+  import types
+  import ml_collections
+  from PIL import Image
+  from gvu_jax.data.suites import Question
+  from gvu_jax.evaluation import understanding
+  from gvu_jax.text import janus as janus_text
+  from gvu_jax.text import xomni as xomni_text
+  oracle, model = pair
+  src = tmp_path / "src"
+  words = ("Yes", "No", "A", "B", "C", "D", "24", "34", "38")   # answers, grid sides
+  write_release_with_image_tokenizer(oracle, src, extra_words=words,
+                                     codebook=IMAGE_VOCAB)   # the model reads every token
+  dst = str(tmp_path / "dst")
+  m = convert.convert(str(src), dst, dtype="float32", log=lambda *_: None)
+  tokenizer = janus_text.load_tokenizer(dst)
+  templates = xomni_text.XOmniTemplates(tokenizer, (2, 3), 4, VOCAB)
+  images = understanding.XOmniImages(types.SimpleNamespace(
+      config=ml_collections.ConfigDict({"checkpoint": dst}), model=m))
+  rng = np.random.default_rng(3)
+  paths = []
+  for i, (h, w) in enumerate([(40, 56), (64, 40)]):   # grids 24 x 34 and 38 x 24
+    paths.append(str(tmp_path / f"{i}.png"))
+    Image.fromarray(rng.integers(0, 256, (h, w, 3), np.uint8)).save(paths[-1])
+  questions = {
+      "yes/no": ([Question("t", "t", "0", paths[0], "w5 w6?", (), "yes", "g", "", "q:0"),
+                  Question("t", "t", "1", paths[1], "w7", (), "no", "g", "", "q:1")],
+                 understanding.YES_NO_WORDS),
+      "choice": ([Question("t", "t", "2", paths[1], "w8?", ("w9", "w10", "w11 w12", "w13"), "B",
+                           "g", "", "q:2"),
+                  Question("t", "t", "3", paths[0], "w9", ("w1", "w2", "w3", "w4"), "D", "g", "",
+                           "q:3")], [(l,) for l in "ABCD"])}
+  encoder = convert.load_image_tokenizer(dst)
+  graphdef, params = nnx.split(model)
+  for name, (qs, words) in questions.items():
+    table, mask = understanding.answer_table(tokenizer, words)
+    texts = [understanding.question_text(q) for q in qs]
+    ids, valid, slots, codes = images.batch(templates, texts, [images.read(q) for q in qs])
+    ours = np.asarray(understanding.make_scorer(graphdef, table, mask)(params, ids, valid, slots,
+                                                                       codes))
+    for b, q in enumerate(qs):
+      pixels = images.read(q)
+      grid = np.asarray(encoder.encode(jnp.asarray(pixels)[None]))[0]
+      h, w = grid.shape
+      assert (h, w) == (pixels.shape[0] // 4, pixels.shape[1] // 4) and 24 in (h, w)
+      head = tokenizer.encode(f"<|im_start|>system\n{xomni_text.QWEN_SYSTEM_PROMPT}<|im_end|>\n"
+                              f"<|im_start|>user\n<SOM>{h} {w}<IMAGE>").ids
+      tail = tokenizer.encode(f"\n{texts[b]}<|im_end|>\n<|im_start|>assistant\n").ids
+      eom = tokenizer.token_to_id("<EOM>")
+      unified = head + [VOCAB + c for c in grid.reshape(-1)] + [eom] + tail
+      row = ids[b][valid[b]].copy()
+      row[slots[b][valid[b]]] = VOCAB + codes[b][:h * w]
+      assert row.tolist() == unified, name
+      with torch.no_grad():
+        logits = oracle(torch.tensor([unified]))[0][0, -1]
+      logp = torch.log_softmax(logits.double(), -1).numpy()
+      want = [np.logaddexp.reduce(logp[t[m]]) for t, m in zip(table, mask)]
+      np.testing.assert_allclose(ours[b], want, atol=1e-4, err_msg=name)

@@ -5,8 +5,10 @@ also the reward, still work? (docs/design.md §10)
 Each question is one forward pass through the model's own understanding
 template, left-padded so that every row's answer starts at the last position:
 
-  Janus:  <bos>{system}\\n\\n<|User|>: <begin_of_image><image_placeholder>x576
-          <end_of_image>\\n{question}\\n\\n<|Assistant|>:
+  Janus:   <bos>{system}\\n\\n<|User|>: <begin_of_image><image_placeholder>x576
+           <end_of_image>\\n{question}\\n\\n<|Assistant|>:
+  X-Omni:  <|im_start|>user\\n<SOM>{h} {w}<IMAGE> {the photo's h x w SigLIP-VQ
+           tokens}<EOM>\\n{question}<|im_end|>\\n<|im_start|>assistant\\n
 
 The answer is read at that position, without decoding text:
   yes/no           log p("Yes" or "yes") against log p("No" or "no"); POPE's
@@ -93,27 +95,80 @@ def answers(questions, logprobs):
   return [YES_NO[b] if not q.options else LETTERS[b] for q, b in zip(questions, best)]
 
 
-class Reader:
-  """Images from the questions' files as the model's processor prepares them."""
+def _open(question):
+  try:
+    with Image.open(question.image) as im:
+      return im.convert("RGB")
+  except OSError as e:
+    raise InputError(f"{question.source}: cannot read image {question.image} ({e})") from None
+
+
+def _bucket(n):
+  return -(-n // LENGTH_STEP) * LENGTH_STEP
+
+
+class JanusImages:
+  """Photos as Janus' processor prepares them (preprocessor_config.json): one
+  SigLIP input [S, S, 3] each, at the fixed number of image slots."""
 
   def __init__(self, ctx):
-    m = ctx.model
-    if m.family != "janus":
-      raise InputError(f"eval.understanding: {m.family} checkpoints are not supported (X-Omni "
-                       "reads a photo as SigLIP-VQ tokens at the photo's own resolution, which "
-                       "the benchmark path does not do yet); Janus checkpoints are")
     self.config = janus_text.load_preprocessor_config(ctx.config.checkpoint)
-    if self.config["image_size"] != m.vision.image_size:
+    if self.config["image_size"] != ctx.model.vision.image_size:
       raise InputError(f"{ctx.config.checkpoint}/preprocessor_config.json: image size "
                        f"{self.config['image_size']}, but the model's vision encoder reads "
-                       f"{m.vision.image_size}")
+                       f"{ctx.model.vision.image_size}")
 
-  def __call__(self, question):
+  def read(self, question):
+    return janus_text.preprocess([_open(question)], self.config)[0]
+
+  def batch(self, templates, texts, items):
+    """-> (ids, valid, image_slots, pixels) of one batch."""
+    length = _bucket(max(templates.question_tokens(t) for t in texts))
+    return (*templates.question(texts, length), np.stack(items))
+
+
+class XOmniImages:
+  """Photos as X-Omni reads them: its any-resolution transform (in patch units:
+  the short side up to 24 patches, the long side down to 72), then its SigLIP-VQ
+  tokens, a grid of the photo's own shape (models/siglip_vq.py)."""
+
+  def __init__(self, ctx):
+    from gvu_jax import convert
+    from gvu_jax.models import siglip_vq
+    encoder = convert.load_image_tokenizer(ctx.config.checkpoint)
+    if encoder.cfg.codebook_size > ctx.model.image_vocab_size:
+      raise InputError(f"{ctx.config.checkpoint}: the image tokenizer has "
+                       f"{encoder.cfg.codebook_size} codes, the model reads "
+                       f"{ctx.model.image_vocab_size} (model_config.json image_vocab_size)")
+    graphdef, state = nnx.split(encoder)
+    self.patch = encoder.cfg.patch_size
+    self.preprocess = siglip_vq.preprocess
+    # one compile per photo shape
+    encode = jax.jit(lambda state, x: nnx.merge(graphdef, state).encode(x))
+    self.encode = lambda pixels: np.asarray(encode(state, pixels[None]))[0]
+
+  def read(self, question):
+    p = self.patch
     try:
-      with Image.open(question.image) as im:
-        return janus_text.preprocess([im], self.config)[0]
-    except (OSError, ValueError) as e:
-      raise InputError(f"{question.source}: cannot read image {question.image} ({e})") from None
+      return self.preprocess(_open(question), short_size=24 * p, long_size=72 * p,
+                             patch_size=p, min_short_size=8 * p)
+    except InputError as e:
+      raise InputError(f"{question.source}: {question.image}: {e}") from None
+
+  def batch(self, templates, texts, items):
+    """-> (ids, valid, image_slots, codes [B, n]) of one batch, each row's image
+    block holding its own grid; rows and codes padded to a multiple of 32."""
+    grids = [self.encode(x) for x in items]
+    length = _bucket(max(templates.question_tokens(t, g.shape) for t, g in zip(texts, grids)))
+    codes = np.zeros((len(grids), _bucket(max(g.size for g in grids))), np.int32)
+    for b, g in enumerate(grids):
+      codes[b, :g.size] = g.reshape(-1)
+    return (*templates.question(texts, length, [g.shape for g in grids]), codes)
+
+
+def image_reader(ctx):
+  """How the checkpoint's model reads a photo."""
+  return {"janus": JanusImages, "xomni": XOmniImages}[ctx.model.family](ctx)
 
 
 def make_scorer(graphdef, option_ids, option_mask):
@@ -123,15 +178,13 @@ def make_scorer(graphdef, option_ids, option_mask):
   return jax.jit(score)
 
 
-def score_suite(ctx, graphdef, params, questions, read_image, stage, suite):
+def score_suite(ctx, graphdef, params, questions, images, stage, suite):
   """Every question of `suite` -> its scores; writes <suite>.json and
   <suite>_answers.jsonl into the stage's understanding/ folder."""
   directory = ctx.path("eval", stage, "understanding")
   templates, batch = ctx.templates, ctx.config.eval.batch_size
   ctx.layout.check_batch("eval.batch_size", batch)
   texts = [question_text(q) for q in questions]
-  longest = max(templates.question_tokens(t) for t in texts)
-  length = -(-longest // LENGTH_STEP) * LENGTH_STEP
   choices = max(len(q.options) for q in questions)
   words = YES_NO_WORDS if choices == 0 else [(l,) for l in LETTERS[:choices]]
   if choices and any(len(q.options) != choices for q in questions):
@@ -151,9 +204,9 @@ def score_suite(ctx, graphdef, params, questions, read_image, stage, suite):
   pending = None
   with concurrent.futures.ThreadPoolExecutor(os.cpu_count()) as pool:
     for idx, real in padded_chunks(len(questions), batch):
-      ids, valid, slots = templates.question([texts[i] for i in idx], length)
-      pixels = np.stack(list(pool.map(read_image, [questions[i] for i in idx])))
-      out = scorer(params, *ctx.layout.put_batch((ids, valid, slots, pixels)))
+      items = list(pool.map(images.read, [questions[i] for i in idx]))
+      inputs = images.batch(templates, [texts[i] for i in idx], items)
+      out = scorer(params, *ctx.layout.put_batch(inputs))
       if pending:
         collect(*pending)
       pending = idx, real, out
@@ -184,18 +237,18 @@ def prepare(ctx):
   names = [s.strip() for s in ctx.config.eval.get("understanding", "").split(",") if s.strip()]
   if not names:
     return None
-  read_image = Reader(ctx)
+  images = image_reader(ctx)
   d = ctx.config.data
   metrics.status(f"understanding: reading {', '.join(names)}")
   return {n: suites.questions(n, d.get("tfds_dir") or None, d.get("manual_dir") or None)
-          for n in dict.fromkeys(names)}, read_image
+          for n in dict.fromkeys(names)}, images
 
 
 def run(ctx, stages, plan):
   """`stages`: [(name, graphdef, params)] -> every suite of `plan` (prepare) scored
   for each; the table (a column per stage and their difference) is added to
   WORKDIR/eval/summary.md."""
-  per_suite, read_image = plan
+  per_suite, images = plan
   results = {}
   for stage, graphdef, params in stages:
     directory = ctx.path("eval", stage, "understanding")
@@ -206,7 +259,7 @@ def run(ctx, stages, plan):
         results[stage, suite] = read_scores(done)
         metrics.status(f"understanding: {stage} {suite}: kept {done}")
         continue
-      results[stage, suite] = score_suite(ctx, graphdef, params, questions, read_image, stage,
+      results[stage, suite] = score_suite(ctx, graphdef, params, questions, images, stage,
                                           suite)
   table = summary_table([s for s, _, _ in stages], list(per_suite), results)
   if metrics.is_main_host():

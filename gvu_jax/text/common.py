@@ -110,20 +110,24 @@ class ReleaseTemplates:
     return left_padded([self._gen_head + self.encode_prompt(t) + self._gen_tail for t in texts],
                        self.generation_length, self.pad_id)
 
-  def question(self, texts, length):
-    """Left-padded understanding queries asking `texts` (one question each) and
-    ending where the model's answer starts, so one pass reads every row's answer
-    logits at the last position: (ids, valid, image_slots), each [B, length]."""
-    rows = [self._und_image + self._question_ids(t) for t in texts]
-    longest = max(len(r) for r in rows)
-    if longest > length:
-      raise InputError(f"a question of {longest} tokens does not fit {length}")
-    ids, valid = left_padded(rows, length, self.pad_id)
+  def image_block(self, grid=None):
+    """The understanding query up to the end of its image: `grid` (h, w) is the
+    image's token grid where the model reads any (X-Omni), else the fixed one."""
+    return self._und_image
+
+  def question(self, texts, length, grids=None):
+    """Left-padded understanding queries asking `texts` (one question each, about
+    an image of `grids[b]`) and ending where the model's answer starts, so one
+    pass reads every row's answer at the last position: (ids, valid,
+    image_slots), each [B, length]."""
+    grids = grids or [None] * len(texts)
+    ids, valid = left_padded([self.image_block(g) + self._question_ids(t)
+                              for t, g in zip(texts, grids)], length, self.pad_id)
     return ids, valid, ids == self.image_token_id
 
-  def question_tokens(self, text):
-    """How many tokens `question` gives the row of `text`."""
-    return len(self._und_image) + len(self._question_ids(text))
+  def question_tokens(self, text, grid=None):
+    """The length of `question`'s row for `text`."""
+    return len(self.image_block(grid)) + len(self._question_ids(text))
 
   def understanding(self, texts):
     """Right-padded understanding queries with the prompts as the answer."""

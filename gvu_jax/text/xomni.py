@@ -36,9 +36,16 @@ class XOmniTemplates(ReleaseTemplates):
     self.image_tokens = h * w
     self._gen_head, self._gen_tail = [], self._encode(f"{SOM}{h} {w}{IMAGE}")
     system = f"{IM_START}system\n{system_prompt}{IM_END}\n" if system_prompt else ""
-    self._und_image = [*self._encode(f"{system}{IM_START}user\n"), *self._gen_tail,
-                       *[self.image_token_id] * self.image_tokens, self.ids[EOM]]
+    self._user_turn = self._encode(f"{system}{IM_START}user\n")
+    self._und_image = self.image_block(image_grid)
     self._und_prefix = self._und_image + self._question_ids(UNDERSTANDING_QUERY)
+
+  def image_block(self, grid=None):
+    if grid is None:
+      return self._und_image
+    h, w = grid
+    return [*self._user_turn, *self._encode(f"{SOM}{h} {w}{IMAGE}"),
+            *[self.image_token_id] * (h * w), self.ids[EOM]]
 
   def _question_ids(self, text):
     return self._encode(f"\n{text}{IM_END}\n{IM_START}assistant\n")
