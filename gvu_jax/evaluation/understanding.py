@@ -280,8 +280,9 @@ def summary_table(stages, names, results):
     rows = [suite_scores.reported(suite, results[s, suite]) for s in stages]
     for metric in rows[0]:
       values = [r[metric] for r in rows]
-      cells = [f"{v:.2f}" if abs(v) >= 10 else f"{v:.4f}" for v in values]   # MME: 0-200
+      digits = 2 if max(abs(v) for v in values) >= 10 else 4   # MME's scores reach 2800
+      cells = [f"{v:.{digits}f}" for v in values]
       if diff:
-        cells.append(f"{values[-1] - values[0]:+.4f}")
+        cells.append(f"{values[-1] - values[0]:+.{digits}f}")
       lines.append(f"| {suite} | {metric} | " + " | ".join(cells) + " |")
   return "\n".join(lines)
