@@ -46,7 +46,7 @@ def test_csv_with_header(tmp_path):
 @pytest.mark.parametrize("name,content,message", [
     ("p.jsonl", '{"prompt": "a cat"}\n{"prompt": "a dog"\n',
      r"p.jsonl:2: not valid JSON \(Expecting ',' delimiter at column 19\)"),
-    ("p.jsonl", '{"prompt": "a cat"}\n["a dog"]\n', r"p.jsonl:2: expected a JSON object, got list"),
+    ("p.jsonl", '{"prompt": "a cat"}\n["a dog"]\n', r"p.jsonl:2: expected a JSON object, got array"),
     ("p.jsonl", '{"caption": "a cat"}\n', r"p.jsonl:1: no 'prompt' field \(fields: \['caption'\]\)"),
     ("p.jsonl", '{"prompt": "a cat"}\n{"prompt": "   "}\n', r"p.jsonl:2: empty prompt"),
     ("p.jsonl", '{"prompt": 7}\n', r"p.jsonl:1: 'prompt' is a JSON number, expected a string"),

@@ -24,7 +24,7 @@ from gvu_jax.errors import InputError
 
 FORMATS = (".txt", ".jsonl", ".csv")
 _JSON_TYPES = {int: "number", float: "number", bool: "boolean", list: "array", dict: "object",
-               type(None): "null"}
+               type(None): "null", str: "string"}
 UNTAGGED = "prompts"   # the category of a prompt whose file gives none
 
 
@@ -47,8 +47,8 @@ def read(path):
     raise InputError(f"{path}: no such prompt file")
   with open(path, "rb") as f:
     raw = f.read()
-  text = _decode(path, raw)
-  rows = {".txt": _txt_rows, ".jsonl": _jsonl_rows, ".csv": _csv_rows}[ext](path, text)
+  text = decode(path, raw)
+  rows = {".txt": _txt_rows, ".jsonl": jsonl_objects, ".csv": _csv_rows}[ext](path, text)
   prompts, first_line = [], {}
   for line, fields in rows:
     prompt = _prompt(path, line, fields, len(prompts))
@@ -62,7 +62,9 @@ def read(path):
   return prompts
 
 
-def _decode(path, raw):
+def decode(path, raw):
+  """A file's bytes -> its text, or one error naming the line and column of the
+  first byte that is not UTF-8."""
   try:
     return raw.decode("utf-8-sig")   # a leading byte-order mark is not part of the text
   except UnicodeDecodeError as e:
@@ -72,7 +74,7 @@ def _decode(path, raw):
                      f"{column})") from None
 
 
-def _lines(text):
+def lines(text):
   """(number, content) of each line: split at "\n" only, one trailing "\r" dropped
   (str.splitlines would also split at form feeds and U+2028)."""
   for number, content in enumerate(text.split("\n"), 1):
@@ -80,13 +82,20 @@ def _lines(text):
 
 
 def _txt_rows(path, text):
-  for line, content in _lines(text):
+  for line, content in lines(text):
     if content.strip() and not content.lstrip().startswith("#"):
       yield line, {"prompt": content}
 
 
-def _jsonl_rows(path, text):
-  for line, content in _lines(text):
+def json_type(value):
+  """A parsed JSON value's type as JSON names it ("array", "number", ...)."""
+  return _JSON_TYPES.get(type(value), type(value).__name__)
+
+
+def jsonl_objects(path, text):
+  """(line number, object) of each non-blank line of a JSON-lines text; a line
+  that is not a JSON object is one error naming path:line."""
+  for line, content in lines(text):
     if not content.strip():
       continue
     try:
@@ -94,7 +103,7 @@ def _jsonl_rows(path, text):
     except json.JSONDecodeError as e:
       raise InputError(f"{path}:{line}: not valid JSON ({e.msg} at column {e.colno})") from None
     if not isinstance(fields, dict):
-      raise InputError(f"{path}:{line}: expected a JSON object, got {type(fields).__name__}")
+      raise InputError(f"{path}:{line}: expected a JSON object, got {json_type(fields)}")
     yield line, fields
 
 
@@ -117,7 +126,7 @@ def _prompt(path, line, fields, index):
     raise InputError(f"{path}:{line}: no 'prompt' field (fields: {sorted(fields)})")
   text = fields[key]
   if not isinstance(text, str):
-    raise InputError(f"{path}:{line}: {key!r} is a JSON {_JSON_TYPES[type(text)]}, "
+    raise InputError(f"{path}:{line}: {key!r} is a JSON {json_type(text)}, "
                      "expected a string")
   if not text.strip():
     raise InputError(f"{path}:{line}: empty prompt")

@@ -38,6 +38,7 @@ from typing import NamedTuple
 
 import tensorflow_datasets as tfds
 
+from gvu_jax.data import prompt_files
 from gvu_jax.errors import InputError
 
 POPE_SPLITS = ("random", "popular", "adversarial")
@@ -52,9 +53,6 @@ SEED_FILE = "SEED-Bench.json"
 SEED_IMAGES = "SEED-Bench-image"
 LETTERS = "ABCD"
 YES_NO = ("yes", "no")
-_JSON_TYPES = {int: "number", float: "number", bool: "boolean", list: "array", dict: "object",
-               type(None): "null", str: "string"}
-
 
 class Question(NamedTuple):
   """One benchmark question; yes/no when `options` is empty, else multiple choice
@@ -74,27 +72,12 @@ class Question(NamedTuple):
 # --- readers (plain Python) --------------------------------------------------
 
 
-def _json_type(value):
-  return _JSON_TYPES.get(type(value), type(value).__name__)
-
-
 def _read_text(path, what):
   """The UTF-8 text of `path`; a missing file names the path and what it holds."""
   if not os.path.isfile(path):
     raise InputError(f"{path}: no such file; expected {what}")
   with open(path, "rb") as f:
-    raw = f.read()
-  try:
-    return raw.decode("utf-8-sig")
-  except UnicodeDecodeError as e:
-    line = raw[:e.start].count(b"\n") + 1
-    raise InputError(f"{path}:{line}: not UTF-8 (byte 0x{raw[e.start]:02x})") from None
-
-
-def _lines(text):
-  """(number, content) of each line: split at "\n", one trailing "\r" dropped."""
-  for number, content in enumerate(text.split("\n"), 1):
-    yield number, content[:-1] if content.endswith("\r") else content
+    return prompt_files.decode(path, f.read())
 
 
 def _folder(path, what):
@@ -114,7 +97,7 @@ def _field(where, fields, key, types=(str,)):
   value = fields[key]
   if not isinstance(value, types) or isinstance(value, bool):
     expected = "a string" if types == (str,) else "a string or an integer"
-    raise InputError(f"{where}: {key!r} is a JSON {_json_type(value)}, expected {expected}")
+    raise InputError(f"{where}: {key!r} is a JSON {prompt_files.json_type(value)}, expected {expected}")
   if isinstance(value, str) and not value.strip() and key not in _MAY_BE_EMPTY:
     raise InputError(f"{where}: empty {key!r}")
   return value
@@ -145,16 +128,8 @@ def read_pope(manual_dir):
   out = []
   for split, path, text in zip(POPE_SPLITS, files, texts):
     seen, first = {}, len(out)
-    for line, content in _lines(text):
-      if not content.strip():
-        continue
+    for line, fields in prompt_files.jsonl_objects(path, text):
       where = f"{path}:{line}"
-      try:
-        fields = json.loads(content)
-      except json.JSONDecodeError as e:
-        raise InputError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
-      if not isinstance(fields, dict):
-        raise InputError(f"{where}: expected a JSON object, got {_json_type(fields)}")
       qid = str(_field(where, fields, "question_id", (str, int)))
       image, text = _field(where, fields, "image"), _field(where, fields, "text")
       label = _field(where, fields, "label")
@@ -192,7 +167,7 @@ def _mme_questions(path, split, subtask, image_dir):
   image = os.path.join(image_dir, names[0])
   image_id = f"{subtask}/{names[0]}"
   out = []
-  for line, content in _lines(_read_text(path, "")):
+  for line, content in prompt_files.lines(_read_text(path, "")):
     if not content.strip():
       continue
     where = f"{path}:{line}"
@@ -243,17 +218,17 @@ def read_seed_bench(manual_dir):
   except json.JSONDecodeError as e:
     raise InputError(f"{path}:{e.lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
   if not isinstance(document, dict):
-    raise InputError(f"{path}: expected a JSON object, got {_json_type(document)}")
+    raise InputError(f"{path}: expected a JSON object, got {prompt_files.json_type(document)}")
   for key, kind in (("question_type", dict), ("questions", list)):
     if not isinstance(document.get(key), kind):
-      raise InputError(f"{path}: {key!r} must be a JSON {_json_type(kind())}, got "
-                       f"{'nothing' if key not in document else _json_type(document[key])}")
+      raise InputError(f"{path}: {key!r} must be a JSON {prompt_files.json_type(kind())}, got "
+                       f"{'nothing' if key not in document else prompt_files.json_type(document[key])}")
   types = {v: k for k, v in document["question_type"].items()}
   out, seen = [], {}
   for i, fields in enumerate(document["questions"]):
     where = f"{path}: questions[{i}]"
     if not isinstance(fields, dict):
-      raise InputError(f"{where}: expected a JSON object, got {_json_type(fields)}")
+      raise InputError(f"{where}: expected a JSON object, got {prompt_files.json_type(fields)}")
     if _field(where, fields, "data_type") != "image":
       continue
     qid = str(_field(where, fields, "question_id", (str, int)))
