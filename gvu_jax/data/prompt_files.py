@@ -92,19 +92,25 @@ def json_type(value):
   return _JSON_TYPES.get(type(value), type(value).__name__)
 
 
+def json_object(path, text, line=None):
+  """The JSON object `text` holds (line `line` of `path`, or all of it), or one
+  error naming path:line."""
+  try:
+    value = json.loads(text)
+  except json.JSONDecodeError as e:
+    raise InputError(f"{path}:{line or e.lineno}: not valid JSON ({e.msg} at column "
+                     f"{e.colno})") from None
+  if not isinstance(value, dict):
+    raise InputError(f"{path}{f':{line}' if line else ''}: expected a JSON object, got "
+                     f"{json_type(value)}")
+  return value
+
+
 def jsonl_objects(path, text):
-  """(line number, object) of each non-blank line of a JSON-lines text; a line
-  that is not a JSON object is one error naming path:line."""
+  """(line number, object) of each non-blank line of a JSON-lines text."""
   for line, content in lines(text):
-    if not content.strip():
-      continue
-    try:
-      fields = json.loads(content)
-    except json.JSONDecodeError as e:
-      raise InputError(f"{path}:{line}: not valid JSON ({e.msg} at column {e.colno})") from None
-    if not isinstance(fields, dict):
-      raise InputError(f"{path}:{line}: expected a JSON object, got {json_type(fields)}")
-    yield line, fields
+    if content.strip():
+      yield line, json_object(path, content, line)
 
 
 def _csv_rows(path, text):

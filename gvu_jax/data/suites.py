@@ -97,7 +97,8 @@ def _field(where, fields, key, types=(str,)):
   value = fields[key]
   if not isinstance(value, types) or isinstance(value, bool):
     expected = "a string" if types == (str,) else "a string or an integer"
-    raise InputError(f"{where}: {key!r} is a JSON {prompt_files.json_type(value)}, expected {expected}")
+    raise InputError(f"{where}: {key!r} is a JSON {prompt_files.json_type(value)}, "
+                     f"expected {expected}")
   if isinstance(value, str) and not value.strip() and key not in _MAY_BE_EMPTY:
     raise InputError(f"{where}: empty {key!r}")
   return value
@@ -213,22 +214,18 @@ def read_seed_bench(manual_dir):
   text = _read_text(path, "SEED-Bench's question file (huggingface.co/datasets/"
                     "AILab-CVC/SEED-Bench)")
   images = _folder(os.path.join(manual_dir, SEED_IMAGES), "SEED-Bench's images")
-  try:
-    document = json.loads(text)
-  except json.JSONDecodeError as e:
-    raise InputError(f"{path}:{e.lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
-  if not isinstance(document, dict):
-    raise InputError(f"{path}: expected a JSON object, got {prompt_files.json_type(document)}")
+  document = prompt_files.json_object(path, text)
+  json_type = prompt_files.json_type
   for key, kind in (("question_type", dict), ("questions", list)):
     if not isinstance(document.get(key), kind):
-      raise InputError(f"{path}: {key!r} must be a JSON {prompt_files.json_type(kind())}, got "
-                       f"{'nothing' if key not in document else prompt_files.json_type(document[key])}")
+      raise InputError(f"{path}: {key!r} must be a JSON {json_type(kind())}, got "
+                       f"{'nothing' if key not in document else json_type(document[key])}")
   types = {v: k for k, v in document["question_type"].items()}
   out, seen = [], {}
   for i, fields in enumerate(document["questions"]):
     where = f"{path}: questions[{i}]"
     if not isinstance(fields, dict):
-      raise InputError(f"{where}: expected a JSON object, got {prompt_files.json_type(fields)}")
+      raise InputError(f"{where}: expected a JSON object, got {json_type(fields)}")
     if _field(where, fields, "data_type") != "image":
       continue
     qid = str(_field(where, fields, "question_id", (str, int)))
