@@ -7,6 +7,8 @@ import json
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 torch = pytest.importorskip("torch")
@@ -199,3 +201,35 @@ def test_eval_scores_every_suite_and_resumes_per_suite(janus, tmp_path):
   assert again.returncode == 0, again.stderr[-3000:]
   assert all(f"understanding: base {s}: kept" in again.stdout for s in WRITERS)
   assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+
+
+def png_bytes():
+  import io
+  buffer = io.BytesIO()
+  Image.fromarray(np.random.default_rng(0).integers(0, 256, (20, 30, 3), np.uint8)).save(
+      buffer, format="PNG")
+  return buffer.getvalue()
+
+
+@given(cut=st.integers(0, 400), flip=st.one_of(st.none(), st.integers(0, 400)))
+@settings(max_examples=60, deadline=None)
+def test_a_damaged_image_is_one_line_naming_the_question(janus, tmp_path_factory, cut, flip):
+  """Any prefix of a PNG, or a PNG with one byte changed, is read or refused in
+  one line naming the question and the file: never another exception."""
+  import types
+  _, dst = janus
+  images = understanding.image_reader(types.SimpleNamespace(
+      config=types.SimpleNamespace(checkpoint=str(dst)), model=convert.read_converted_config(dst)))
+  content = bytearray(png_bytes())
+  if flip is not None:
+    content[flip % len(content)] ^= 0xFF
+  else:
+    content = content[:cut % len(content)]
+  path = tmp_path_factory.mktemp("damaged") / "image.png"
+  path.write_bytes(bytes(content))
+  try:
+    pixels = images.read(question(0, str(path), "q"))
+  except InputError as e:
+    assert str(e).startswith(f"q:0: cannot read image {path} (") and "\n" not in str(e)
+  else:
+    assert pixels.shape == (16, 16, 3) and np.isfinite(pixels).all()
