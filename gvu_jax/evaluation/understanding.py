@@ -99,7 +99,7 @@ def _open(question):
   try:
     with Image.open(question.image) as im:
       return im.convert("RGB")
-  except OSError as e:
+  except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
     raise InputError(f"{question.source}: cannot read image {question.image} ({e})") from None
 
 
