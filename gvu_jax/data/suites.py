@@ -265,9 +265,10 @@ def _question(record):
   return Question(**{**text, "options": tuple(json.loads(text["options"]))})
 
 
-class _SuiteBuilder(tfds.core.GeneratorBasedBuilder):
+class _SuiteBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """What every suite builder shares: Question records in the reader's order,
-  read from manual_dir and never downloaded."""
+  read from manual_dir and never downloaded. Not in TFDS's registry (SUITES names
+  them), so importing this module twice, as a notebook may, is harmless."""
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "First release."}
   SPLITS = ()
@@ -303,7 +304,7 @@ class _SuiteBuilder(tfds.core.GeneratorBasedBuilder):
       yield i, _record(q)
 
 
-class Pope(_SuiteBuilder):
+class Pope(_SuiteBuilder, skip_registration=True):
   """POPE (Li et al. 2023): yes/no questions on whether an object is in a COCO
   val2014 image; random, popular and adversarial negative sampling."""
   SPLITS = POPE_SPLITS
@@ -315,7 +316,7 @@ class Pope(_SuiteBuilder):
     return read_pope(manual_dir)
 
 
-class Mme(_SuiteBuilder):
+class Mme(_SuiteBuilder, skip_registration=True):
   """MME (Fu et al. 2023): yes/no questions, two per image, over 10 perception
   and 4 cognition subtasks."""
   SPLITS = tuple(MME_SUBTASKS)
@@ -327,7 +328,7 @@ class Mme(_SuiteBuilder):
     return read_mme(manual_dir)
 
 
-class SeedBench(_SuiteBuilder):
+class SeedBench(_SuiteBuilder, skip_registration=True):
   """SEED-Bench (Li et al. 2023), its image questions: multiple choice, four
   options, nine question types."""
   SPLITS = ("test",)
