@@ -1,6 +1,26 @@
+import os
+import shutil
+import tempfile
+
 import pytest
 
 from helpers_run import run_main
+
+
+def pytest_configure(config):
+  """One XLA compilation cache for the session, shared by the test processes
+  (pytest-xdist's workers inherit it) and every command they run: the end-to-end
+  tests compile the same programs again and again (the mini preset's run takes
+  65 s with an empty cache, 26 s with a warm one, the same report)."""
+  if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    config.xla_cache = tempfile.mkdtemp(prefix="gvu_jax_xla_cache_")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = config.xla_cache
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+
+
+def pytest_unconfigure(config):
+  if getattr(config, "xla_cache", None):
+    shutil.rmtree(config.xla_cache, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
