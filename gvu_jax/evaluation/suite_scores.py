@@ -88,6 +88,8 @@ def multiple_choice(questions, predictions):
 
 
 SCORES = {"pope": pope, "mme": mme, "seed_bench": multiple_choice}
+
+
 def reported(suite, scores):
   """{metric: value} of the rows a summary table shows for `suite`, the headline
   first: POPE's overall F1, accuracy and yes ratio, then each split's F1; MME's
