@@ -123,9 +123,10 @@ def run(ctx):
     print(f"pretrain: resuming from step {latest}")
 
   answer_start = ctx.templates.understanding(["a photo of a circle"]).answer_start
+  ranking = c.get("near_miss_ranking", 0.0)   # a config written before the key: off
   train_step = make_train_step(graphdef, ctx.image_tokenizer, tx, schedule, answer_start,
                                layout=ctx.layout, state=state,
-                               near_miss_ranking=c.get("near_miss_ranking", 0.0))
+                               near_miss_ranking=ranking)
   start = int(state["step"])
   writer = metrics.stage_writer(config, ctx.workdir, "pretrain", resume_step=start)
   bar = metrics.progress(c.steps, "pretrain", initial=start)
@@ -133,7 +134,7 @@ def run(ctx):
   make_batch = lambda step: ctx.layout.put_batch(batches.supervised_batch(
       ctx.templates, ctx.pretrain_specs, c.batch_size,
       batches.rng_for(config.seed, "pretrain", step), c.cond_dropout,
-      c.t2i_mislabel, near_miss_images=c.get("near_miss_ranking", 0.0) > 0))
+      c.t2i_mislabel, near_miss_images=ranking > 0))
   for step, batch in zip(range(start, c.steps),
                          batches.prefetch(make_batch, range(start, c.steps))):
     state, m = train_step(state, batch)

@@ -488,7 +488,7 @@ def test_benchmark_questions_are_read_as_the_oracle_reads_them(pair, tmp_path):
     ours = np.asarray(understanding.make_scorer(graphdef, table, mask)(params, ids, valid, slots,
                                                                        codes))
     for b, q in enumerate(qs):
-      pixels = images.read(q)
+      pixels = images.pixels(q.image)
       grid = np.asarray(encoder.encode(jnp.asarray(pixels)[None]))[0]
       h, w = grid.shape
       assert (h, w) == (pixels.shape[0] // 4, pixels.shape[1] // 4) and 24 in (h, w)

@@ -12,6 +12,7 @@ floats and ints.
   seed_bench  accuracy, overall and per question type
 """
 
+from gvu_jax.data.suites import LETTERS, YES_NO
 from gvu_jax.errors import InputError
 
 
@@ -27,9 +28,9 @@ def _checked(questions, predictions):
   pairs = []
   for q, p in zip(questions, predictions):
     if q.options:
-      p, allowed = str(p).strip().upper(), "ABCD"[:len(q.options)]
+      p, allowed = str(p).strip().upper(), LETTERS[:len(q.options)]
     else:
-      p, allowed = str(p).strip().lower(), ("yes", "no")
+      p, allowed = str(p).strip().lower(), YES_NO
     if p not in allowed:
       raise ValueError(f"{q.source}: prediction {p!r} for question {q.id}; expected one of "
                        f"{list(allowed)}")

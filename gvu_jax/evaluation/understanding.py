@@ -27,6 +27,7 @@ option log-probabilities; a suite whose .json is there is not scored again.
 """
 
 import concurrent.futures
+import functools
 import json
 import os
 import time
@@ -39,6 +40,7 @@ from PIL import Image
 
 from gvu_jax import files, metrics, sharding
 from gvu_jax.data import suites
+from gvu_jax.data.suites import LETTERS, YES_NO
 from gvu_jax.errors import InputError
 from gvu_jax.evaluation import suite_scores
 from gvu_jax.evaluation.evaluate import padded_chunks
@@ -48,9 +50,7 @@ from gvu_jax.text import janus as janus_text
 
 YES_NO_SUFFIX = "Please answer yes or no."
 CHOICE_SUFFIX = "Answer with the option's letter from the given choices directly."
-LETTERS = "ABCDEFGH"
-YES_NO_WORDS = (("Yes", "yes"), ("No", "no"))
-YES_NO = ("yes", "no")
+YES_NO_WORDS = (("Yes", "yes"), ("No", "no"))   # the words of suites.YES_NO
 LENGTH_STEP = 32   # question rows are padded to a multiple of this: few shapes, few compiles
 
 
@@ -95,31 +95,47 @@ def answers(questions, logprobs):
   return [YES_NO[b] if not q.options else LETTERS[b] for q, b in zip(questions, best)]
 
 
-def _open(question):
+def _open(path):
   try:
-    with Image.open(question.image) as im:
+    with Image.open(path) as im:
       return im.convert("RGB")
   except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-    raise InputError(f"{question.source}: cannot read image {question.image} ({e})") from None
+    raise InputError(f"cannot read image {path} ({e})") from None
+
+
+class _ByPath:
+  """`read(question)`: what the model reads of the question's image, made once
+  for the last images seen (a benchmark asks several questions of each image,
+  one after another: POPE six, MME two); a problem names the question."""
+
+  def __init__(self):
+    self._cached = functools.lru_cache(maxsize=64)(self.load)
+
+  def read(self, question):
+    try:
+      return self._cached(question.image)
+    except InputError as e:
+      raise InputError(f"{question.source}: {e}") from None
 
 
 def _bucket(n):
   return -(-n // LENGTH_STEP) * LENGTH_STEP
 
 
-class JanusImages:
+class JanusImages(_ByPath):
   """Photos as Janus' processor prepares them (preprocessor_config.json): one
   SigLIP input [S, S, 3] each, at the fixed number of image slots."""
 
   def __init__(self, ctx):
+    super().__init__()
     self.config = janus_text.load_preprocessor_config(ctx.config.checkpoint)
     if self.config["image_size"] != ctx.model.vision.image_size:
       raise InputError(f"{ctx.config.checkpoint}/preprocessor_config.json: image size "
                        f"{self.config['image_size']}, but the model's vision encoder reads "
                        f"{ctx.model.vision.image_size}")
 
-  def read(self, question):
-    return janus_text.preprocess([_open(question)], self.config)[0]
+  def load(self, path):
+    return janus_text.preprocess([_open(path)], self.config)[0]
 
   def batch(self, templates, texts, items):
     """-> (ids, valid, image_slots, pixels) of one batch."""
@@ -127,12 +143,13 @@ class JanusImages:
     return (*templates.question(texts, length), np.stack(items))
 
 
-class XOmniImages:
+class XOmniImages(_ByPath):
   """Photos as X-Omni reads them: its any-resolution transform (in patch units:
   the short side up to 24 patches, the long side down to 72), then its SigLIP-VQ
   tokens, a grid of the photo's own shape (models/siglip_vq.py)."""
 
   def __init__(self, ctx):
+    super().__init__()
     from gvu_jax import convert
     from gvu_jax.models import siglip_vq
     encoder = convert.load_image_tokenizer(ctx.config.checkpoint)
@@ -147,18 +164,21 @@ class XOmniImages:
     encode = jax.jit(lambda state, x: nnx.merge(graphdef, state).encode(x))
     self.encode = lambda pixels: np.asarray(encode(state, pixels[None]))[0]
 
-  def read(self, question):
-    p = self.patch
+  def pixels(self, path):
+    p, image = self.patch, _open(path)
     try:
-      return self.preprocess(_open(question), short_size=24 * p, long_size=72 * p,
-                             patch_size=p, min_short_size=8 * p)
+      return self.preprocess(image, short_size=24 * p, long_size=72 * p, patch_size=p,
+                             min_short_size=8 * p)
     except InputError as e:
-      raise InputError(f"{question.source}: {question.image}: {e}") from None
+      raise InputError(f"{path}: {e}") from None
 
-  def batch(self, templates, texts, items):
+  def load(self, path):
+    """The photo's token grid [h, w]."""
+    return self.encode(self.pixels(path))
+
+  def batch(self, templates, texts, grids):
     """-> (ids, valid, image_slots, codes [B, n]) of one batch, each row's image
     block holding its own grid; rows and codes padded to a multiple of 32."""
-    grids = [self.encode(x) for x in items]
     length = _bucket(max(templates.question_tokens(t, g.shape) for t, g in zip(texts, grids)))
     codes = np.zeros((len(grids), _bucket(max(g.size for g in grids))), np.int32)
     for b, g in enumerate(grids):
