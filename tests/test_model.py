@@ -569,5 +569,6 @@ def test_a_prompt_shared_by_its_group_gives_the_same_logprobs_and_gradient(model
   decoder = [g for path, g in jax.tree_util.tree_leaves_with_path(grads_1)
              if "layers" in jax.tree_util.keystr(path)]
   assert decoder and all(float(jnp.abs(g).max()) > 0 for g in decoder)   # LoRA's too
-  for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_1)):   # float32 sums: to
-    assert float(jnp.abs(a - b).max()) <= 1e-5 * float(jnp.abs(b).max()) + 1e-7   # scale
+  # float32 sums in another order, to scale (1.2e-5 of it on an AVX-512 Xeon)
+  for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_1)):
+    assert float(jnp.abs(a - b).max()) <= 3e-5 * float(jnp.abs(b).max()) + 1e-7
