@@ -284,7 +284,7 @@ class Sampler:
       return params
     if abstract:
       return rollout.abstract(jax.eval_shape(self._cast, params))
-    return jax.device_put(self._cast(params), rollout.for_params(params))
+    return sharding.to_global(self._cast(params), rollout.for_params(params))
 
   def _new_cache(self, params, batch, prompt_len, abstract=False):
     rows = batch * self.group_size * (2 if self.cfg.guided else 1)

@@ -18,8 +18,8 @@ inside `with layout.active():`, to rows over (data, fsdp).
 
 import contextlib
 import dataclasses
+import functools
 import math
-import os
 import re
 
 import jax
@@ -79,33 +79,6 @@ def mesh_config():
   step; costs the unsplit weights' memory on every fsdp device)."""
   return ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, rules=DEFAULT_RULES,
                                         rollout_gathered=True))
-
-
-def initialize_distributed(environ=None):
-  """jax.distributed.initialize() when this process is one of several; a no-op on
-  one host. Must run before anything touches a device. Returns the arguments it
-  passed (None: not distributed).
-
-  A TPU pod slice, SLURM and Open MPI are detected by JAX itself. By hand (any
-  cluster, or several processes on one machine): JAX_COORDINATOR_ADDRESS=host:port,
-  JAX_NUM_PROCESSES and JAX_PROCESS_ID on every process.
-  """
-  env = os.environ if environ is None else environ
-  several = lambda key: int(env.get(key, "1") or "1") > 1
-  if env.get("JAX_COORDINATOR_ADDRESS"):
-    args = dict(coordinator_address=env["JAX_COORDINATOR_ADDRESS"],
-                num_processes=int(env.get("JAX_NUM_PROCESSES", "1")),
-                process_id=int(env.get("JAX_PROCESS_ID", "0")))
-  elif (len([h for h in env.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]) > 1
-        or several("SLURM_NTASKS") or several("OMPI_COMM_WORLD_SIZE")):
-    args = {}
-  else:
-    return None
-  if environ is None:
-    if env.get("JAX_COORDINATOR_ADDRESS"):   # CPU processes talk through gloo
-      jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(**args)
-  return args
 
 
 def mesh_shape(mesh_cfg, device_count):
@@ -251,19 +224,12 @@ class Layout:
     return abstract(tree, self.for_batch(tree) if batch else self.for_params(tree))
 
   def put_params(self, tree):
-    return jax.device_put(tree, self.for_params(tree))
+    return to_global(tree, self.for_params(tree))
 
   def put_batch(self, tree):
-    """Host arrays of a global batch (the same on every host) -> global device
-    arrays: each host transfers only the rows its own devices hold. jax.Arrays
-    (outputs of an earlier step) are resharded on device where needed."""
-    def one(x, sharding):
-      if isinstance(x, jax.Array):
-        return jax.device_put(x, sharding)   # a no-op where it already lives there
-      if not isinstance(x, np.ndarray):      # a Python scalar stays one
-        return x
-      return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
-    return jax.tree.map(one, tree, self.for_batch(tree))
+    """A global batch (the same on every host) -> global device arrays, rows over
+    (data, fsdp) (to_global)."""
+    return to_global(tree, self.for_batch(tree))
 
   def check_batch(self, key, rows):
     """`rows` (a config's batch size) must split evenly over the batch devices."""
@@ -300,6 +266,50 @@ def abstract(tree, shardings=None):
     shardings = jax.tree.map(lambda _: None, tree)
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=s)
                       if hasattr(x, "dtype") else x, tree, shardings)
+
+
+def to_global(tree, shardings):
+  """Every transfer onto the mesh goes through here: a tree of values, the same on
+  every host, -> global jax.Arrays with `shardings` (a matching tree), correct for
+  any number of processes. Leaves may be
+    arrays already on the mesh's devices (an earlier step's outputs): those whose
+      sharding differs are moved on device, all of them by one program (one per
+      weight put a hundred small collective programs in flight at once, which
+      hung two-process CPU runs: docs/reliability.md, "Several hosts");
+    numpy arrays: each host transfers only the parts its own devices hold;
+    jax.Arrays on this process's devices alone (a jitted output, PRNG keys
+      included): read back to the host, then as numpy;
+    Python scalars: kept (jit takes them as they are)."""
+  leaves, treedef = jax.tree.flatten(tree)
+  targets = treedef.flatten_up_to(shardings)
+  out = [_from_host(x, s) for x, s in zip(leaves, targets)]
+  moves = [i for i, (x, s) in enumerate(zip(leaves, targets))
+           if isinstance(x, jax.Array) and x.sharding.device_set == s.device_set
+           and not (x.committed and x.sharding == s)]
+  if moves:
+    moved = _resharder(tuple(targets[i] for i in moves))(tuple(leaves[i] for i in moves))
+    for i, x in zip(moves, moved):
+      out[i] = x
+  return treedef.unflatten(out)
+
+
+@functools.lru_cache(maxsize=64)
+def _resharder(targets):
+  return jax.jit(lambda xs: xs, out_shardings=targets)
+
+
+def _from_host(x, sharding):
+  if not isinstance(x, (np.ndarray, np.generic, jax.Array)):
+    return x
+  if isinstance(x, jax.Array) and x.sharding.device_set == sharding.device_set:
+    return x   # on the mesh already (to_global moves it where its sharding differs)
+  if jax.process_count() == 1 or (isinstance(x, jax.Array) and not x.is_fully_addressable):
+    return jax.device_put(x, sharding)
+  if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+    data = _from_host(jax.random.key_data(x), sharding)
+    return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+  x = np.asarray(x)
+  return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
 
 
 def to_host(x):
