@@ -64,6 +64,11 @@ def get_config(arg=None, model=MODEL):
   # (prompts_per_step x group_size) must divide; past that, add --config.mesh.tensor.
   c.mesh = sharding.mesh_config()
   c.mesh.update(data=1, fsdp=-1)
+  # Several hosts (docs/reliability.md): a process that completes nothing (a step,
+  # an evaluation batch, a phase) for watchdog_s seconds prints every thread's stack
+  # and exits 3, for the launcher to restart it. -1: 1800 s on several hosts, off
+  # on one; 0: off.
+  c.watchdog_s = -1
 
   # The optimizer is transformers Trainer's default, which the reference uses: AdamW
   # (0.9, 0.999, eps 1e-8), no weight decay, clipping at 1, linear decay to 0

@@ -24,6 +24,11 @@ def get_config(arg=None):
   c.model = presets.synthetic("tiny")
   # Devices: --config.mesh.data/fsdp/tensor (-1 = the rest); see gvu_jax/sharding.py.
   c.mesh = sharding.mesh_config()
+  # Several hosts (docs/reliability.md): a process that completes nothing (a step,
+  # an evaluation batch, a phase) for watchdog_s seconds prints every thread's stack
+  # and exits 3, for the launcher to restart it. -1: 1800 s on several hosts, off
+  # on one; 0: off.
+  c.watchdog_s = -1
   # Prompt splits: held-out (eval only), GvU (text only, never paired with an image)
   # and the rest, paired with renders for pretraining.
   c.data = dict(split_seed=0, heldout_fraction=0.2, gvu_fraction=0.3,

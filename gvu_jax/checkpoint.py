@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from gvu_jax import files
+from gvu_jax import files, hosts
 from gvu_jax.errors import InputError
 
 MODEL_CONFIG_FILE = "model_config.json"
@@ -24,7 +24,12 @@ class CheckpointMismatch(InputError):
 
 
 def check_model_config(directory, model_config: dict):
-  """Record `model_config` in `directory`, or refuse if a different one is there."""
+  """Record `model_config` in `directory`, or refuse if a different one is there
+  (host 0 reads and writes; every host gets its answer)."""
+  hosts.agreed(f"model config {directory}", lambda: _check_model_config(directory, model_config))
+
+
+def _check_model_config(directory, model_config):
   path = os.path.join(directory, MODEL_CONFIG_FILE)
   if os.path.exists(path):
     try:
@@ -78,7 +83,9 @@ class CheckpointStore:
                                              enable_async_checkpointing=True))
 
   def latest_step(self):
-    return self.manager.latest_step()
+    """The newest complete step (None: none), as host 0 lists it: every host
+    resumes from, or skips to, the same one."""
+    return hosts.agreed(f"latest step {self.manager.directory}", self.manager.latest_step)
 
   def save(self, step, state, meta):
     self.manager.save(step, args=ocp.args.Composite(
@@ -90,6 +97,7 @@ class CheckpointStore:
     with _one_line_errors(os.path.join(str(self.manager.directory), str(step))):
       out = self.manager.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(abstract(like)), meta=ocp.args.JsonRestore()))
+    hosts.alive(f"restored {self.manager.directory}/{step}")
     return out["state"], out["meta"]
 
   def restore_part(self, step, like):
@@ -112,6 +120,7 @@ def save_frozen(path, tree):
   checkpointer = ocp.StandardCheckpointer()
   checkpointer.save(_absolute(path), tree)
   checkpointer.wait_until_finished()
+  hosts.alive(f"saved {path}")
 
 
 def load_frozen(path, like):

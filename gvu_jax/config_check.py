@@ -149,6 +149,8 @@ RULES = {
     "model.template": text(),
     "mesh.data": mesh_axis(), "mesh.fsdp": mesh_axis(), "mesh.tensor": mesh_axis(),
     "mesh.rollout_gathered": boolean(),
+    "watchdog_s": Rule(lambda v: _is_int(v) and v >= -1, "seconds (an integer >= 1), 0 (off) "
+                       "or -1 (1800 on several hosts, off on one)", lowest=-1),
     "mesh.rules": anything("logical axis rules (checked by sharding.Layout)"),
     "data.prompts": text(), "data.balance_tags": boolean(), "data.tfds_dir": text(),
     "data.manual_dir": text(), "data.split_seed": integer(0, SEED_LIMIT - 1),

@@ -13,7 +13,7 @@ Two kinds of run:
 import dataclasses
 import os
 
-from gvu_jax import metrics, reward, sharding
+from gvu_jax import hosts, metrics, reward, sharding
 from gvu_jax.text import janus as janus_text
 from gvu_jax.text import synthetic as text
 from gvu_jax.text import xomni as xomni_text
@@ -106,8 +106,9 @@ class Context:
     else:
       templates = janus_text.JanusTemplates(tokenizer, m.image_tokens, m.max_prompt_tokens,
                                             style=m.template)
-    return cls._with(config, m, workdir, tokenizer, templates,
-                     [], read_prompts(config.data.prompts, config.data), [])
+    prompts = read_prompts(config.data.prompts, config.data)
+    hosts.check_same(f"data.prompts={config.data.prompts}", [list(p) for p in prompts])
+    return cls._with(config, m, workdir, tokenizer, templates, [], prompts, [])
 
   @classmethod
   def _with(cls, config, m, workdir, tokenizer, templates, pretrain, gvu, heldout):

@@ -20,8 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from gvu_jax import (checkpoint, context, lora, metrics, optimizer, preemption, profiling,
-                     provenance, rl, sharding, world)
+from gvu_jax import (checkpoint, context, faults, hosts, lora, metrics, optimizer, preemption,
+                     profiling, provenance, rl, sharding, world)
 from gvu_jax import reward as reward_lib
 from gvu_jax.data import pipeline
 from gvu_jax.errors import NonFiniteError
@@ -52,7 +52,8 @@ def _setup(ctx, base_params):
   frozen = base_params   # a converted checkpoint is itself the reference: nothing to copy
   reference_path = ctx.path("gvu", "reference")
   if not config.get("checkpoint"):
-    if os.path.exists(reference_path):   # a resumed run keeps the reference it started with
+    if hosts.agreed("gvu reference", lambda: os.path.exists(reference_path)):
+      # a resumed run keeps the reference it started with
       frozen = checkpoint.load_frozen(reference_path, base_params)
     else:
       checkpoint.save_frozen(reference_path, base_params)
@@ -71,7 +72,7 @@ def _setup(ctx, base_params):
 
 def load(ctx, base_params):
   """The latest GvU policy in the workdir -> (graphdef, params), or None."""
-  if not os.path.exists(ctx.path("gvu", "checkpoints")):
+  if not hosts.agreed("gvu checkpoints", lambda: os.path.exists(ctx.path("gvu", "checkpoints"))):
     return None
   graphdef, roles, _, state, frozen, store = _setup(ctx, base_params)
   latest = store.latest_step()
@@ -114,7 +115,7 @@ def compile_ahead(ctx, sampler, grpo_step, state, frozen, roles):
   batch = layout.abstract({k: jax.ShapeDtypeStruct(shape, dtype)
                            for k, (shape, dtype) in shapes.items()}, batch=True)
   update = grpo_step.lower(state, frozen, batch).compile()
-  if metrics.is_main_host():
+  if hosts.is_main():
     mib = lambda compiled: f"{(sharding.peak_bytes(compiled) or 0) / 2**20:.1f} MiB"
     print(f"gvu: mesh {layout.describe()}; per device: rollout {mib(rollout)}, "
           f"update {mib(update)}")
@@ -225,14 +226,15 @@ def judge_verdicts(texts, codes, group_size):
   return judge.judge_batch(images, rows).astype(np.float32)
 
 
-def training_batch(ctx, fns, state, frozen, r: Rollout, s: Scored):
+def training_batch(ctx, fns, state, frozen, r: Rollout, s: Scored, step):
   """The update's inputs: each prompt repeated per image, the sampled codes, their
   group advantages (design.md §3) and the reference's (and, for mu > 1, the
   sampling policy's) token log-probs."""
   g = ctx.config.gvu.group_size
+  advantages = faults.poisoned("advantages", step, fns.advantages(s.used))
   batch = ctx.layout.put_batch({"prompt_ids": np.repeat(r.prompt[0], g, 0),
                                 "prompt_valid": np.repeat(r.prompt[1], g, 0),
-                                "codes": r.samples.codes, "advantages": fns.advantages(s.used)})
+                                "codes": r.samples.codes, "advantages": advantages})
   batch.update(ctx.layout.put_batch(fns.logp(state["trainable"], frozen, batch)))
   return batch
 
@@ -267,7 +269,7 @@ def save_grid(ctx, r: Rollout, s: Scored, step):
   rows = [t for t in r.texts for _ in range(g)]
   captions = [f"{t} r={float(x):.2f}" for t, x in zip(rows, sharding.to_host(s.rewards))]
   images = sharding.to_host(to_uint8(r.pixels))[:32]   # on every host: the gather is collective
-  if metrics.is_main_host():
+  if hosts.is_main():
     return grid.save_grid(ctx.path("gvu", "grids", f"step_{step:06d}.png"), images, ncols=8,
                           captions=captions[:32],
                           title=f"GvU step {step}: rollout samples, {g} per prompt, with their "
@@ -286,7 +288,7 @@ def run(ctx, base_params):
                          c.prompts_per_step * c.group_size)   # the rollout's rows
   prompts = prompt_stream(ctx)   # (these two checks before anything is written)
   graphdef, roles, (tx, schedule), state, frozen, store = _setup(ctx, base_params)
-  if metrics.is_main_host():
+  if hosts.is_main():
     provenance.record_stage(config, ctx.path("gvu"), "gvu")
   latest = store.latest_step()
   if latest is not None:
@@ -313,13 +315,13 @@ def run(ctx, base_params):
     # arguments must be); rows draw distinct numbers by their place in it.
     key = jax.random.fold_in(jax.random.fold_in(base_key, step - 1), 0)   # stream 0: rollout
     r = rollout(ctx, fns, roles.policy(state["trainable"], frozen), texts, key)
-    preemption.kill_point("rollout", step)
+    faults.inject("rollout", step)
     s = score(ctx, fns, state, frozen, r, key)
     tic = time.perf_counter()
-    batch = training_batch(ctx, fns, state, frozen, r, s)
+    batch = training_batch(ctx, fns, state, frozen, r, s, step)
     state, m, skips = update(fns, state, frozen, batch, c.mu)
     seconds = {**r.seconds, **s.seconds, "update": time.perf_counter() - tic}
-    preemption.kill_point("update", step)
+    faults.inject("update", step)
     skipped += skips
     nonfinite_in_a_row = nonfinite_in_a_row + 1 if m["skipped"] else 0
     trace.after(step, state)

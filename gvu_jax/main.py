@@ -23,6 +23,7 @@ pretraining checkpoint and, if there is one, the latest GvU policy.
 import os
 import re
 import sys
+import traceback
 
 import numpy as np
 import PIL.Image
@@ -30,8 +31,8 @@ import PIL.Image
 from absl import app, flags
 from ml_collections import config_flags
 
-from gvu_jax import config_check, context, files, gvu, metrics, preemption, pretrain
-from gvu_jax import provenance, report, sharding
+from gvu_jax import config_check, context, files, gvu, hosts, metrics, preemption, pretrain
+from gvu_jax import provenance, report
 from gvu_jax import cli as cli_lib
 from gvu_jax.errors import InputError, NonFiniteError
 from gvu_jax.evaluation import evaluate, export, grid, understanding
@@ -57,8 +58,9 @@ def run(config, workdir):
   if config.mode == "bench":   # (before any device is touched) the GPU's memory is shared
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")   # with PyTorch's side
   config_check.check(config)   # every value, before anything runs or is written
+  hosts.WATCHDOG.start(hosts.watchdog_seconds(config.watchdog_s))
   check_workdir(workdir)
-  if metrics.is_main_host():
+  if hosts.is_main():
     files.hold_workdir(workdir)   # one run at a time writes here
   if config.mode == "bench":
     from gvu_jax import bench
@@ -72,6 +74,7 @@ def run(config, workdir):
       raise InputError(f"config.mode={config.mode}: a converted checkpoint runs mode=gvu, "
                        "or mode=eval (images for the benchmarks' own scorers)")
   ctx = context.Context.create(config, workdir)
+  hosts.connect(ctx.layout.mesh)   # (CPU processes) every device group, while hosts are together
   with ctx.layout.active():   # activation shardings apply to everything traced here
     if "checkpoint" in config:
       run_checkpoint(ctx)
@@ -82,7 +85,8 @@ def run(config, workdir):
 def run_checkpoint(ctx):
   """GvU on a converted checkpoint, or benchmark images of it and of its GvU policy."""
   provenance.check_stages(ctx.config, ctx.path, ["gvu"])   # before anything runs
-  suites = understanding.prepare(ctx) if ctx.config.mode == "eval" else None
+  if ctx.config.mode == "eval":
+    prompts, suites = export.read_prompts(ctx), understanding.prepare(ctx)
   graphdef, base = ctx.load_base()
   if ctx.config.mode == "gvu":
     gvu.run(ctx, base)
@@ -90,7 +94,7 @@ def run_checkpoint(ctx):
     return
   policy = gvu.load(ctx, base)   # the latest GvU policy in the workdir, if any
   stages = [("base", graphdef, base)] + ([("gvu", *policy)] if policy else [])
-  export.run(ctx, stages)
+  export.run(ctx, stages, prompts)
   if suites:
     understanding.run(ctx, stages, suites)
 
@@ -106,6 +110,8 @@ def run_embedded(ctx):
   if mode == "gvu":
     gvu.run(ctx, pretrain.load(ctx)[1])
     return
+  # a prompt file or dataset of world prompts, judged (read before anything runs)
+  prompts = export.read_prompts(ctx) if ctx.config.eval.prompts else None
   # all: train what is missing, evaluating each stage; eval: evaluate what is there.
   graphdef, params = (pretrain.run if mode == "all" else pretrain.load)(ctx)
   evaluated(ctx, "pretrained", evaluate.run(ctx, graphdef, params, "pretrained"), 0)
@@ -114,8 +120,9 @@ def run_embedded(ctx):
     evaluated(ctx, "gvu", evaluate.run(ctx, *policy, "gvu"), ctx.config.gvu.steps)
   report.show(ctx)
   plotted(ctx, ctx.config.gvu.steps if policy is not None else 0)
-  if ctx.config.eval.prompts:   # a prompt file or dataset of world prompts, judged
-    export.run(ctx, [("pretrained", graphdef, params)] + ([("gvu", *policy)] if policy else []))
+  if prompts:
+    export.run(ctx, [("pretrained", graphdef, params)] + ([("gvu", *policy)] if policy else []),
+               prompts)
 
 
 def evaluated(ctx, stage, result, step):
@@ -126,7 +133,7 @@ def evaluated(ctx, stage, result, step):
   writer.write(step, {f"{part}/{key}": value for part, values in result.items()
                       for key, value in (values.items() if isinstance(values, dict)
                                          else [("mean", values)])})
-  if metrics.is_main_host():
+  if hosts.is_main():
     picture = read_picture(ctx.path("grids", f"{stage}.png"))
     writer.image(step, "grid", picture)
     if stage == "gvu" and os.path.exists(ctx.path("grids", "pretrained.png")):
@@ -195,23 +202,30 @@ def main(argv):
       sys.exit(2)
     return
   try:
-    sharding.initialize_distributed()   # several hosts: before anything touches a device
-    with preemption.watching():         # SIGTERM: finish the step, checkpoint, exit 0
+    hosts.initialize()             # several hosts: before anything touches a device
+    with preemption.watching():    # SIGTERM: finish the step, checkpoint, exit 0
       run(load_config(), _WORKDIR.value)
   except preemption.Preempted as e:
     print(str(e))
     sys.exit(0)
   except (InputError, NonFiniteError) as e:   # one line, no traceback
-    print(f"error: {e}", file=sys.stderr)
-    # Leave without interpreter shutdown: after a failed read TensorStore still has
-    # callbacks for Orbax's closed event loop, whose tracebacks would follow the
-    # line. Nothing is left to write here (stores are closed before these errors).
-    files.release_workdirs()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(2)
+    # The same line on every host. It leaves without interpreter shutdown: after a
+    # failed read TensorStore still has callbacks for Orbax's closed event loop,
+    # whose tracebacks would follow the line. Nothing is left to write here
+    # (stores are closed before these errors).
+    hosts.end(hosts.from_this_host(str(e)), 2)
+  except Exception as e:  # noqa: BLE001 - a fault: its traceback here, one line on the others
+    if hosts.count() == 1:
+      raise
+    traceback.print_exc()
+    hosts.end(hosts.from_this_host(f"{type(e).__name__}: {first_line(e)} (its traceback is "
+                                   "in this host's log)"), 1)
   finally:
     files.release_workdirs()
+
+
+def first_line(error):
+  return (str(error).strip().splitlines() or [""])[0][:300]
 
 
 def cli():

@@ -6,16 +6,11 @@ import secrets
 import sys
 import time
 
-import jax
 import numpy as np
 import tqdm
 
-from gvu_jax import files
+from gvu_jax import files, hosts
 from gvu_jax.errors import InputError
-
-
-def is_main_host():
-  return jax.process_index() == 0
 
 
 def to_python(metrics):
@@ -39,7 +34,7 @@ class MetricsWriter:
     self.path = path
     self.stage = stage or os.path.basename(os.path.dirname(path))
     self.tensorboard = self.wandb = None
-    if is_main_host():
+    if hosts.is_main():
       os.makedirs(os.path.dirname(path), exist_ok=True)
       files.read_jsonl(path, keep=lambda r: r.get("step", 0) <= resume_step)
       if tensorboard_dir:
@@ -49,7 +44,7 @@ class MetricsWriter:
       self.wandb = wandb
 
   def write(self, step, metrics):
-    if not is_main_host():
+    if not hosts.is_main():
       return
     values = to_python(metrics)
     with open(self.path, "a") as f:
@@ -63,7 +58,7 @@ class MetricsWriter:
 
   def image(self, step, name, image):
     """A uint8 [H, W, 3] picture (a grid, a plot) under "<stage>/<name>"."""
-    if not is_main_host():
+    if not hosts.is_main():
       return
     if self.tensorboard:
       self.tensorboard.add_image(f"{self.stage}/{name}", np.asarray(image, np.uint8),
@@ -123,7 +118,7 @@ def stage_writer(config, workdir, stage, resume_step=0):
   log = config.get("logging") or {}
   tensorboard = os.path.join(workdir, "tensorboard", stage) if log.get("tensorboard") else None
   wandb = None
-  if log.get("wandb_project") and is_main_host():
+  if log.get("wandb_project") and hosts.is_main():
     key = os.path.abspath(workdir)
     if key not in _WANDB_RUNS:
       _WANDB_RUNS[key] = WandbRun(log.wandb_project, log.get("wandb_entity"), workdir,
@@ -149,7 +144,7 @@ class Progress:
   def __init__(self, total, desc, initial=0, every_s=30.0, stream=None, warmup="compiling"):
     self.total, self.desc, self.n, self.every_s = total, desc, initial, every_s
     self.stream = stream or sys.stderr
-    self.enabled = is_main_host()
+    self.enabled = hosts.is_main()
     self.tty = self.enabled and self.stream.isatty()
     self.postfix, self.clock = {}, None if warmup else (time.perf_counter(), initial)
     self.last_line, self.last_n = time.perf_counter(), None
@@ -163,6 +158,7 @@ class Progress:
 
   def update(self, n=1):
     self.n += n
+    hosts.alive(f"{self.desc} {self.n}/{self.total}")
     if not self.enabled:
       return
     warmed_up = self.clock is None
@@ -211,6 +207,8 @@ def progress(total, desc, initial=0):
 
 def status(message):
   """One line on stdout saying what the run is doing now (host 0), e.g. before a
-  silent phase (stderr stays for progress and, on bad input, the one error line)."""
-  if is_main_host():
+  silent phase (stderr stays for progress and, on bad input, the one error line).
+  A phase's start is progress for the watchdog."""
+  hosts.alive(message)
+  if hosts.is_main():
     print(message, flush=True)

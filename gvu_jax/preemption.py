@@ -84,17 +84,3 @@ def stop(stage, step, store, bar):
   what = signal.Signals(_received[0]).name if _received else "a preemption notice"
   raise Preempted(f"{stage}: stopped on {what} after step {step}; checkpoint saved, run "
                   "the same command to resume")
-
-
-KILL_AT = "GVU_KILL_AT"
-
-
-def kill_point(name, step):
-  """Fault injection for the restart tests: with GVU_KILL_AT=<name>:<step> in the
-  environment the process kills itself (SIGKILL, as a lost machine) here;
-  <name>:<step>:TERM sends SIGTERM instead (a preemption notice)."""
-  at = os.environ.get(KILL_AT, "")
-  if at == f"{name}:{step}":
-    os.kill(os.getpid(), signal.SIGKILL)
-  if at == f"{name}:{step}:TERM":
-    os.kill(os.getpid(), signal.SIGTERM)

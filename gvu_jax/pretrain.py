@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from gvu_jax import checkpoint, metrics, optimizer, preemption, provenance, rl
+from gvu_jax import checkpoint, faults, hosts, metrics, optimizer, preemption, provenance, rl
 from gvu_jax.data import batches
 from gvu_jax.errors import InputError
 from gvu_jax.models import build
@@ -90,7 +90,8 @@ def _setup(ctx):
 def load(ctx):
   """The finished pretraining checkpoint in the workdir -> (graphdef, params)."""
   latest = store = None
-  if os.path.isdir(ctx.path("pretrain", "checkpoints")):   # (nothing is created otherwise)
+  if hosts.agreed("pretrain checkpoints",   # (nothing is created otherwise)
+                  lambda: os.path.isdir(ctx.path("pretrain", "checkpoints"))):
     graphdef, _, state, store = _setup(ctx)
     latest = store.latest_step()
   if latest is None or latest < ctx.config.pretrain.steps:
@@ -110,9 +111,9 @@ def run(ctx):
   directory = ctx.path("pretrain")
   ctx.layout.check_batch("pretrain.batch_size", c.batch_size)   # before anything is written
   graphdef, (tx, schedule), state, store = _setup(ctx)
-  if metrics.is_main_host():
+  if hosts.is_main():
     provenance.record_stage(config, directory, "pretrain")
-  ctx.tokenizer.save(ctx.path("pretrain", "tokenizer.json"))
+    ctx.tokenizer.save(ctx.path("pretrain", "tokenizer.json"))
   latest = store.latest_step()
   if latest is not None:
     state, _ = store.restore(latest, state)
@@ -131,13 +132,22 @@ def run(ctx):
   writer = metrics.stage_writer(config, ctx.workdir, "pretrain", resume_step=start)
   bar = metrics.progress(c.steps, "pretrain", initial=start)
   tic, seen = time.perf_counter(), 0
-  make_batch = lambda step: ctx.layout.put_batch(batches.supervised_batch(
-      ctx.templates, ctx.pretrain_specs, c.batch_size,
-      batches.rng_for(config.seed, "pretrain", step), c.cond_dropout,
-      c.t2i_mislabel, near_miss_images=ranking > 0))
+  def make_batch(step):   # (on the prefetch thread)
+    faults.inject("pretrain_batch", step)
+    return ctx.layout.put_batch(batches.supervised_batch(
+        ctx.templates, ctx.pretrain_specs, c.batch_size,
+        batches.rng_for(config.seed, "pretrain", step), c.cond_dropout,
+        c.t2i_mislabel, near_miss_images=ranking > 0))
+
+  previous = None
   for step, batch in zip(range(start, c.steps),
                          batches.prefetch(make_batch, range(start, c.steps))):
     state, m = train_step(state, batch)
+    # At most two steps in flight: XLA:CPU launches programs on a few threads, and
+    # with many collective programs queued on several processes those threads
+    # starve the programs they wait for (docs/reliability.md, "Several hosts").
+    jax.block_until_ready(previous)
+    previous = m
     seen += c.batch_size
     bar.update(1)
     done = step + 1

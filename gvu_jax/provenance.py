@@ -26,7 +26,7 @@ import subprocess
 
 import jax
 
-from gvu_jax import files
+from gvu_jax import files, hosts
 from gvu_jax.errors import InputError
 
 RECORD = "run.json"
@@ -112,7 +112,12 @@ def upstream(config, stage):
 def check_stages(config, path, stages):
   """Before any stage runs: one error naming, for every stage whose directory
   holds results of other keys or another upstream, each key with its old and new
-  value. `path(stage)`: the stage's directory."""
+  value. `path(stage)`: the stage's directory. Host 0 reads; every host ends
+  with its answer."""
+  hosts.agreed("provenance", lambda: _check_stages(config, path, stages))
+
+
+def _check_stages(config, path, stages):
   found = [(stage, differences(path(stage), stage_config(config, stage),
                                upstream(config, stage))) for stage in stages]
   found = [(stage, diffs) for stage, diffs in found if diffs]

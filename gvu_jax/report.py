@@ -9,7 +9,7 @@ import os
 import numpy as np
 import PIL.Image
 
-from gvu_jax import files, metrics
+from gvu_jax import files, hosts
 
 
 def read(ctx):
@@ -26,7 +26,7 @@ def add_stage(ctx, stage, result):
   report[stage] = result
   order = {"pretrained": 0, "gvu": 1}
   report = dict(sorted(report.items(), key=lambda kv: order.get(kv[0], len(order))))
-  if metrics.is_main_host():
+  if hosts.is_main():
     files.write_atomic(path, json.dumps(report, indent=2))   # never a half-written report
 
 
@@ -48,7 +48,7 @@ def markdown(report):
 
 def show(ctx):
   table = markdown(read(ctx))
-  if metrics.is_main_host():
+  if hosts.is_main():
     print(table)
     files.write_atomic(ctx.path("report.md"), table + "\n")
 
@@ -60,7 +60,7 @@ CURVES = (("reward_mean", "mean intrinsic reward"), ("kl", "KL to the reference"
 def plot(ctx):
   """report.png from report.json and gvu/metrics.jsonl (what of them exists; host
   0) -> uint8 [H, W, 3], or None when there is nothing to plot."""
-  if not metrics.is_main_host():
+  if not hosts.is_main():
     return None
   import matplotlib
   matplotlib.use("Agg")   # files only, no display

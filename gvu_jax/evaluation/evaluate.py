@@ -13,7 +13,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from gvu_jax import metrics, preemption
+from gvu_jax import hosts, metrics, preemption
 from gvu_jax import reward as reward_lib
 from gvu_jax import world
 from gvu_jax.data import batches
@@ -32,6 +32,7 @@ def padded_chunks(n, size):
   evaluation batch comes from here: after each, a preemption signal stops the run."""
   for start in range(0, n, size):
     if start:
+      hosts.alive(f"evaluation batch {start // size}")
       preemption.stop_evaluation("eval")
     idx = np.arange(start, min(start + size, n))
     yield np.concatenate([idx, np.full(size - len(idx), idx[0])]), len(idx)
@@ -159,7 +160,7 @@ def run(ctx, graphdef, params, stage):
   # The grid: the first few images of every category, one category per row.
   per_row, ipc = 8, ctx.config.eval.images_per_category
   shown = [k * ipc + j for k in range(len(row_specs) // ipc) for j in range(min(per_row, ipc))]
-  if metrics.is_main_host():
+  if hosts.is_main():
     grid.save_grid(ctx.path("grids", f"{stage}.png"), images[shown], ncols=min(per_row, ipc),
                    captions=[row_specs[i].text for i in shown],
                    marks=[gen_correct[i] for i in shown],

@@ -37,10 +37,9 @@ import unicodedata
 
 import jax
 import numpy as np
-from jax.experimental import multihost_utils
 from PIL import Image
 
-from gvu_jax import context, files, metrics, preemption, sharding
+from gvu_jax import context, faults, files, hosts, metrics, sharding
 from gvu_jax.errors import InputError
 from gvu_jax import world
 from gvu_jax.data import prompt_files
@@ -251,7 +250,7 @@ def export(ctx, graphdef, params, stage_dir, prompts, source, judge_specs=None):
   directory = os.path.join(stage_dir, name)
   per_prompt, batch = c.images_per_prompt, c.batch_size
   ctx.layout.check_batch("eval.batch_size x eval.images_per_prompt", batch * per_prompt)
-  main_host = metrics.is_main_host()
+  main_host = hosts.is_main()
   if main_host:
     os.makedirs(directory, exist_ok=True)
   # A model without a pixel decoder in the loop (X-Omni) writes each image as its
@@ -271,8 +270,8 @@ def export(ctx, graphdef, params, stage_dir, prompts, source, judge_specs=None):
   key = jax.random.key(ctx.config.seed)
   # Every host takes the same batches (the sampler is one global computation);
   # host 0 decides what is left and writes.
-  todo = np.asarray([not done(i) or i not in rewards for i in range(len(prompts))])
-  todo = multihost_utils.broadcast_one_to_all(todo)
+  todo = np.asarray(hosts.agreed(f"export todo {directory}", lambda: [
+      not done(i) or i not in rewards for i in range(len(prompts))]), bool)
   bar = metrics.progress(len(prompts), f"eval {os.path.basename(stage_dir)} {name}",
                          initial=int((~todo).sum()))
   tic, made, shown = time.perf_counter(), 0, []
@@ -295,7 +294,7 @@ def export(ctx, graphdef, params, stage_dir, prompts, source, judge_specs=None):
           i = int(i)
           mine = images[row * per_prompt:(row + 1) * per_prompt]
           layout.write(i, prompts[i], mine)
-          preemption.kill_point("export_images", i)
+          faults.inject("export_images", i)
           rewards[i] = {"index": i, "tag": prompts[i].category, "reward": float(r[row]),
                         "prompt": prompts[i].text}
           if judge_specs:
@@ -303,7 +302,7 @@ def export(ctx, graphdef, params, stage_dir, prompts, source, judge_specs=None):
                                         .mean())
           f.write(json.dumps(rewards[i]) + "\n")   # after the images: a line means done
           f.flush()
-          preemption.kill_point("export_record", i)
+          faults.inject("export_record", i)
           if pixels and len(shown) < 32:
             shown.append((mine[0], f"{prompts[i].text} r={r[row]:.2f}"))
     n_new = int(todo[idx[:real]].sum())
@@ -342,21 +341,29 @@ def summarize(prompts, records, per_prompt, directory, scorer_hint):
   return out
 
 
-def run(ctx, stages):
-  """`stages`: [(name, graphdef, params)] -> WORKDIR/eval/<name>/<layout>/ each, and
-  WORKDIR/eval/summary.md comparing their intrinsic rewards."""
-  c = ctx.config.eval
-  source = c.prompts or ctx.config.data.prompts
+def read_prompts(ctx):
+  """eval.prompts (default data.prompts), read and checked before anything runs ->
+  the `prompts` argument of run()."""
+  source = ctx.config.eval.prompts or ctx.config.data.prompts
   prompts = context.read_prompts(source, ctx.config.data)
+  hosts.check_same(f"eval.prompts={source}", [list(p) for p in prompts])
   specs = None
   if not ctx.config.get("checkpoint"):
     prompts, specs = world_prompts(prompts, source)
   context.check_prompts(ctx.templates, prompts, f"eval.prompts={source}")
+  return source, prompts, specs
+
+
+def run(ctx, stages, prompts):
+  """`stages`: [(name, graphdef, params)] -> WORKDIR/eval/<name>/<layout>/ each, and
+  WORKDIR/eval/summary.md comparing their intrinsic rewards; `prompts`: from
+  read_prompts."""
+  source, prompts, specs = prompts
   summaries = {}
   for stage, graphdef, params in stages:
     summaries[stage] = export(ctx, graphdef, params, ctx.path("eval", stage), prompts, source,
                               specs)
-  if metrics.is_main_host():
+  if hosts.is_main():
     table = summary_table(summaries)
     files.write_atomic(ctx.path("eval", "summary.md"), table + "\n")
     print(table)

@@ -38,7 +38,7 @@ import numpy as np
 from flax import nnx
 from PIL import Image
 
-from gvu_jax import files, metrics, sharding
+from gvu_jax import files, hosts, metrics, sharding
 from gvu_jax.data import suites
 from gvu_jax.data.suites import LETTERS, YES_NO
 from gvu_jax.errors import InputError
@@ -234,7 +234,7 @@ def score_suite(ctx, graphdef, params, questions, images, stage, suite):
   bar.close()
   predicted = answers(questions, logprobs)
   scores = suite_scores.SCORES[suite](questions, predicted)
-  if metrics.is_main_host():
+  if hosts.is_main():
     lines = [json.dumps({"id": q.id, "group": q.group, "answer": q.answer, "predicted": p,
                          "logprobs": [round(float(x), 6) for x in row]})
              for q, p, row in zip(questions, predicted, logprobs)]
@@ -275,14 +275,16 @@ def run(ctx, stages, plan):
     os.makedirs(directory, exist_ok=True)
     for suite, questions in per_suite.items():
       done = os.path.join(directory, f"{suite}.json")
-      if os.path.isfile(done):
-        results[stage, suite] = read_scores(done)
+      kept = hosts.agreed(f"understanding {stage} {suite}",
+                          lambda: read_scores(done) if os.path.isfile(done) else None)
+      if kept is not None:
+        results[stage, suite] = kept
         metrics.status(f"understanding: {stage} {suite}: kept {done}")
         continue
       results[stage, suite] = score_suite(ctx, graphdef, params, questions, images, stage,
                                           suite)
   table = summary_table([s for s, _, _ in stages], list(per_suite), results)
-  if metrics.is_main_host():
+  if hosts.is_main():
     summary = ctx.path("eval", "summary.md")
     before = open(summary, encoding="utf-8").read() if os.path.isfile(summary) else ""
     files.write_atomic(summary, before + "\nUnderstanding benchmarks:\n\n" + table + "\n")
