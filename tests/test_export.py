@@ -130,11 +130,11 @@ def test_eval_writes_the_geneval_layout_and_resumes(converted, tmp_path):
   for workdir, fault in ((cut, None), (tmp_path / "killed", "export_images:2"),
                          (tmp_path / "stopped", "export_images:0:TERM")):
     if fault:
-      os.environ["GVU_KILL_AT"] = fault
+      os.environ["GVU_FAULT"] = fault
       try:
         died = run(workdir)
       finally:
-        del os.environ["GVU_KILL_AT"]
+        del os.environ["GVU_FAULT"]
       if fault.endswith("TERM"):
         assert died.returncode == 0 and "eval: stopped on SIGTERM" in died.stdout, died.stderr
         assert not (workdir / "eval" / "base" / "geneval" / "00002").exists()

@@ -442,7 +442,7 @@ def test_a_damaged_checkpoint_is_reported_not_loaded(full_run, tmp_path):
 @pytest.mark.slow
 def test_sigkill_then_resume_reaches_the_uninterrupted_state(full_run, tmp_path, moment, latest):
   """SIGKILL while Orbax writes the step-2 checkpoint (its temporary folder exists),
-  after step 3's rollout, or after its update (GVU_KILL_AT; the step-2 save may
+  after step 3's rollout, or after its update (GVU_FAULT; the step-2 save may
   still be in flight then): a half-written save is never taken as the latest, and
   the restarted run ends bit for bit where an uninterrupted one does, data
   position and PRNG state included."""
@@ -452,7 +452,7 @@ def test_sigkill_then_resume_reaches_the_uninterrupted_state(full_run, tmp_path,
   shutil.copytree(os.path.join(full_run[0], "pretrain"), os.path.join(workdir, "pretrain"))
   checkpoints = os.path.join(workdir, "gvu", "checkpoints")
   if ":" in moment:
-    killed = run_main(workdir, "--config.mode=gvu", check=False, env={"GVU_KILL_AT": moment})
+    killed = run_main(workdir, "--config.mode=gvu", check=False, env={"GVU_FAULT": moment})
     assert killed.returncode == -9
   else:
     proc = subprocess.Popen(main_command(workdir, "--config.mode=gvu"), cwd=REPO,
