@@ -20,7 +20,8 @@ waiting for it, billed and silent. Three rules keep them together
 Messages travel through the key-value store of JAX's coordination service (the
 one `jax.distributed.initialize` starts on host 0), not through device
 collectives: they reach a host whose devices are stuck in one. On one host all
-of this reduces to a plain call.
+of this reduces to a plain call. CPU processes (gloo) also connect every group of
+devices up front (`connect`).
 """
 
 import atexit
@@ -104,7 +105,7 @@ def connect(mesh):
   compiling a program the other already has is that late, and runs failed with
   "Gloo context initialization failed" or hung. Every group is connected here,
   after a barrier, by a psum over each set of axes. Nothing to do on one host,
-  nor on TPUs and GPUs (their interconnects need no such rendezvous later)."""
+  nor on TPUs and GPUs, whose collectives do not go through gloo."""
   if count() == 1 or mesh.devices.flat[0].platform != "cpu":
     return
   from jax.sharding import NamedSharding, PartitionSpec as P
@@ -236,7 +237,7 @@ def _leave(line, code):
 
 def dump_stacks(reason):
   """Every thread's Python stack to stderr, after a line saying why."""
-  print(f"{reason}; every thread's stack follows (host {index()})", file=_STDERR, flush=True)
+  print(from_this_host(f"{reason}; every thread's stack follows"), file=_STDERR, flush=True)
   faulthandler.dump_traceback(file=_STDERR, all_threads=True)
   _STDERR.flush()
 

@@ -284,10 +284,7 @@ def prepare(name, data_dir=None, manual_dir=None, path=None, allow_download=Fals
   """The prepared builder: its array_record files written once into data_dir
   (TFDS's default when None), from manual_dir or, if allowed, the source URLs."""
   b = builder(name, data_dir, path)
-  if not b.is_prepared():
-    b.allow_download = allow_download
-    b.download_and_prepare(file_format="array_record",
-                           download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+  suites.prepare_once(b, manual_dir, allow_download)
   return b
 
 

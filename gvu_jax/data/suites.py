@@ -38,6 +38,7 @@ from typing import NamedTuple
 
 import tensorflow_datasets as tfds
 
+from gvu_jax import hosts
 from gvu_jax.data import prompt_files
 from gvu_jax.errors import InputError
 
@@ -348,15 +349,27 @@ def builder(name, data_dir=None):
   return SUITES[name](data_dir=data_dir)
 
 
+def prepare_once(b, manual_dir, allow_download=False):
+  """TFDS builder `b` prepared (array_record files) unless it is. On several hosts
+  host 0 prepares first, so a shared data_dir is written once; then the others
+  (nothing to do where they share its data_dir)."""
+  def make():
+    if not b.is_prepared():
+      b.allow_download = allow_download
+      tfds.disable_progress_bar()
+      with contextlib.redirect_stdout(io.StringIO()):   # TFDS prints its stages
+        b.download_and_prepare(file_format="array_record", download_config=(
+            tfds.download.DownloadConfig(manual_dir=manual_dir)))
+
+  hosts.agreed(f"prepare {b.name}", make)
+  make()
+
+
 def questions(name, data_dir=None, manual_dir=None):
   """Every question of suite `name`, split by split in source order; the suite
   is prepared into data_dir (TFDS's default when None) from manual_dir once."""
   b = builder(name, data_dir)
-  if not b.is_prepared():
-    tfds.disable_progress_bar()
-    with contextlib.redirect_stdout(io.StringIO()):   # TFDS prints its stages
-      b.download_and_prepare(file_format="array_record",
-                             download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+  prepare_once(b, manual_dir)
   out, present = [], {}
   for split in b.SPLITS:
     source = b.as_data_source(split)
