@@ -251,6 +251,11 @@ class Layout:
 _ACTIVE = None
 
 
+def active():
+  """The layout functions traced now run under (Layout.active), or None."""
+  return _ACTIVE
+
+
 def constrain(x, logical):
   """with_sharding_constraint by logical names, under the active layout (else x)."""
   layout = _ACTIVE

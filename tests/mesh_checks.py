@@ -17,6 +17,8 @@ import numpy as np
 import helpers_model as hm
 from gvu_jax import checkpoint, lora, optimizer, rl, sampling, sharding
 from gvu_jax import world
+from gvu_jax.models import attention
+from gvu_jax.models.umm import causal_mask
 
 MESHES = {"one": dict(devices=1), "2x2x2": dict(data=2, fsdp=2, tensor=2),
           "tensor8": dict(tensor=8)}
@@ -111,6 +113,22 @@ def main(out_path, ckpt_dir):
   out["saved_q_spec"] = str(tuple(fsdp8.for_params(saved)["params"]["lm"]["layers"][0]["attn"][
       "q"]["kernel"].spec))
   out["restore_step"] = int(meta["step"])
+
+  # Splash attention over a mesh runs in a shard_map, each device on its rows and
+  # heads (Pallas' interpreter here; the TPU compiler refuses it unpartitioned).
+  q, k, v = (jax.random.normal(jax.random.key(i), (4, 40, 4, 16)) for i in range(3))
+  k, v = (x[:, :, :2].transpose(0, 2, 1, 3) for x in (k, v))   # [B, Hkv=2, S, D]
+  attn_valid = np.ones((4, 40), bool)
+  attn_valid[0, :7] = False
+  mask = causal_mask(jnp.asarray(attn_valid))
+  loss = lambda impl: lambda q, k, v: jnp.sum(jnp.sin(attention.attention(q, k, v, mask, impl)))
+  for name, axes in (("one", dict(devices=1)), ("2x2x2", MESHES["2x2x2"])):
+    lay = layout(**axes)
+    with lay.active():
+      value, grads = jax.jit(jax.value_and_grad(loss("splash"), argnums=(0, 1, 2)))(q, k, v)
+    out[f"splash/{name}"] = np.concatenate([[float(value)], flat(grads)])
+  value, grads = jax.value_and_grad(loss("xla"), argnums=(0, 1, 2))(q, k, v)
+  out["splash/xla"] = np.concatenate([[float(value)], flat(grads)])
   np.savez(out_path, **out)
 
 

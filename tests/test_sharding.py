@@ -156,6 +156,15 @@ def test_sharded_grpo_step_matches_one_device(checks, mesh, kind):
 
 
 @pytest.mark.slow
+def test_splash_attention_runs_per_device_over_a_mesh(checks):
+  """Over a 2x2x2 mesh splash attention (in a shard_map) gives XLA attention's
+  value and gradients, as on one device."""
+  for name in ("one", "2x2x2"):
+    np.testing.assert_allclose(checks[f"splash/{name}"], checks["splash/xla"], atol=2e-5,
+                               rtol=1e-5)
+
+
+@pytest.mark.slow
 def test_checkpoint_saved_under_fsdp8_restores_under_tensor4(checks):
   assert str(checks["saved_q_spec"]) == "('fsdp', None)"
   assert str(checks["restore_q_spec"]) == "(None, 'tensor')"

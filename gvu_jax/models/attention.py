@@ -15,16 +15,37 @@ segment ids) from the mask's last row. Passes over a KV cache (sampling) always
 use xla: one query token per step moves too little compute for a kernel to help.
 """
 
+import contextlib
 import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gvu_jax import sharding
 from gvu_jax.errors import InputError
 
 IMPLEMENTATIONS = ("xla", "dot_product", "cudnn", "splash", "auto")
 SPLASH_BLOCK = 128   # splash's sequence tile; full passes are padded to a multiple of it
+
+
+_TARGET = None   # the platform programs are compiled for, where not this process's
+
+
+def platform():
+  """The platform the programs traced now will run on: this process's backend, or
+  the one `compiling_for` names (a TPU slice compiled for from another host)."""
+  return _TARGET or jax.default_backend()
+
+
+@contextlib.contextmanager
+def compiling_for(name):
+  global _TARGET
+  previous, _TARGET = _TARGET, name
+  try:
+    yield
+  finally:
+    _TARGET = previous
 
 
 def check(name):
@@ -38,7 +59,7 @@ def resolve(name, dtype=jnp.bfloat16):
   check(name)
   if name != "auto":
     return name
-  backend = jax.default_backend()
+  backend = platform()
   if backend == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16):
     return "cudnn"
   return "splash" if backend == "tpu" else "xla"
@@ -101,8 +122,21 @@ def _splash_kernel(heads, length, interpret):
 
 
 def _splash(q, k, v, mask):
+  """Over a mesh each device runs the kernel on its own rows and heads: XLA cannot
+  partition a Mosaic kernel, so it goes inside a shard_map over the active layout."""
+  k, v = _repeat_kv(k, v, q.shape[2])
+  layout = sharding.active()
+  if layout is None or layout.mesh.size == 1:
+    return _splash_local(q, k, v, mask)
+  rows_heads = layout.spec(("batch", None, "heads", None), q.shape)
+  kv = layout.spec(("batch", "heads", None, None), k.shape)
+  rows = layout.spec(("batch", None, None), mask.shape)
+  return jax.shard_map(_splash_local, mesh=layout.mesh, in_specs=(rows_heads, kv, kv, rows),
+                       out_specs=rows_heads, check_vma=False)(q, k, v, mask)
+
+
+def _splash_local(q, k, v, mask):
   b, t, h, d = q.shape
-  k, v = _repeat_kv(k, v, h)
   # Segments: real tokens and padding each attend only within themselves (the
   # causal_mask contract); the tail added to reach a whole tile is a third segment.
   segments = mask[:, -1, :].astype(jnp.int32)
@@ -110,7 +144,7 @@ def _splash(q, k, v, mask):
   pad = length - t
   pad_seq = lambda x: jnp.pad(x, ((0, 0), (0, 0), (0, pad), (0, 0)))
   segments = jnp.pad(segments, ((0, 0), (0, pad)), constant_values=2)
-  kernel, segment_ids = _splash_kernel(h, length, jax.default_backend() != "tpu")
+  kernel, segment_ids = _splash_kernel(h, length, platform() != "tpu")
   scale = np.float32(1.0 / np.sqrt(d))
   q = (q * scale.astype(q.dtype)).transpose(0, 2, 1, 3)
   out = jax.vmap(kernel)(pad_seq(q), pad_seq(k), pad_seq(v), segment_ids(segments, segments))
