@@ -173,15 +173,7 @@ def sample_image_tokens(model, ids, valid, uncond_ids, uncond_valid, key, cache,
     return jnp.concatenate([cond, jnp.broadcast_to(x[prompts:], (rows,) + x.shape[1:])])
 
   ends = np.cumsum([k.shape[2] for k in cache[0]["k"]])   # the slot after each segment
-
-  def next_token(logits, step_key):
-    cond = logits[:rows]
-    guided = cond
-    if cfg.guided:
-      uncond = logits[rows:]
-      guided = uncond + cfg.cfg_weight * (cond - uncond)
-    code, logp = sample_categorical(step_key, filter_logits(guided, cfg))
-    return code.astype(jnp.int32), logp
+  next_token = lambda logits, step_key: guided_token(logits, step_key, cfg, rows)
 
   def read(cache, last):   # each layer's segments 0..last
     return [{"k": c["k"][:last + 1], "v": c["v"][:last + 1]} for c in cache]
@@ -206,9 +198,7 @@ def sample_image_tokens(model, ids, valid, uncond_ids, uncond_valid, key, cache,
 
     def body(i, carry):
       out, cache = carry
-      x = model.embed_image_codes(out[0][:, i - 1][:, None])
-      if cfg.guided:   # both halves feed back the same token
-        x = jnp.concatenate([x, x])
+      x = fed_back(model, out[0][:, i - 1], cfg)
       positions = (prompt_lengths + i - 1)[:, None]
       step_mask = (slots_valid[:, :ends[seg]] | ((slot >= p) & (slot < p + i)))[:, None, :]
       hidden, new = model.lm(x, positions, step_mask, read(cache, seg),
@@ -224,6 +214,32 @@ def sample_image_tokens(model, ids, valid, uncond_ids, uncond_valid, key, cache,
     carry = decode(seg, carry)
   out, cache = carry
   return Samples(*out), cache
+
+
+def guided_token(logits, key, cfg, rows):
+  """(code, log-prob) of the next token of each of `rows` rows, from the logits of
+  the rows (and with CFG, then as many unconditional rows: u + w (c - u))."""
+  cond = logits[:rows]
+  guided = cond
+  if cfg.guided:
+    uncond = logits[rows:]
+    guided = uncond + cfg.cfg_weight * (cond - uncond)
+  code, logp = sample_categorical(key, filter_logits(guided, cfg))
+  return code.astype(jnp.int32), logp
+
+
+def fed_back(model, codes, cfg):
+  """The embeddings of the tokens just sampled [rows], as the next step's input
+  (with CFG both halves feed back the same token)."""
+  x = model.embed_image_codes(codes[:, None])
+  return jnp.concatenate([x, x]) if cfg.guided else x
+
+
+def rollout_model(graphdef, params):
+  """The model as a rollout runs it: adapters folded in, weights in the compute dtype."""
+  model = merge_adapters(nnx.merge(graphdef, params))
+  rollout_def, weights = nnx.split(model)
+  return nnx.merge(rollout_def, in_compute_dtype(weights, rollout_def))
 
 
 def merge_adapters(model):
@@ -266,16 +282,14 @@ class Sampler:
 
     def run(params, ids, valid, key, cache):
       self._traces += 1   # runs once per trace, i.e. per compilation
-      model = merge_adapters(nnx.merge(graphdef, params))   # once per rollout
-      rollout_def, weights = nnx.split(model)
-      model = nnx.merge(rollout_def, in_compute_dtype(weights, rollout_def))
+      model = rollout_model(graphdef, params)   # once per rollout
       return sample_image_tokens(model, ids, valid, self.uncond_ids, self.uncond_valid, key,
                                  cache, cfg=cfg, num_tokens=num_tokens, group_size=group_size)
 
     self._run = jax.jit(run, donate_argnums=4)
     self._cast = jax.jit(lambda p: in_compute_dtype(p, graphdef))
 
-  def _weights(self, params, abstract=False):
+  def rollout_weights(self, params, abstract=False):
     """The weights as the decode loop reads them: where the layout's rollout rules
     differ from its own (sharding.Layout.for_rollout), cast to the compute dtype
     and then gathered, so the gather moves half the bytes."""
@@ -303,7 +317,7 @@ class Sampler:
     if self._cache is None or self._cache_shape != shape:
       self._cache, self._cache_shape = self._new_cache(params, *shape), shape
     run = self._compiled.get((shape, key.shape), self._run)
-    samples, self._cache = run(self._weights(params), ids, valid, key, self._cache)
+    samples, self._cache = run(self.rollout_weights(params), ids, valid, key, self._cache)
     return samples
 
   def compile(self, params, ids, valid, key):
@@ -311,10 +325,42 @@ class Sampler:
     returns the executable, for its cost and memory analysis; later calls of this
     shape run it instead of compiling again."""
     cache = self._new_cache(params, *ids.shape, abstract=True)
-    compiled = self._run.lower(self._weights(params, abstract=True), ids, valid, key,
+    compiled = self._run.lower(self.rollout_weights(params, abstract=True), ids, valid, key,
                                cache).compile()
     self._compiled[(tuple(ids.shape), key.shape)] = compiled
     return compiled
+
+  def step_programs(self, params, ids, valid):
+    """(the prefill, one decode step) each lowered alone for this batch shape, to
+    compile for their cost analysis: XLA counts a loop's body once however often it
+    runs, so a rollout costs the prefill plus N - 1 of these steps. The step reads the cache
+    up to its middle segment, the mean a step of the rollout reads."""
+    weights = self.rollout_weights(params, abstract=True)
+    cfg, rows = self.cfg, ids.shape[0] * self.group_size
+    uncond = tuple(jnp.asarray(a) for a in (self.uncond_ids, self.uncond_valid))
+
+    def prompt_pass(p, ids, valid):
+      if cfg.guided:
+        ids, valid = jnp.concatenate([ids, uncond[0]]), jnp.concatenate([valid, uncond[1]])
+      return prefill(rollout_model(self._graphdef, p), ids, valid, lambda x: x)
+
+    def one_step(p, codes, cache, key):
+      model = rollout_model(self._graphdef, p)
+      x = fed_back(model, codes, cfg)
+      slots = sum(k.shape[2] for k in cache[0]["k"])
+      positions = jnp.full((x.shape[0], 1), slots - 1)
+      mask = jnp.ones((x.shape[0], 1, slots), bool)
+      hidden, _ = model.lm(x, positions, mask, cache, cache[0]["k"][-1].shape[2] - 1)
+      return guided_token(model.image_head(hidden[:, 0]), key, cfg, rows)
+
+    cache = self._new_cache(params, *ids.shape, abstract=True)
+    middle = 1 + len(cache[0]["k"]) // 2   # the prompt's segment and half the image's
+    cache = [{name: segments[:middle] for name, segments in layer.items()} for layer in cache]
+    codes = jax.ShapeDtypeStruct((rows,), jnp.int32)
+    if self.layout is not None:
+      codes = self.layout.abstract(codes, batch=True)
+    return (jax.jit(prompt_pass).lower(weights, ids, valid),
+            jax.jit(one_step).lower(weights, codes, cache, jax.random.key(0)))
 
   def compilations(self):
     """How many times the sampler has been traced and compiled (one per batch shape)."""
