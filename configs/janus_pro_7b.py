@@ -112,10 +112,13 @@ def get_config(arg=None, model=MODEL):
   # mode=bench (gvu_jax/bench.py): sampler batch sizes (prompts; CFG doubles the
   # rows), the reward batch, and how many of its images x answer_tokens reference
   # passes to time (0 = all); the GRPO step uses the gvu block above.
+  # topology: compile the GvU step's programs for a TPU slice (v5e:2x4, v5p:4x4x4,
+  # ...) on this host with libtpu, and say per chip whether they fit (docs/scaling.md).
   c.bench = dict(sampler_batches=(16, 64), cfg_weight=5.0, prompt_tokens=32, vq_images=16,
                  reward_images=16, reward_answer_tokens=16, reference_forwards=0, repeats=3,
-                 transformers=True, analysis_only=False,
-                 machine="")   # analysis_only: estimate a step on v5e | v4 | h100 | h200 chips
+                 transformers=True, analysis_only=False, topology="",
+                 # analysis_only: estimate a step on v4 | v5e | v5p | v6e | h100 | h200
+                 machine="")
 
   if preset == "t2i_r1":   # 8 GPUs x 1 prompt x 2 accumulated micro-batches, G=8
     c.gvu.update(steps=1600, group_size=8, prompts_per_step=16, grad_accum=2, beta=0.01,

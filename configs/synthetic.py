@@ -89,6 +89,13 @@ def get_config(arg=None):
   # Metrics go to STAGE/metrics.jsonl, and to TensorBoard (WORKDIR/tensorboard) and
   # Weights & Biases (a project name turns it on; pip install 'gvu_jax[wandb]').
   c.logging = dict(tensorboard=True, wandb_project="", wandb_entity="")
+  # mode=bench compiles the GvU step's programs (rollout, decode, reward, reference
+  # log-probs, update) at this recipe's shapes, for this host's devices or for a TPU
+  # slice (topology=v5e:2x2, ...; gvu_jax/bench.py), and reports what each holds.
+  # prompt_tokens: the generation template's length; reward_answer_tokens: a prompt's.
+  c.bench = dict(topology="", analysis_only=True, machine="",
+                 prompt_tokens=c.model.max_prompt_tokens + 4,
+                 reward_answer_tokens=c.model.max_prompt_tokens)
 
   if preset == "mini":  # seconds, for tests
     c.model = presets.synthetic("mini")

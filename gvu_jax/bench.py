@@ -49,7 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from gvu_jax import files, lora, optimizer, rl, sharding
+from gvu_jax import files, lora, optimizer, rl, sharding, topology
 from gvu_jax import reward as reward_lib
 from gvu_jax.errors import InputError
 from gvu_jax.models import attention as attention_lib
@@ -57,23 +57,27 @@ from gvu_jax.models import build, presets
 from gvu_jax.models.umm import causal_mask, positions_from_valid
 from gvu_jax.sampling import Sampler, SamplingConfig, in_compute_dtype
 
-# Dense bf16 peak TFLOP/s by device kind (vendor specs); other devices use the
-# matmul throughput measured here.
-PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "TPU v4": 275.0,
-               "TPU v5 lite": 197.0, "TPU v5p": 459.0, "TPU v6 lite": 918.0}
+# Dense bf16 peak TFLOP/s of GPUs by device kind (vendor specs; TPUs: topology.CHIPS);
+# other devices use the matmul throughput measured here.
+PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
 
 
 # --- The model ---------------------------------------------------------------------
 
 def model_block(config):
-  """The `model` block: the preset `expect_model` (random_init) or the checkpoint's."""
+  """The `model` block: the checkpoint's, the preset `expect_model` (random_init, or
+  a compile-only bench: shapes are all it needs), or the embedded world's own (its
+  programs are compiled, not timed)."""
   if "checkpoint" not in config:
-    raise InputError("mode=bench runs on a Janus recipe (configs/janus_pro_1b.py, "
-                     "configs/janus_pro_7b.py), not the embedded world")
+    if not compile_only(config):
+      raise InputError("mode=bench on the embedded world compiles only: set "
+                       "--config.bench.analysis_only=True or --config.bench.topology=SLICE "
+                       "(timing runs on a Janus recipe, configs/janus_pro_*.py)")
+    return config.model.copy_and_resolve_references()
   if config.checkpoint:
     from gvu_jax import convert
     m = convert.read_converted_config(config.checkpoint)
-  elif config.get("random_init"):
+  elif config.get("random_init") or compile_only(config):   # compiling needs shapes only
     m = presets.preset(config.expect_model)
   else:
     raise InputError("mode=bench needs weights: --config.random_init=True (random weights "
@@ -84,15 +88,20 @@ def model_block(config):
   return m
 
 
+def compile_only(config):
+  return bool(config.bench.analysis_only or config.bench.get("topology"))
+
+
 def base_params(config, m, abstract):
   """The frozen base weights, as a run holds them: a checkpoint in its stored dtype,
   random weights in the compute dtype (as `convert --dtype` stores them)."""
-  if config.checkpoint:
-    from gvu_jax import convert
-    if abstract:
-      return jax.eval_shape(lambda: convert.load(config.checkpoint, like_model=m)[1])
-    return jax.tree.map(jnp.asarray, convert.load(config.checkpoint, like_model=m)[1])
   dtype = jnp.dtype(m.dtype)
+  if config.get("checkpoint"):
+    from gvu_jax import convert
+    if abstract:   # shapes and the stored dtype; no weight is read
+      dtype = convert.DTYPES[convert.stored_dtype(config.checkpoint)]
+    else:
+      return jax.tree.map(jnp.asarray, convert.load(config.checkpoint, like_model=m)[1])
   if abstract:
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, dtype), build.abstract(m)[1])
   return jax.jit(lambda: jax.tree.map(lambda x: x.astype(dtype),
@@ -191,15 +200,15 @@ def seconds(fn, repeats):
   return best, out
 
 
-def analysis(compiled):
-  """-> {"peak_bytes" (sharding.peak_bytes), "hlo_tflop"} of a compiled function
-  (None where unknown)."""
-  out = {"peak_bytes": sharding.peak_bytes(compiled), "hlo_tflop": None}
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  if cost and cost.get("flops"):
-    out["hlo_tflop"] = float(cost["flops"]) / 1e12
-  return out
+def compiled_figures(compile_fn, abstract):
+  """-> (the executable or None, its figures per device: topology.compile_program's
+  and XLA's FLOPs in TFLOP as the tables print them). A program the compiler refuses
+  for memory is a result when nothing is to run (abstract), an error otherwise."""
+  compiled, out = topology.compile_program(compile_fn)
+  if compiled is None and not abstract:
+    raise InputError(f"mode=bench: the compiler refused a program: {out['error']}")
+  out["hlo_tflop"] = out["flops"] / 1e12 if out.get("flops") else None
+  return compiled, out
 
 
 def copy_bandwidth_GBps(dtype):
@@ -219,6 +228,9 @@ def matmul_tflops(dtype):
 
 
 def peak_tflops(device, measured):
+  chip = topology.CHIPS.get(device.device_kind)
+  if chip:
+    return chip.flops / 1e12, f"{chip.name} spec, bf16 dense"
   for name, tflops in PEAK_TFLOPS.items():
     if name in device.device_kind:
       return tflops, f"{name} spec, bf16 dense"
@@ -226,7 +238,8 @@ def peak_tflops(device, measured):
 
 
 # Per chip: dense bf16 FLOP/s, HBM bytes/s and HBM bytes (vendor specifications).
-MACHINES = {"v5e": (197e12, 819e9, 16 * 2**30), "v4": (275e12, 1228e9, 32 * 2**30),
+MACHINES = {**{chip.name: (chip.flops, chip.bandwidth, chip.hbm)
+               for chip in topology.CHIPS.values()},
             "h100": (989e12, 3350e9, 80 * 2**30), "h200": (989e12, 4800e9, 141 * 2**30)}
 
 
@@ -306,28 +319,44 @@ def bench_sampler(graphdef, params, m, b, n_prompts, group_size, cfg, abstract, 
   ids, valid = place(layout, (ids, valid), abstract, batch=True)
   sampler = Sampler(graphdef, cfg, num_tokens=m.image_tokens, uncond_row=uncond,
                     group_size=group_size, layout=layout)
-  out = analysis(sampler.compile(params, ids, valid, jax.random.key(0)))
+  compiled, out = compiled_figures(
+      lambda: sampler.compile(params, ids, valid, jax.random.key(0)), abstract)
+  if compiled is not None and out["flops"]:
+    out.update(loop_costs(sampler, params, m, ids, valid, out, abstract))
   rows = n_prompts * group_size
   cache_rows = rows * (2 if cfg.guided else 1)
   weights, kv, full_cache = sampler_step_bytes(m, cache_rows, b.prompt_tokens)
   out.update(prompts=n_prompts, group_size=group_size, cfg_weight=cfg.cfg_weight,
+             weights_gathered=layout.for_rollout() is not layout,
              rows=cache_rows, bytes_per_step=float(weights + kv),
              model_bytes=int(nbytes(params) / shards(layout, rollout=True)[0]
                              + full_cache / shards(layout)[1]))
-  if not abstract:
+  if compiled is not None and not abstract:
     t, _ = seconds(lambda: sampler(params, ids, valid, jax.random.key(0)).codes, b.repeats)
     out.update(seconds=t, ms_per_step=1000 * t / m.image_tokens, images_per_s=rows / t)
   return out
 
 
-def bench_vq(graphdef, params, m, b, abstract, rng, layout):
-  tokenizer = build.VQTokenizer()
+def loop_costs(sampler, params, m, ids, valid, out, abstract):
+  """The rollout's FLOPs and bytes with every decode step counted: the prefill plus
+  N - 1 steps, each compiled alone (Sampler.step_programs); the sampler's own
+  figures, which count each decode loop's body once, are kept as compiler_*."""
+  programs = sampler.step_programs(params, ids, valid)
+  (_, first), (_, step) = (compiled_figures(lowered.compile, abstract) for lowered in programs)
+  whole = lambda key: first[key] + (m.image_tokens - 1) * step[key]
+  return {"compiler_flops": out["flops"], "compiler_bytes_accessed": out["bytes_accessed"],
+          "flops": whole("flops"), "bytes_accessed": whole("bytes_accessed"),
+          "step_flops": step["flops"], "step_bytes_accessed": step["bytes_accessed"],
+          "hlo_tflop": whole("flops") / 1e12}
+
+
+def bench_vq(graphdef, params, m, images, b, abstract, rng, layout):
+  tokenizer = build.image_tokenizer(m)
   decode = jax.jit(lambda p, codes: tokenizer.decode(codes, nnx.merge(graphdef, p)))
-  codes = place(layout, rng.integers(0, m.codebook_size, (b.vq_images, m.image_tokens)).astype(
+  codes = place(layout, rng.integers(0, m.codebook_size, (images, m.image_tokens)).astype(
       np.int32), abstract, batch=True)
-  compiled = decode.lower(params, codes).compile()
-  out = analysis(compiled)
-  out["images"] = b.vq_images
+  compiled, out = compiled_figures(lambda: decode.lower(params, codes).compile(), abstract)
+  out["images"] = images
   if not abstract:
     out["seconds"] = seconds(lambda: compiled(params, codes), b.repeats)[0]
   return out
@@ -344,8 +373,8 @@ def bench_reward(graphdef, params, m, b, images, abstract, rng, layout):
   def reward(p, pixels, query):
     return reward_lib.intrinsic_reward(nnx.merge(graphdef, p), pixels, query, "geo_mean_prob")
 
-  compiled = reward.lower(params, placed_pixels, placed_query).compile()
-  out = analysis(compiled)
+  compiled, out = compiled_figures(
+      lambda: reward.lower(params, placed_pixels, placed_query).compile(), abstract)
   out["images"], out["length"] = images, query["ids"].shape[1]
   if abstract:
     return out
@@ -425,7 +454,9 @@ def grpo_setup(config, m, params, abstract, layout):
 
 
 def bench_grpo(config, m, params, abstract, rng, layout):
-  """-> (the report's grpo section, the compiled update, which bench_step reuses)."""
+  """-> (the report's grpo and ref_logp sections, the compiled update, which
+  bench_step reuses). ref_logp: the reference's (and for mu > 1 the sampling
+  policy's) log-probs of the rollout, one pass per rollout before the update."""
   c = config.gvu
   graphdef, roles, tx, state = grpo_setup(config, m, params, abstract, layout)
   trainable = state["trainable"]
@@ -436,19 +467,27 @@ def bench_grpo(config, m, params, abstract, rng, layout):
            "codes": rng.integers(0, m.codebook_size, (rows, m.image_tokens)).astype(np.int32),
            "advantages": rng.normal(size=rows).astype(np.float32),
            "ref_logp": np.full((rows, m.image_tokens), -np.log(m.codebook_size), np.float32)}
+  if c.mu > 1:
+    batch["old_logp"] = batch["ref_logp"]
   batch = place(layout, batch, abstract, batch=True)
+  logp = rl.make_logp_fn(graphdef, roles, with_policy=c.mu > 1, shared_prompt_group=group)
+  rollout = {k: batch[k] for k in ("prompt_ids", "prompt_valid", "codes")}
+  _, ref_logp = compiled_figures(
+      lambda: logp.lower(trainable, params, rollout).compile(), abstract)
+  ref_logp["rows"] = rows
   step = rl.make_grpo_step(graphdef, roles, tx, clip_eps=c.clip_eps, beta=c.beta,
                            grad_accum=c.grad_accum, layout=layout, state=state,
                            shared_prompt_group=group)
-  compiled = step.lower(state, params, batch).compile()
-  out = analysis(compiled)
+  compiled, out = compiled_figures(lambda: step.lower(state, params, batch).compile(), abstract)
   length = config.bench.prompt_tokens + m.image_tokens - 1
   model_flops = (3 if not c.lora.enabled else 2) * update_forward_flops(
       m, rows, config.bench.prompt_tokens, group)
   frozen_bytes = nbytes(params)
   flash = attention_lib.resolve(m.get("attention", "xla"), m.dtype) in ("cudnn", "splash")
   out.update(rows=rows, length=length, lora=bool(c.lora.enabled), remat=bool(m.remat),
-             shared_prompt_group=group,
+             shared_prompt_group=group, mu=c.mu,
+             trainable_bytes_per_device=topology.bytes_per_device(state["trainable"]),
+             optimizer_bytes_per_device=topology.bytes_per_device(state["opt_state"]),
              grad_accum=c.grad_accum, trainable_params=count(trainable),
              model_tflop=model_flops / 1e12,
              model_bytes=grpo_bytes_model(m, rows // c.grad_accum, length, count(trainable),
@@ -463,7 +502,7 @@ def bench_grpo(config, m, params, abstract, rng, layout):
       return metrics["loss"]
 
     out["seconds"] = seconds(one_step, config.bench.repeats)[0]
-  return out, compiled
+  return out, ref_logp, compiled
 
 
 def bench_attention(m, b, rows, rng):
@@ -612,15 +651,17 @@ def measure(report, config, m, graphdef, params, sampler_params, abstract, rng, 
     report["sampler"] = {str(n): bench_sampler(
         graphdef, sampler_params, m, b, n, 1, SamplingConfig(cfg_weight=b.cfg_weight),
         abstract, rng, layout) for n in b.sampler_batches}
+  rollout = c.prompts_per_step * c.group_size   # compile only: the step's own images
   log("VQ decode")
-  report["vq_decode"] = bench_vq(graphdef, sampler_params, m, b, abstract, rng, layout)
+  report["vq_decode"] = bench_vq(graphdef, sampler_params, m, rollout if abstract else
+                                 b.vq_images, b, abstract, rng, layout)
   log("reward and the reference algorithm")
-  rollout = c.prompts_per_step * c.group_size
   report["reward"] = bench_reward(graphdef, sampler_params, m, b,
                                   rollout if abstract else b.reward_images, abstract, rng,
                                   layout)
-  log("GRPO step")
-  report["grpo"], update = bench_grpo(config, m, params, abstract, rng, layout)
+  log("reference log-probs and the GRPO step")
+  report["grpo"], report["ref_logp"], update = bench_grpo(config, m, params, abstract, rng,
+                                                          layout)
   if not abstract:
     log("attention kernel against XLA")
     report["attention_check"] = bench_attention(m, b, c.prompts_per_step * c.group_size, rng)
@@ -633,18 +674,21 @@ def run(config, workdir):
   log = lambda what: print(f"bench: {what} ({time.perf_counter() - start:.0f} s)", flush=True)
   m = model_block(config)
   b = config.bench
-  abstract = bool(b.analysis_only)
+  abstract = compile_only(config)
+  slice_devices = topology.devices(b.topology) if b.get("topology") else None
   rng = np.random.default_rng(config.seed)
-  layout = sharding.Layout.from_config(config) if "mesh" in config else sharding.single_device()
+  layout = (sharding.Layout.from_config(config, slice_devices) if "mesh" in config
+            else sharding.single_device())
   params = place(layout, base_params(config, m, abstract), abstract)
   graphdef, _ = build.abstract(m)
-  device = jax.devices()[0]
+  device = layout.mesh.devices.flat[0]
   dtype = jnp.dtype(m.dtype)
   report = {"device": str(device), "device_kind": device.device_kind,
-            "backend": jax.default_backend(), "jax": jax.__version__,
-            "model": config.checkpoint or config.expect_model, "params": count(params),
-            "dtype": m.dtype, "attention": m.get("attention", "xla"), "remat": bool(m.remat),
-            "analysis_only": abstract, "mesh": layout.describe()}
+            "backend": device.platform, "jax": jax.__version__,
+            "model": config.get("checkpoint") or config.get("expect_model") or "embedded world",
+            "params": count(params), "dtype": m.dtype, "attention": m.get("attention", "xla"),
+            "remat": bool(m.remat), "analysis_only": abstract, "mesh": layout.describe(),
+            "frozen_bytes_per_device": topology.bytes_per_device(params)}
   if not abstract:
     report["copy_GBps"] = copy_bandwidth_GBps(dtype)
     report["matmul_tflops"] = matmul_tflops(dtype)
@@ -653,7 +697,7 @@ def run(config, workdir):
   to_compute = lambda p: in_compute_dtype(p, graphdef)
   sampler_params = place(layout, jax.eval_shape(to_compute, params) if abstract else
                          jax.jit(to_compute)(params), abstract)
-  with layout.active():
+  with layout.active(), topology.compiling_for(slice_devices):
     measure(report, config, m, graphdef, params, sampler_params, abstract, rng, layout, log)
   if not abstract:
     for s in report["sampler"].values():
@@ -681,11 +725,14 @@ def run(config, workdir):
   if abstract and b.get("machine"):
     report["estimate"] = estimate(report, m, b.prompt_tokens, b.machine)
   peaks = [x["peak_bytes"] for x in (*report["sampler"].values(), report["vq_decode"],
-                                     report["reward"], report["grpo"]) if x["peak_bytes"]]
+                                     report["reward"], report["ref_logp"], report["grpo"])
+           if x["peak_bytes"]]
   report["largest_peak_bytes"] = max(peaks) if peaks else None
+  if slice_devices:
+    report.update(topology.summary(report, b.topology, slice_devices))
 
   files.write_atomic(os.path.join(workdir, "bench.json"), json.dumps(report, indent=1))
-  print(table(report))
+  print(topology.table(report) if slice_devices else table(report))
   return report
 
 

@@ -13,6 +13,7 @@ by sharding.Layout as the context is built, also before anything is written.
 """
 
 import math
+import re
 
 from gvu_jax.bench import MACHINES
 from gvu_jax.convert import DTYPES
@@ -79,6 +80,14 @@ def boolean():
 
 def text():
   return Rule(lambda v: isinstance(v, str) and "\0" not in v, "a string")
+
+
+def tpu_slice():
+  """A TPU slice as libtpu names it (chip generation : chips along each axis); which
+  generations exist is libtpu's to say (gvu_jax.topology.devices)."""
+  shape = re.compile(r"[A-Za-z0-9_ -]+:[0-9]+(x[0-9]+)+")
+  return Rule(lambda v: isinstance(v, str) and (v == "" or shape.fullmatch(v) is not None),
+              "'' or a TPU slice such as v5e:2x4 or v4:2x2x1")
 
 
 def optional(rule):
@@ -188,7 +197,7 @@ RULES = {
     "bench.reward_images": integer(1), "bench.reward_answer_tokens": integer(1),
     "bench.reference_forwards": integer(0), "bench.repeats": integer(1),
     "bench.transformers": boolean(), "bench.analysis_only": boolean(),
-    "bench.machine": choice("", *MACHINES),
+    "bench.machine": choice("", *MACHINES), "bench.topology": tpu_slice(),
     "logging.tensorboard": boolean(), "logging.wandb_project": text(),
     "logging.wandb_entity": text(),
     "profile.steps": Rule(lambda v: isinstance(v, (tuple, list)) and (

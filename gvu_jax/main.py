@@ -54,9 +54,17 @@ def check_workdir(workdir):
     raise InputError(f"--workdir={workdir}: not writable")
 
 
+def before_devices(config):
+  """What must be chosen before jax picks its devices (the first call that asks for
+  them creates every backend client, and reads these settings then)."""
+  if config.mode == "bench":   # the GPU's memory is shared with PyTorch's side
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    if config.get("bench") and config.bench.get("topology"):
+      from gvu_jax import topology
+      topology.on_cpu()   # compiled for a TPU slice: this host's CPU is enough
+
+
 def run(config, workdir):
-  if config.mode == "bench":   # (before any device is touched) the GPU's memory is shared
-    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")   # with PyTorch's side
   config_check.check(config)   # every value, before anything runs or is written
   hosts.WATCHDOG.start(hosts.watchdog_seconds(config.watchdog_s))
   check_workdir(workdir)
@@ -203,8 +211,10 @@ def main(argv):
     return
   try:
     hosts.initialize()             # several hosts: before anything touches a device
+    config = load_config()
+    before_devices(config)
     with preemption.watching():    # SIGTERM: finish the step, checkpoint, exit 0
-      run(load_config(), _WORKDIR.value)
+      run(config, _WORKDIR.value)
   except preemption.Preempted as e:
     print(str(e))
     sys.exit(0)

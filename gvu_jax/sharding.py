@@ -326,12 +326,13 @@ def to_host(x):
 
 def peak_bytes(compiled):
   """Bytes one device holds while a compiled function runs: arguments + outputs +
-  temporaries - donated (aliased) buffers; None where XLA does not say."""
+  temporaries + its code - donated (aliased) buffers; None where XLA does not say."""
   memory = compiled.memory_analysis()
   if memory is None:
     return None
   return int(memory.argument_size_in_bytes + memory.output_size_in_bytes
-             + memory.temp_size_in_bytes - memory.alias_size_in_bytes)
+             + memory.temp_size_in_bytes + memory.generated_code_size_in_bytes
+             - memory.alias_size_in_bytes)
 
 
 def single_device():

@@ -2,6 +2,11 @@ import os
 import shutil
 import tempfile
 
+# The tests run on this host's CPU. With the TPU compiler installed (the [tpu] extra,
+# for tests/test_topology.py) jax would look for a TPU first and libtpu would print a
+# page of warnings into every process's stderr, which tests read.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
 import pytest
 
 from helpers_run import run_main
