@@ -21,6 +21,9 @@ Runs gvu_jax on $what through
 \`gcloud compute tpus tpu-vm\`.
 
 Subcommands:
+  check    here, before renting: compile every program of a GvU step for the slice
+           (--topology) with the TPU compiler (pip install "gvu_jax[tpu]"; no TPU
+           needed) and print each program's memory per chip and whether it fits
   create   create the TPU (--zone, --type, --version; --project, --spot)
   setup    copy the repository there (tarball of this checkout, or git clone of
            --repo), then pip install requirements.txt and jax[tpu] (in a Python
@@ -50,10 +53,14 @@ Flags (environment fallback in brackets):
                          [GVU_PYTHON]
   --python-version V     Python of the uv virtualenv [GVU_PYTHON_VERSION] (default 3.11)
   --logs-dir DIR         local destination of logs [GVU_LOGS_DIR] (default tpu_logs/NAME)
+  --topology SLICE       the slice for check, as libtpu names it: v5e:2x4 for
+                         v5litepod-8, v4:2x2x1 for v4-8, v5p:2x2x1 for v5p-8,
+                         v6e:2x4 for v6e-8 [GVU_TOPOLOGY]
   --dry-run              print each command (prefixed by "+ ") and run nothing
   -h, --help             this help
 
-Example:
+Example (check first, here; then rent):
+  $script check --topology=v5e:2x4 --config=configs/janus_pro_7b.py:lora
   $script all --name=my-tpu --zone=us-central2-b --type=v5litepod-8 \\
       --version=v2-alpha-tpuv5-lite -- --config.seed=1
 EOF
@@ -78,6 +85,7 @@ tpu_flag() {
     --python) PYTHON=$2 ;;
     --python-version) PYTHON_VERSION=$2 ;;
     --logs-dir) LOGS_DIR=$2 ;;
+    --topology) TOPOLOGY=$2 ;;
     *) return 1 ;;
   esac
 }
@@ -91,18 +99,24 @@ tpu_main() {
   CONFIG=${GVU_CONFIG:-configs/synthetic.py} WORKDIR=${GVU_WORKDIR:-gvu_workdir}
   REPO=${GVU_REPO:-} REMOTE_DIR=${GVU_REMOTE_DIR:-gvu_jax} PYTHON=${GVU_PYTHON:-}
   PYTHON_VERSION=${GVU_PYTHON_VERSION:-3.11} LOGS_DIR=${GVU_LOGS_DIR:-}
+  TOPOLOGY=${GVU_TOPOLOGY:-}
   BOOLEAN_FLAGS="--spot"
   TPU_SCRIPT=$script
   parse_args tpu_help tpu_flag "$@"
   local cmd=$CMD have_extra=$HAVE_EXTRA
 
   case $cmd in
-    create | setup | run | logs | delete | all) ;;
-    "") die "a subcommand is required: create, setup, run, logs, delete or all (see --help)" ;;
-    *) die "unknown subcommand $cmd: expected create, setup, run, logs, delete or all" ;;
+    check | create | setup | run | logs | delete | all) ;;
+    "") die "a subcommand is required: check, create, setup, run, logs, delete or all (see --help)" ;;
+    *) die "unknown subcommand $cmd: expected check, create, setup, run, logs, delete or all" ;;
   esac
-  if ((have_extra)) && [[ $cmd != run && $cmd != all ]]; then
-    die "arguments after -- go to gvu_jax.main: only for run and all"
+  if ((have_extra)) && [[ $cmd != run && $cmd != all && $cmd != check ]]; then
+    die "arguments after -- go to gvu_jax.main: only for check, run and all"
+  fi
+  if [[ $cmd == check ]]; then
+    need "$TOPOLOGY" --topology GVU_TOPOLOGY
+    tpu_check
+    return
   fi
   need "$NAME" --name TPU_NAME
   need "$ZONE" --zone TPU_ZONE
@@ -140,6 +154,14 @@ tpu_scp() {
 # The interpreter on the TPU, relative to REMOTE_DIR.
 tpu_python() {
   if [[ -n $PYTHON ]]; then printf '%s' "$(quote "$PYTHON")"; else printf '.venv/bin/python'; fi
+}
+
+# The compile check, on this machine: the run's programs compiled for the slice by
+# the TPU compiler, nothing allocated (docs/scaling.md, "Before renting").
+tpu_check() {
+  run env JAX_PLATFORMS=cpu PYTHONPATH="$GVU_ROOT" "${GVU_LOCAL_PYTHON:-python3}" -m gvu_jax.main \
+    --config="$GVU_ROOT/$CONFIG" --config.mode=bench --config.bench.topology="$TOPOLOGY" \
+    --workdir="${LOGS_DIR:-tpu_logs}/check_${TOPOLOGY//:/_}" ${EXTRA[@]+"${EXTRA[@]}"}
 }
 
 tpu_create() {

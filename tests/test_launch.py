@@ -127,6 +127,18 @@ def test_tpu_vm_all(sandbox):
   assert not any(a.startswith("--worker") for cmd in cmds for a in cmd)
 
 
+@pytest.mark.parametrize("script", ["tpu_vm.sh", "tpu_pod.sh"])
+def test_tpu_check_compiles_for_the_slice_here_before_renting(sandbox, script):
+  """`check` needs no TPU, name or zone: the run's programs compiled here for the
+  slice by the TPU compiler (mode=bench with bench.topology), nothing on gcloud."""
+  cmds = dry(sandbox, script, "check", "--topology=v5e:2x4",
+             "--config=configs/janus_pro_7b.py:lora", "--", "--config.gvu.group_size=8")
+  assert cmds == [["env", "JAX_PLATFORMS=cpu", f"PYTHONPATH={ROOT}", "python3", "-m",
+                   "gvu_jax.main", f"--config={ROOT}/configs/janus_pro_7b.py:lora",
+                   "--config.mode=bench", "--config.bench.topology=v5e:2x4",
+                   "--workdir=tpu_logs/check_v5e_2x4", "--config.gvu.group_size=8"]]
+
+
 def test_tpu_setup_from_git_and_explicit_python(sandbox):
   (cmd,) = dry(sandbox, "tpu_vm.sh", "setup", "--name=my-tpu", "--zone=us-central2-b",
                "--repo=https://example.com/me/gvu_jax.git", "--python=python3.11")
@@ -210,11 +222,13 @@ def test_gpu_setup_here(sandbox):
      "error: --version (or TPU_VERSION) is required"),
     ("tpu_pod.sh", ("run", "--zone=us-central2-b"), "error: --name (or TPU_NAME) is required"),
     ("tpu_vm.sh", ("--name=my-tpu", "--zone=us-central2-b"),
-     "error: a subcommand is required: create, setup, run, logs, delete or all (see --help)"),
+     "error: a subcommand is required: check, create, setup, run, logs, delete or all (see --help)"),
+    ("tpu_vm.sh", ("check", "--config=configs/janus_pro_7b.py:lora"),
+     "error: --topology (or GVU_TOPOLOGY) is required"),
     ("tpu_vm.sh", ("run", "--name=my-tpu", "--zone=us-central2-b", "--nope=1"),
      "error: unknown flag --nope (see --help)"),
     ("tpu_vm.sh", ("delete", "--name=my-tpu", "--zone=us-central2-b", "--", "--config.seed=1"),
-     "error: arguments after -- go to gvu_jax.main: only for run and all"),
+     "error: arguments after -- go to gvu_jax.main: only for check, run and all"),
     ("gpu.sh", ("run", "--gpus=two"), "error: --gpus must be a positive integer, got 'two'"),
     ("gpu.sh", ("launch",), "error: unknown subcommand launch: expected setup or run"),
 ])
