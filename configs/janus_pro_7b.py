@@ -62,6 +62,8 @@ def get_config(arg=None, model=MODEL):
   # Devices (gvu_jax/sharding.py; docs/scaling.md for each machine): FSDP over all of
   # them shards the weights and optimizer state and splits the rows, which
   # (prompts_per_step x group_size) must divide; past that, add --config.mesh.tensor.
+  # On 16 GiB chips (v5e) the rollout's gathered weights need tensor=2: check a
+  # slice before renting it with --config.bench.topology (docs/scaling.md).
   c.mesh = sharding.mesh_config()
   c.mesh.update(data=1, fsdp=-1)
   # Several hosts (docs/reliability.md): a process that completes nothing (a step,
