@@ -65,10 +65,11 @@ def test_the_mini_gvu_step_compiles_for_a_tpu_slice(tmp_path, capsys, name):
     assert f"| {name} |" in out
 
 
-@pytest.mark.parametrize("name", SLICES)
+@pytest.mark.parametrize("name", ["v5e:2x2"])
 def test_a_janus_rollout_reward_and_update_compile_for_a_tpu_slice(tmp_path, capsys, name):
   """The `small` Janus preset (78 M parameters) with the kernels a TPU takes:
-  splash attention (inside a shard_map: XLA cannot partition a Mosaic kernel)."""
+  splash attention (inside a shard_map: XLA cannot partition a Mosaic kernel).
+  One slice: each takes minutes on CI's two cores; the mini step above covers v4."""
   c = recipe_config("janus_pro_7b", "small")
   c.model_options.attention = "auto"   # splash, for a TPU
   c.bench.update(prompt_tokens=16, reward_answer_tokens=8)
