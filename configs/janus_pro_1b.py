@@ -5,13 +5,9 @@
       --config.checkpoint=/ckpt/janus_pro_1b --workdir=/runs/gvu_1b
 """
 
-import importlib.util
-import os
+from gvu_jax.infra import recipes
 
-_spec = importlib.util.spec_from_file_location(
-    "janus_pro_7b", os.path.join(os.path.dirname(os.path.abspath(__file__)), "janus_pro_7b.py"))
-_recipe = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_recipe)
+_recipe = recipes.sibling(__file__, "janus_pro_7b")
 
 
 def get_config(arg=None):

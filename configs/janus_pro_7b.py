@@ -15,14 +15,14 @@ Presets (docs/recipes.md sets each value beside its source, file and line):
            reward: full fine-tuning of the language model, 16 prompts x G=8 a step,
            beta 0.01, lr 1e-6 with linear decay, CFG 5 in the rollout, 1600 steps.
   small    `mode=bench` on random weights of a 78 M-parameter Janus (presets.janus_small)
-           in float32: the CPU benchmark (gvu_jax/bench.py).
+           in float32: the CPU benchmark (gvu_jax/tools/bench.py).
   device_check  `mode=bench` on random weights of this model in bfloat16 with the
            device's attention kernel, sized to finish in minutes on one GPU or TPU:
            sampler, VQ decode, reward, GRPO (MFU), the kernel against XLA and one
            whole GvU step, each beside transformers / the PyTorch reference loop.
 
 Benchmarks: `--config.mode=bench --config.random_init=True` times this recipe's
-model and GvU step on random weights (see gvu_jax/bench.py and `bench` below).
+model and GvU step on random weights (see gvu_jax/tools/bench.py and `bench` below).
 
 The model block comes from the checkpoint (`expect_model` guards against pointing
 at the wrong one); `model_options` are run-time choices. GvU prompts: `data.prompts`
@@ -32,7 +32,7 @@ at the wrong one); `model_options` are run-time choices. GvU prompts: `data.prom
 
 import ml_collections
 
-from gvu_jax import sharding
+from gvu_jax.infra import recipes, sharding
 
 MODEL = "janus_pro_7b"
 
@@ -59,18 +59,14 @@ def get_config(arg=None, model=MODEL):
   # Batches keep tags balanced; datasets live in tfds_dir ("" = TFDS's default)
   # and are prepared from manual_dir (or by python -m gvu_jax.data.builders).
   c.data = dict(prompts="geneval_prompts", balance_tags=True, tfds_dir="", manual_dir="")
-  # Devices (gvu_jax/sharding.py; docs/scaling.md for each machine): FSDP over all of
+  # Devices (gvu_jax/infra/sharding.py; docs/scaling.md for each machine): FSDP over all of
   # them shards the weights and optimizer state and splits the rows, which
   # (prompts_per_step x group_size) must divide; past that, add --config.mesh.tensor.
   # On 16 GiB chips (v5e) the rollout's gathered weights need tensor=2: check a
   # slice before renting it with --config.bench.topology (docs/scaling.md).
   c.mesh = sharding.mesh_config()
   c.mesh.update(data=1, fsdp=-1)
-  # Several hosts (docs/reliability.md): a process that completes nothing (a step,
-  # an evaluation batch, a phase) for watchdog_s seconds prints every thread's stack
-  # and exits 3, for the launcher to restart it. -1: 1800 s on several hosts, off
-  # on one; 0: off.
-  c.watchdog_s = -1
+  c.watchdog_s = recipes.WATCHDOG_S   # several hosts: gvu_jax/infra/recipes.py
 
   # The optimizer is transformers Trainer's default, which the reference uses: AdamW
   # (0.9, 0.999, eps 1e-8), no weight decay, clipping at 1, linear decay to 0
@@ -92,18 +88,12 @@ def get_config(arg=None, model=MODEL):
                sampling=dict(temperature=1.0, top_k=0, top_p=1.0, min_p=0.03, cfg_weight=1.0),
                log_every=1, checkpoint_every=50, keep=3, grid_every=50,
                max_nonfinite_steps=5)
-  c.reward = dict(kind="intrinsic", aggregation="geo_mean_prob", judge="policy",
-                  token_weights={}, quantize_pixels=True)
-  # (START, END): a jax.profiler trace of GvU steps START..END in WORKDIR/profile
-  # (TensorBoard's profile plugin or XProf reads it); () = off.
-  c.profile = dict(steps=())
-  # Metrics go to STAGE/metrics.jsonl, and to TensorBoard (WORKDIR/tensorboard) and
-  # Weights & Biases (a project name turns it on; pip install 'gvu_jax[wandb]').
-  c.logging = dict(tensorboard=True, wandb_project="", wandb_entity="")
+  # reward, profile and logging: every recipe's blocks (gvu_jax/infra/recipes.py)
+  c.reward, c.profile, c.logging = recipes.reward(), recipes.profile(), recipes.logging()
   # mode=eval: images of eval.prompts (default: data.prompts) for the base model and
   # the latest GvU policy, in WORKDIR/eval/{base,gvu}/<layout>/, the layout each
   # benchmark's scorer reads: geneval | geneval_plus | t2i_compbench | dpg_bench
-  # (gvu_jax/evaluation/export.py); auto = the dataset's own, else GenEval's.
+  # (gvu_jax/evaluation/benchmark_images.py); auto = the dataset's own, else GenEval's.
   # understanding: understanding benchmarks scored for both as well, any of
   # pope,mme,seed_bench (prepared from data.manual_dir: python -m
   # gvu_jax.data.builders --name=pope --manual_dir=DIR), in
@@ -111,7 +101,7 @@ def get_config(arg=None, model=MODEL):
   c.eval = dict(prompts="", layout="auto", images_per_prompt=4, batch_size=4, understanding="",
                 sampling=dict(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, cfg_weight=5.0))
 
-  # mode=bench (gvu_jax/bench.py): sampler batch sizes (prompts; CFG doubles the
+  # mode=bench (gvu_jax/tools/bench.py): sampler batch sizes (prompts; CFG doubles the
   # rows), the reward batch, and how many of its images x answer_tokens reference
   # passes to time (0 = all); the GRPO step uses the gvu block above.
   # topology: compile the GvU step's programs for a TPU slice (v5e:2x4, v5p:4x4x4,

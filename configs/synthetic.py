@@ -9,7 +9,7 @@ GvU (GRPO on the model's own understanding likelihood) -> eval.
 
 import ml_collections
 
-from gvu_jax import sharding
+from gvu_jax.infra import recipes, sharding
 from gvu_jax.models import presets
 
 
@@ -22,13 +22,9 @@ def get_config(arg=None):
   c.mode = "all"                 # pretrain | eval | gvu | all
   c.seed = 0
   c.model = presets.synthetic("tiny")
-  # Devices: --config.mesh.data/fsdp/tensor (-1 = the rest); see gvu_jax/sharding.py.
+  # Devices: --config.mesh.data/fsdp/tensor (-1 = the rest); see gvu_jax/infra/sharding.py.
   c.mesh = sharding.mesh_config()
-  # Several hosts (docs/reliability.md): a process that completes nothing (a step,
-  # an evaluation batch, a phase) for watchdog_s seconds prints every thread's stack
-  # and exits 3, for the launcher to restart it. -1: 1800 s on several hosts, off
-  # on one; 0: off.
-  c.watchdog_s = -1
+  c.watchdog_s = recipes.WATCHDOG_S   # several hosts: gvu_jax/infra/recipes.py
   # Prompt splits: held-out (eval only), GvU (text only, never paired with an image)
   # and the rest, paired with renders for pretraining.
   c.data = dict(split_seed=0, heldout_fraction=0.2, gvu_fraction=0.3,
@@ -56,7 +52,7 @@ def get_config(arg=None):
                 sampling=dict(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, cfg_weight=1.0),
                 # Also: images of these world prompts (a prompt file, or the gvu_world
                 # dataset) in a benchmark layout, judged, with their intrinsic reward
-                # (gvu_jax/evaluation/export.py): WORKDIR/eval/{pretrained,gvu}/.
+                # (gvu_jax/evaluation/benchmark_images.py): WORKDIR/eval/{pretrained,gvu}/.
                 prompts="", layout="auto", images_per_prompt=4)
 
   # GvU: GRPO on the intrinsic reward. No judge, labels or renders are used here.
@@ -78,20 +74,12 @@ def get_config(arg=None):
                sampling=dict(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, cfg_weight=1.0),
                log_every=10, checkpoint_every=100, keep=2, grid_every=100,
                max_nonfinite_steps=5)
-  c.reward = dict(kind="intrinsic",            # intrinsic | shuffled (control ablation)
-                  aggregation="geo_mean_prob",  # geo_mean_prob | prob | mean_logprob | weighted
-                  judge="policy",               # policy | reference
-                  token_weights={},             # word -> weight, for `weighted`
-                  quantize_pixels=True)         # score the 8-bit image (False: raw floats)
-  # (START, END): a jax.profiler trace of GvU steps START..END in WORKDIR/profile
-  # (TensorBoard's profile plugin or XProf reads it); () = off.
-  c.profile = dict(steps=())
-  # Metrics go to STAGE/metrics.jsonl, and to TensorBoard (WORKDIR/tensorboard) and
-  # Weights & Biases (a project name turns it on; pip install 'gvu_jax[wandb]').
-  c.logging = dict(tensorboard=True, wandb_project="", wandb_entity="")
+  # reward (kind: intrinsic, or the control runs' shuffled | judge), profile and
+  # logging: every recipe's blocks (gvu_jax/infra/recipes.py)
+  c.reward, c.profile, c.logging = recipes.reward(), recipes.profile(), recipes.logging()
   # mode=bench compiles the GvU step's programs (rollout, decode, reward, reference
   # log-probs, update) at this recipe's shapes, for this host's devices or for a TPU
-  # slice (topology=v5e:2x2, ...; gvu_jax/bench.py), and reports what each holds.
+  # slice (topology=v5e:2x2, ...; gvu_jax/tools/bench.py), and reports what each holds.
   # prompt_tokens: the generation template's length; reward_answer_tokens: a prompt's.
   c.bench = dict(topology="", analysis_only=True, machine="",
                  prompt_tokens=c.model.max_prompt_tokens + 4,

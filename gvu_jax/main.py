@@ -9,9 +9,9 @@ and configs/xomni_en.py. Every key of a recipe is a --config.KEY=VALUE flag:
 --print_config prints the resolved config (recipe, preset and overrides) and
 exits, so `--config=configs/synthetic.py --print_config` lists them all.
 
-mode=bench times the model and the GvU step (gvu_jax/bench.py).
+mode=bench times the model and the GvU step (gvu_jax/tools/bench.py).
 A converted checkpoint (configs/janus_*.py) runs mode=gvu, or mode=eval: images
-of its prompts for the benchmarks' scorers (gvu_jax/evaluation/export.py) and,
+of its prompts for the benchmarks' scorers (gvu_jax/evaluation/benchmark_images.py) and,
 with eval.understanding, POPE / MME / SEED-Bench scores of its understanding
 branch (gvu_jax/evaluation/understanding.py).
 mode=all (the default) runs pretrain -> eval -> gvu -> eval and writes
@@ -31,11 +31,10 @@ import PIL.Image
 from absl import app, flags
 from ml_collections import config_flags
 
-from gvu_jax import config_check, context, files, gvu, hosts, metrics, preemption, pretrain
-from gvu_jax import provenance, report
-from gvu_jax import cli as cli_lib
-from gvu_jax.errors import InputError, NonFiniteError
-from gvu_jax.evaluation import evaluate, export, grid, understanding
+from gvu_jax.evaluation import benchmark_images, evaluate, understanding
+from gvu_jax.infra import cli as cli_lib, files, grid, hosts, metrics, preemption, provenance
+from gvu_jax.infra.errors import InputError, NonFiniteError
+from gvu_jax.stages import config_check, context, gvu, pretrain, report
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe file[:preset].",
                                           lock_config=True)
@@ -60,7 +59,7 @@ def before_devices(config):
   if config.mode == "bench":   # the GPU's memory is shared with PyTorch's side
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     if config.get("bench") and config.bench.get("topology"):
-      from gvu_jax import topology
+      from gvu_jax.tools import topology
       topology.on_cpu()   # compiled for a TPU slice: this host's CPU is enough
 
 
@@ -71,20 +70,20 @@ def run(config, workdir):
   if hosts.is_main():
     files.hold_workdir(workdir)   # one run at a time writes here
   if config.mode == "bench":
-    from gvu_jax import bench
+    from gvu_jax.tools import bench
     bench.run(config, workdir)
     return
-  if "checkpoint" in config:   # a recipe for a converted checkpoint (configs/janus_*.py)
+  if config_check.runs_a_checkpoint(config):   # a converted checkpoint's recipe
     if not config.checkpoint:
       raise InputError("config.checkpoint is required: a directory written by "
                        "python -m gvu_jax.convert")
     if config.mode not in ("gvu", "eval"):
       raise InputError(f"config.mode={config.mode}: a converted checkpoint runs mode=gvu, "
                        "or mode=eval (images for the benchmarks' own scorers)")
-  ctx = context.Context.create(config, workdir)
+  ctx = context.create(config, workdir)   # an EmbeddedRun or a CheckpointRun
   hosts.connect(ctx.layout.mesh)   # (CPU processes) every device group, while hosts are together
   with ctx.layout.active():   # activation shardings apply to everything traced here
-    if "checkpoint" in config:
+    if isinstance(ctx, context.CheckpointRun):
       run_checkpoint(ctx)
     else:
       run_embedded(ctx)
@@ -92,9 +91,9 @@ def run(config, workdir):
 
 def run_checkpoint(ctx):
   """GvU on a converted checkpoint, or benchmark images of it and of its GvU policy."""
-  provenance.check_stages(ctx.config, ctx.path, ["gvu"])   # before anything runs
+  provenance.check_stages(ctx.config, ctx.path, ["gvu"], ctx.source)   # before anything runs
   if ctx.config.mode == "eval":
-    prompts, suites = export.read_prompts(ctx), understanding.prepare(ctx)
+    prompts, suites = benchmark_images.read_prompts(ctx), understanding.prepare(ctx)
   graphdef, base = ctx.load_base()
   if ctx.config.mode == "gvu":
     gvu.run(ctx, base)
@@ -102,7 +101,7 @@ def run_checkpoint(ctx):
     return
   policy = gvu.load(ctx, base)   # the latest GvU policy in the workdir, if any
   stages = [("base", graphdef, base)] + ([("gvu", *policy)] if policy else [])
-  export.run(ctx, stages, prompts)
+  benchmark_images.run(ctx, stages, prompts)
   if suites:
     understanding.run(ctx, stages, suites)
 
@@ -111,7 +110,7 @@ def run_embedded(ctx):
   """The embedded world: pretrain, GvU and their evaluations, as `mode` says."""
   mode = ctx.config.mode
   provenance.check_stages(ctx.config, ctx.path,   # every stage, before any runs
-                          ["pretrain"] if mode == "pretrain" else ["pretrain", "gvu"])
+                          ["pretrain"] if mode == "pretrain" else ["pretrain", "gvu"], ctx.source)
   if mode == "pretrain":
     pretrain.run(ctx)
     return
@@ -119,7 +118,7 @@ def run_embedded(ctx):
     gvu.run(ctx, pretrain.load(ctx)[1])
     return
   # a prompt file or dataset of world prompts, judged (read before anything runs)
-  prompts = export.read_prompts(ctx) if ctx.config.eval.prompts else None
+  prompts = benchmark_images.read_prompts(ctx) if ctx.config.eval.prompts else None
   # all: train what is missing, evaluating each stage; eval: evaluate what is there.
   graphdef, params = (pretrain.run if mode == "all" else pretrain.load)(ctx)
   evaluated(ctx, "pretrained", evaluate.run(ctx, graphdef, params, "pretrained"), 0)
@@ -129,8 +128,8 @@ def run_embedded(ctx):
   report.show(ctx)
   plotted(ctx, ctx.config.gvu.steps if policy is not None else 0)
   if prompts:
-    export.run(ctx, [("pretrained", graphdef, params)] + ([("gvu", *policy)] if policy else []),
-               prompts)
+    stages = [("pretrained", graphdef, params)] + ([("gvu", *policy)] if policy else [])
+    benchmark_images.run(ctx, stages, prompts)
 
 
 def evaluated(ctx, stage, result, step):

@@ -17,9 +17,9 @@ from flax import nnx
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from gvu_jax import convert
-from gvu_jax.convert import parity                   # noqa: E402
-from gvu_jax.models import build, presets                             # noqa: E402
+from gvu_jax.interop import convert
+from gvu_jax.interop.convert import parity  # noqa: E402
+from gvu_jax.models import build, presets  # noqa: E402
 
 IMAGE_TOKEN, PAD, BOS, BOI = 100, 0, 1, 101
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -1,6 +1,5 @@
 """Running the real command line (python -m gvu_jax.main) from tests."""
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -12,10 +11,8 @@ MESH_2X2X2 = ("--config.mesh.data=2", "--config.mesh.fsdp=2", "--config.mesh.ten
 
 def recipe_config(name, preset=None):
   """configs/<name>.py's get_config(preset), as the command line would load it."""
-  spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "configs", f"{name}.py"))
-  recipe = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(recipe)
-  return recipe.get_config(preset)
+  from gvu_jax.infra import recipes
+  return recipes.load(os.path.join(REPO, "configs", f"{name}.py")).get_config(preset)
 
 
 def main_command(workdir, *args):

@@ -15,10 +15,12 @@ import ml_collections
 import numpy as np
 
 import helpers_model as hm
-from gvu_jax import checkpoint, lora, optimizer, rl, sampling, sharding
 from gvu_jax import world
-from gvu_jax.models import attention
+from gvu_jax.infra import checkpoint, sharding
+from gvu_jax.models import attention, lora
 from gvu_jax.models.umm import causal_mask
+from gvu_jax.rl import grpo as rl_grpo
+from gvu_jax.rl import optimizer, sampling
 
 MESHES = {"one": dict(devices=1), "2x2x2": dict(data=2, fsdp=2, tensor=2),
           "tensor8": dict(tensor=8)}
@@ -53,7 +55,7 @@ def grpo(lay, graphdef, roles, trainable, frozen, batch):
                           "step": jnp.int32(0), "rng": jax.random.key_data(jax.random.key(0))})
   frozen = lay.put_params(frozen)
   with lay.active():
-    step = rl.make_grpo_step(graphdef, roles, tx, clip_eps=0.2, beta=0.05, grad_accum=2,
+    step = rl_grpo.make_grpo_step(graphdef, roles, tx, clip_eps=0.2, beta=0.05, grad_accum=2,
                              layout=lay, state=state)
     new, metrics = step(state, frozen, lay.put_batch(batch))
   same_place = all(a.sharding == b for a, b in
@@ -81,7 +83,7 @@ def main(out_path, ckpt_dir):
   batch = {"prompt_ids": np.repeat(ids, G, 0), "prompt_valid": np.repeat(valid, G, 0),
            "codes": hm.random_codes(3, rows), "advantages": rng.normal(size=rows).astype(
                np.float32)}
-  batch["ref_logp"] = np.asarray(rl.make_logp_fn(graphdef, lora.Roles(False), False)(
+  batch["ref_logp"] = np.asarray(rl_grpo.make_logp_fn(graphdef, lora.Roles(False), False)(
       params, params, batch)["ref_logp"]) - 0.01
   lora_graphdef, lora_params = hm.mini_lora()
   base, adapters = lora.split(lora_params)

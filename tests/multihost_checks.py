@@ -1,7 +1,7 @@
 """Run as one of two processes of 4 CPU devices each, joined by jax.distributed
 (tests/test_hosts.py starts them): every kind of value the code moves onto the
 mesh goes through sharding.to_global, and the host-agreement helpers of
-gvu_jax/hosts.py answer alike on both hosts.
+gvu_jax/infra/hosts.py answer alike on both hosts.
 
   JAX_COORDINATOR_ADDRESS=... JAX_NUM_PROCESSES=2 JAX_PROCESS_ID=i \\
       python tests/multihost_checks.py OUT_DIR
@@ -20,9 +20,9 @@ import ml_dtypes
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from gvu_jax import hosts, sharding
-from gvu_jax.errors import InputError
-from gvu_jax.sampling import row_keys
+from gvu_jax.infra import hosts, sharding
+from gvu_jax.infra.errors import InputError
+from gvu_jax.rl.sampling import row_keys
 
 ROWS = 8   # divisible by the batch devices (data x fsdp = 4)
 

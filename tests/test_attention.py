@@ -9,10 +9,10 @@ import chex
 
 import helpers_model as hm
 
-from gvu_jax.errors import InputError
+from gvu_jax.infra.errors import InputError
 from gvu_jax.models import attention as attn, build
-from gvu_jax.models.umm import causal_mask
 from gvu_jax.models.llama import LlamaConfig
+from gvu_jax.models.umm import causal_mask
 
 B, T, H, D = 3, 40, 4, 16
 

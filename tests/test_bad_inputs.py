@@ -16,7 +16,8 @@ import pytest
 
 import helpers_run
 import helpers_xomni
-from gvu_jax import convert, pretrain
+from gvu_jax.interop import convert
+from gvu_jax.stages import pretrain
 
 pytestmark = pytest.mark.slow   # every row runs the real command line
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

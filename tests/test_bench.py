@@ -9,8 +9,8 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from gvu_jax import config_check                       # noqa: E402
-from gvu_jax.errors import InputError                                 # noqa: E402
+from gvu_jax.infra.errors import InputError  # noqa: E402
+from gvu_jax.stages import config_check  # noqa: E402
 from helpers_run import recipe_config  # noqa: E402
 from helpers_janus import ROOT  # noqa: E402
 
@@ -29,7 +29,7 @@ def test_device_check_dry_run_on_a_converted_checkpoint(converted, tmp_path, cap
   every section measured, transformers and the PyTorch reference loop timed
   beside ours, the reward's one pass equal to the reference algorithm, and the
   attention kernel the device picks compared with XLA."""
-  from gvu_jax import bench
+  from gvu_jax.tools import bench
   c = _bench_config(converted, "device_check")
   assert c.model_options.dtype == "bfloat16" and c.model_options.attention == "auto"
   r = bench.run(c, str(tmp_path))
@@ -57,7 +57,7 @@ def test_device_check_dry_run_on_a_converted_checkpoint(converted, tmp_path, cap
 
 
 def test_bench_analysis_only_compiles_without_running(converted, tmp_path):
-  from gvu_jax import bench
+  from gvu_jax.tools import bench, costs
   c = _bench_config(converted, analysis_only=True)
   c.bench.machine = "h100"
   r = bench.run(c, str(tmp_path))
@@ -68,7 +68,7 @@ def test_bench_analysis_only_compiles_without_running(converted, tmp_path):
       x["peak_bytes"] for x in (rollout, r["vq_decode"], r["reward"], r["ref_logp"], r["grpo"]))
   # on paper: the rollout reads weights + KV cache image_tokens times at 3.35 TB/s
   e, m = r["estimate"], bench.model_block(c)
-  weights, kv, _ = bench.sampler_step_bytes(m, 8, c.bench.prompt_tokens)
+  weights, kv, _ = costs.sampler_step_bytes(m, 8, c.bench.prompt_tokens)
   assert r["mesh"] == "data=1 fsdp=1 tensor=1" and e["chips"] == 1
   assert e["rollout_s"] == pytest.approx(m.image_tokens * (weights + kv) / 3350e9)
   assert e["step_s"] == pytest.approx(e["rollout_s"] + e["reward_s"] + e["update_s"])
@@ -81,7 +81,7 @@ def test_bench_analysis_only_compiles_without_running(converted, tmp_path):
 
 @pytest.mark.slow
 def test_bench_needs_janus_weights(converted, tmp_path):
-  from gvu_jax import bench
+  from gvu_jax.tools import bench
   c = _bench_config(converted)
   c.update(checkpoint="", random_init=False)
   with pytest.raises(InputError, match="mode=bench needs weights: --config.random_init=True"):

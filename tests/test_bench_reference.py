@@ -1,4 +1,4 @@
-"""The PyTorch reference GvU step (gvu_jax/bench_reference.py) on the tiny Janus."""
+"""The PyTorch reference GvU step (gvu_jax/tools/bench_reference.py) on the tiny Janus."""
 
 import pytest
 
@@ -8,7 +8,7 @@ pytest.importorskip("peft")
 
 from helpers_janus import tiny_model_config           # noqa: E402
 
-from gvu_jax import bench_reference                    # noqa: E402
+from gvu_jax.tools import bench_reference  # noqa: E402
 
 TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
 ARGS = dict(group_size=2, sampling=dict(cfg_weight=1.0, min_p=0.03), prompt_tokens=5, answer_tokens=3, lora_rank=2,

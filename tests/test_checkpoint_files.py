@@ -12,8 +12,8 @@ from etils import epath
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gvu_jax import convert
-from gvu_jax.errors import InputError
+from gvu_jax.infra.errors import InputError
+from gvu_jax.interop import convert
 from test_bad_inputs import CONFIG   # a tiny X-Omni config.json
 
 SETTINGS = settings(max_examples=80, deadline=None,

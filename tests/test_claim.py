@@ -2,7 +2,7 @@
 overall scores, per seed, for the main run and each arm that ran."""
 import pytest
 
-from gvu_jax import claim
+from gvu_jax.tools import claim
 
 
 def report(before, after, gvu_before, gvu_after, und=(0.5, 0.5)):

@@ -1,4 +1,4 @@
-"""The whole config checked once, up front (gvu_jax/config_check.py): every key of
+"""The whole config checked once, up front (gvu_jax/stages/config_check.py): every key of
 every recipe has a rule, every rule refuses what it must at its boundaries, and
 a bad value is one line naming the key before anything runs or is written."""
 
@@ -10,8 +10,8 @@ import sys
 import ml_collections
 import pytest
 
-from gvu_jax import config_check
-from gvu_jax.errors import InputError
+from gvu_jax.infra.errors import InputError
+from gvu_jax.stages import config_check
 from helpers_run import REPO, recipe_config
 
 RECIPES = [("synthetic", "default"), ("synthetic", "mini"), ("janus_pro_7b", "lora"),

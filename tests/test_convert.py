@@ -16,11 +16,11 @@ from flax import nnx
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from gvu_jax import convert                              # noqa: E402
-from gvu_jax.convert import parity, store                 # noqa: E402
-from gvu_jax.errors import InputError                     # noqa: E402
-from gvu_jax.models import build, presets                 # noqa: E402
-from gvu_jax.sampling import Sampler, SamplingConfig      # noqa: E402
+from gvu_jax.infra.errors import InputError  # noqa: E402
+from gvu_jax.interop import convert  # noqa: E402
+from gvu_jax.interop.convert import parity, store  # noqa: E402
+from gvu_jax.models import build, presets  # noqa: E402
+from gvu_jax.rl.sampling import Sampler, SamplingConfig  # noqa: E402
 from helpers_janus import BOI, BOS, IMAGE_TOKEN, PAD, ROOT, load_model  # noqa: E402
 
 
@@ -250,7 +250,7 @@ def test_bad_inputs(sources, tmp_path):
 ])
 def test_a_conversion_keeps_the_releases_own_files_but_not_its_weights(tmp_path, name, size,
                                                                       kept):
-  from gvu_jax.convert import write
+  from gvu_jax.interop.convert import write
   src = tmp_path / "src"
   src.mkdir()
   with open(src / name, "wb") as f:
@@ -269,7 +269,7 @@ def test_a_conversion_keeps_the_releases_own_files_but_not_its_weights(tmp_path,
     ("3", r"cfg.json: holds a JSON int, expected an object"),
 ])
 def test_a_json_file_that_is_no_object_is_one_line(tmp_path, content, message):
-  from gvu_jax.convert.source import read_json_object
+  from gvu_jax.interop.convert.source import read_json_object
   path = tmp_path / "cfg.json"
   if content == "dir":
     path.mkdir()

@@ -1,6 +1,6 @@
 """Prompt datasets (data/builders.py) built from fixture files written here,
 read back through tfds.data_source and grain; the GvU prompt stream
-(data/pipeline.py); the eval layouts (evaluation/export.py). No network."""
+(data/pipeline.py); the eval layouts (evaluation/benchmark_images.py). No network."""
 
 import json
 import os
@@ -15,12 +15,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from gvu_jax import context
 from gvu_jax import world
-from gvu_jax.data import builders, geneval, pipeline
+from gvu_jax.data import builders, geneval, pipeline, prompt_sources
 from gvu_jax.data.prompt_files import Prompt
-from gvu_jax.errors import InputError
-from gvu_jax.evaluation import export
+from gvu_jax.evaluation import benchmark_images
+from gvu_jax.infra.errors import InputError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -79,7 +78,7 @@ def test_geneval_builders_keep_the_metadata_and_order(data_dir):
   for name, split, rows in (("geneval_prompts", "test", GENEVAL_TEST),
                             ("geneval_plus", "test", GENEVAL_PLUS)):
     prompts = read_back(name, split, data_dir)
-    assert [export.metadata(p) for p in prompts] == rows
+    assert [benchmark_images.metadata(p) for p in prompts] == rows
     assert [p.id for p in prompts] == [str(i) for i in range(len(rows))]
 
 
@@ -112,17 +111,17 @@ def test_t2i_compbench_dpg_and_world_builders(data_dir):
 
 def test_read_prompts_names_datasets_and_splits(data_dir):
   data = {"tfds_dir": str(data_dir), "manual_dir": ""}
-  val = context.read_prompts("t2i_compbench", data)   # default: every category's val file
+  val = prompt_sources.read_prompts("t2i_compbench", data)   # default: every category's val file
   assert [p.text for p in val] == [t for c in builders.T2I_COMPBENCH_CATEGORIES
                                    for t in t2i_prompts(c, "val")]
-  both = context.read_prompts("t2i_compbench:color_val+shape_train", data)
+  both = prompt_sources.read_prompts("t2i_compbench:color_val+shape_train", data)
   assert [p.text for p in both] == t2i_prompts("color", "val") + t2i_prompts("shape", "train")
   with pytest.raises(InputError, match=r"t2i_compbench:colour_val: t2i_compbench has no "
                                        r"split 'colour_val'; expected one of \['color_train'"):
-    context.read_prompts("t2i_compbench:colour_val", data)
+    prompt_sources.read_prompts("t2i_compbench:colour_val", data)
   with pytest.raises(InputError, match=r"prompts='genevalplus': expected a prompt file "
                                        r"\(.txt, .jsonl, .csv\), 'world', or one of the datasets"):
-    context.read_prompts("genevalplus", data)
+    prompt_sources.read_prompts("genevalplus", data)
 
 
 def test_a_missing_source_names_the_file_and_its_url_and_leaves_nothing(tmp_path):
@@ -224,7 +223,7 @@ def images(n, size=4):
 def test_layouts_write_what_each_scorer_reads(tmp_path):
   ps = [Prompt("a red dog", "colors", "7", (("include", '[{"class": "dog"}]'),)),
         Prompt("a cup/mug", "color", "dpg1")]
-  plus = export.GenevalPlusLayout(str(tmp_path / "plus"), 2, ps)
+  plus = benchmark_images.GenevalPlusLayout(str(tmp_path / "plus"), 2, ps)
   plus.write(1, ps[1], images(2))
   assert [json.loads(l) for l in (tmp_path / "plus" / "Geneval++.jsonl").read_text().splitlines()] \
       == [{"include": [{"class": "dog"}], "tag": "colors", "prompt": "a red dog"},
@@ -232,19 +231,19 @@ def test_layouts_write_what_each_scorer_reads(tmp_path):
   assert plus.done(1, ps[1]) and not plus.done(0, ps[0])
   assert np.asarray(Image.open(tmp_path / "plus" / "sample_1" / "1.png"))[0, 0, 0] == 80
 
-  t2i = export.T2iCompbenchLayout(str(tmp_path / "t2i"), 2, ps)
+  t2i = benchmark_images.T2iCompbenchLayout(str(tmp_path / "t2i"), 2, ps)
   t2i.write(1, ps[1], images(2))
   assert sorted(os.listdir(tmp_path / "t2i" / "color" / "samples")) == [
       "a cup mug_000000.png", "a cup mug_000001.png"]
 
-  dpg = export.DpgBenchLayout(str(tmp_path / "dpg"), 3, ps)
+  dpg = benchmark_images.DpgBenchLayout(str(tmp_path / "dpg"), 3, ps)
   dpg.write(1, ps[1], images(3))
   tile = np.asarray(Image.open(tmp_path / "dpg" / "dpg1.png"))
   assert tile.shape == (8, 8, 3)               # 2x2 crops at (0,0), (r,0), (0,r), (r,r)
   assert [tile[0, 0, 0], tile[0, 4, 0], tile[4, 0, 0], tile[4, 4, 0]] == [40, 80, 120, 0]
   assert not list((tmp_path / "dpg").glob("*.partial"))
   with pytest.raises(InputError, match=r"eval.images_per_prompt=5: DPG-Bench tiles at most 4"):
-    export.DpgBenchLayout(str(tmp_path / "dpg5"), 5, ps)
+    benchmark_images.DpgBenchLayout(str(tmp_path / "dpg5"), 5, ps)
 
 
 def test_offline_preparation_fails_fast_with_one_line(tmp_path, monkeypatch):
@@ -282,9 +281,9 @@ HOSTILE = ["../../../../../ESCAPED", "/etc/passwd", "..", ".", "a\x00b", "x" * 3
            "é" * 200, "a\\b", "\n\t", "", "ok", "ok", "a/b", "a b"]
 
 
-@pytest.mark.parametrize("layout_cls, field", [(export.T2iCompbenchLayout, "text"),
-                                               (export.T2iCompbenchLayout, "category"),
-                                               (export.DpgBenchLayout, "id")])
+@pytest.mark.parametrize("layout_cls, field", [(benchmark_images.T2iCompbenchLayout, "text"),
+                                               (benchmark_images.T2iCompbenchLayout, "category"),
+                                               (benchmark_images.DpgBenchLayout, "id")])
 def test_no_prompt_field_writes_outside_the_folder_or_over_another_prompt(tmp_path,
                                                                           layout_cls, field):
   """Prompt text, tag and id become paths: any of them (traversal, absolute, NUL,
@@ -301,7 +300,7 @@ def test_no_prompt_field_writes_outside_the_folder_or_over_another_prompt(tmp_pa
   written = [os.path.relpath(os.path.join(root, f), out) for root, _, fs in os.walk(out)
              for f in fs]
   assert not [p for p in tmp_path.rglob("*") if out not in p.parents and p != out]
-  per_prompt = 1 if layout_cls is export.DpgBenchLayout else 2
+  per_prompt = 1 if layout_cls is benchmark_images.DpgBenchLayout else 2
   assert len(written) == len(set(written)) == per_prompt * len(prompts)
   assert all(len(part.encode()) <= 255 for w in written for part in w.split(os.sep))
   assert all(layout.done(i, p) for i, p in enumerate(prompts))
@@ -310,7 +309,7 @@ def test_no_prompt_field_writes_outside_the_folder_or_over_another_prompt(tmp_pa
 @settings(max_examples=60, deadline=None)
 @given(text=st.text(max_size=400))
 def test_a_safe_name_is_one_path_component(text):
-  name = export.safe_name(text)
+  name = benchmark_images.safe_name(text)
   assert name and os.sep not in name and "\\" not in name and "\0" not in name
   assert name not in (".", "..") and not name.startswith(".")
-  assert len(name.encode()) <= export.NAME_BYTES
+  assert len(name.encode()) <= benchmark_images.NAME_BYTES

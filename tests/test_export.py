@@ -183,8 +183,8 @@ def test_an_exported_policy_loads_in_transformers_and_peft_as_trained(
   """Tiny Janus -> convert -> GvU 2 steps -> export -> transformers (+ PEFT on the
   source checkpoint): understanding, CFG generation and reward logits equal
   gvu_jax's policy within 1e-4 in float32 (export --check, as its users load it)."""
-  from gvu_jax import export
-  from gvu_jax.convert import parity
+  from gvu_jax.interop import export
+  from gvu_jax.interop.convert import parity
   from helpers_janus import IMAGE_TOKEN, PAD
   prompts = tmp_path / "prompts.txt"
   prompts.write_text("w5 w6 w7\nw8 w9\n")
@@ -216,7 +216,7 @@ def test_an_exported_policy_loads_in_transformers_and_peft_as_trained(
     export.export(str(run), str(tmp_path / "hf"))
   assert json.loads((tmp_path / "hf" / export.DONE_FILE).read_text())["step"] == 2
   assert "GvU step: 2" in (tmp_path / "hf" / "README.md").read_text()
-  from gvu_jax import generate   # a GvU workdir draws from its policy
+  from gvu_jax.interop import generate  # a GvU workdir draws from its policy
   kw = dict(n=2, cfg=1.0, seed=0, log=lambda *_: None)
   last = generate.generate(str(run), ["w5 w6 w7"], str(tmp_path / "g2"), **kw)
   with pytest.raises(export.InputError, match="a transformers export; convert it first"):
@@ -235,7 +235,7 @@ def _fake_workdir(root, signature, run=True, step=None):
   if run:
     (root / "gvu" / "run.json").write_text(json.dumps({"config": {}}))
   if step is not None:
-    from gvu_jax import checkpoint
+    from gvu_jax.infra import checkpoint
     store = checkpoint.CheckpointStore(str(root / "gvu" / "checkpoints"), keep=1)
     store.save(step, {"trainable": {"w": np.zeros(2, np.float32)}}, {})
     store.close()
@@ -259,7 +259,7 @@ _EMBEDDED = {"family": "janus"}
     (_EMBEDDED, {}, {"dtype": "float16"}, "--dtype=float16: expected one of"),
 ])
 def test_what_cannot_be_exported_is_one_line(tmp_path, signature, workdir_kw, kwargs, message):
-  from gvu_jax import export
+  from gvu_jax.interop import export
   workdir = _fake_workdir(tmp_path / "w", json.loads(signature) if isinstance(signature, str)
                           else signature, **workdir_kw)
   before = sorted(p.relative_to(workdir) for p in workdir.rglob("*"))
@@ -270,7 +270,7 @@ def test_what_cannot_be_exported_is_one_line(tmp_path, signature, workdir_kw, kw
 
 
 def test_an_export_never_replaces_what_it_did_not_write(tmp_path):
-  from gvu_jax import export
+  from gvu_jax.interop import export
   (tmp_path / "out").mkdir()
   (tmp_path / "out" / "notes.txt").write_text("mine")
   workdir = _fake_workdir(tmp_path / "w", _EMBEDDED)
@@ -284,7 +284,7 @@ def test_an_export_never_replaces_what_it_did_not_write(tmp_path):
 def test_generate_draws_the_policy_images_reproducibly(converted, tmp_path):
   """generate on a conversion: n PNGs per prompt and a sheet; the same seed draws
   the same images, and a prompt's images do not depend on the prompts beside it."""
-  from gvu_jax import generate
+  from gvu_jax.interop import generate
   prompts = ["w5 w6 w7", "w8 w9"]
   kw = dict(n=2, cfg=3.0, seed=7, log=lambda *_: None)
   both = generate.generate(str(converted["transformers"]), prompts, str(tmp_path / "a"), **kw)

@@ -1,4 +1,4 @@
-"""State files through crashes (gvu_jax/files.py): an atomic write leaves the old
+"""State files through crashes (gvu_jax/infra/files.py): an atomic write leaves the old
 file or the new one, a JSON-lines file cut at any byte reads back as its whole
 lines and takes the next append cleanly, and a damaged model_config.json is one
 line."""
@@ -10,8 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gvu_jax import checkpoint, files
-from gvu_jax.errors import InputError
+from gvu_jax.infra import checkpoint, files
+from gvu_jax.infra.errors import InputError
 
 SETTINGS = settings(max_examples=60, deadline=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture])

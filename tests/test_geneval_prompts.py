@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from gvu_jax.data import geneval, prompt_files
-from gvu_jax.errors import InputError
+from gvu_jax.infra.errors import InputError
 from helpers_run import REPO
 
 

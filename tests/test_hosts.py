@@ -20,7 +20,8 @@ import pytest
 
 from helpers_run import (MESH_2X2X2, REPO, Hosts, assert_same_report, last_line, main_command,
                          run_main)
-from gvu_jax import checkpoint, hosts, world
+from gvu_jax import world
+from gvu_jax.infra import checkpoint, hosts
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 BOUND_S = 420   # every two-host run ends well within this, or the test fails

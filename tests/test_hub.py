@@ -15,9 +15,9 @@ pytest.importorskip("huggingface_hub")
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from gvu_jax import convert                                 # noqa: E402
-from gvu_jax.convert import hub                             # noqa: E402
-from gvu_jax.errors import InputError                       # noqa: E402
+from gvu_jax.infra.errors import InputError  # noqa: E402
+from gvu_jax.interop import convert  # noqa: E402
+from gvu_jax.interop.convert import hub  # noqa: E402
 from helpers_janus import ROOT                              # noqa: E402
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"

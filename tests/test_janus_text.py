@@ -11,10 +11,9 @@ import pytest
 import tokenizers
 from tokenizers import Regex, decoders, models, pre_tokenizers, processors, trainers
 
-from gvu_jax.text import janus as jt
-from gvu_jax import reward
-from gvu_jax.text import xomni as xomni_text
-from gvu_jax.errors import InputError
+from gvu_jax.infra.errors import InputError
+from gvu_jax.rl import reward
+from gvu_jax.text import janus as jt, xomni as xomni_text
 
 PROMPTS = ["a red cat", "  3 blue dogs, on a mat.  ", '"Big" (cat) and 12 birds!', "x"]
 

@@ -4,7 +4,7 @@ import pytest
 from PIL import Image
 
 from gvu_jax import world
-from gvu_jax.evaluation import grid
+from gvu_jax.infra import grid
 from gvu_jax.world import judge
 
 O = world.Object

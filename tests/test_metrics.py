@@ -1,4 +1,4 @@
-"""Progress (gvu_jax/metrics.py): plain lines off a terminal, a bar on one, and a
+"""Progress (gvu_jax/infra/metrics.py): plain lines off a terminal, a bar on one, and a
 rate and time left that never count the first update's compilation."""
 
 import io
@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from gvu_jax import metrics
+from gvu_jax.infra import metrics
 
 
 class Clock:
@@ -98,7 +98,7 @@ def test_a_terminal_gets_a_bar_whose_rate_skips_compilation(clock):
 def test_a_step_trace_appears_only_for_the_chosen_steps(tmp_path, steps, run, traced):
   import jax
   import jax.numpy as jnp
-  from gvu_jax import profiling
+  from gvu_jax.infra import profiling
   trace = profiling.StepTrace(steps, str(tmp_path / "profile"))
   state = jnp.ones(4)
   active = []
@@ -200,7 +200,7 @@ def test_wandb_offline_writes_the_run_and_its_pictures(tmp_path):
   import sys
   pytest.importorskip("wandb")
   script = ("import numpy as np, ml_collections\n"
-            "from gvu_jax import metrics\n"
+            "from gvu_jax.infra import metrics\n"
             "c = ml_collections.ConfigDict({'logging': {'tensorboard': False, "
             "'wandb_project': 'gvu-test', 'wandb_entity': ''}})\n"
             f"w = metrics.stage_writer(c, {str(tmp_path)!r}, 'gvu')\n"
@@ -238,7 +238,7 @@ class Workdir:
 ])
 def test_report_png_plots_what_the_workdir_holds(tmp_path, report, rows, panel_rows):
   from PIL import Image
-  from gvu_jax import report as report_lib
+  from gvu_jax.stages import report as report_lib
   if report:
     (tmp_path / "report.json").write_text(json.dumps(report))
   if rows:

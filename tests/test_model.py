@@ -8,10 +8,10 @@ import pytest
 from flax import nnx
 
 import helpers_model as hm
-from gvu_jax import lora, rl
-from gvu_jax import pixels as pixels_lib
 from gvu_jax import world
-from gvu_jax.models import build, layers, llama, presets, umm
+from gvu_jax.infra import pixels as pixels_lib
+from gvu_jax.models import build, layers, llama, lora, presets, umm
+from gvu_jax.rl import grpo
 from gvu_jax.world import codebook
 
 
@@ -413,7 +413,7 @@ def test_rope_depends_only_on_relative_position():
 
 
 def cached_image_logits(model, ids, valid, codes, cache):
-  """Prefill the prompt, then feed the codes one at a time (as sampling.py does).
+  """Prefill the prompt, then feed the codes one at a time (as rl/sampling.py does).
   Returns (logits [B, N, codebook], prefill hidden states [B, P, hidden])."""
   (b, p), n = ids.shape, codes.shape[1]
   slots_valid = jnp.concatenate([valid, jnp.zeros((b, n - 1), bool)], 1)
@@ -556,7 +556,7 @@ def test_a_prompt_shared_by_its_group_gives_the_same_logprobs_and_gradient(model
 
   def run(group):
     def objective(p):
-      logp, entropy = rl.token_logprobs(nnx.merge(graphdef, p), ids, valid, codes,
+      logp, entropy = grpo.token_logprobs(nnx.merge(graphdef, p), ids, valid, codes,
                                         group_size=group)
       return jnp.sum(weights * logp) + 0.1 * jnp.sum(entropy), (logp, entropy)
     return jax.jit(jax.value_and_grad(objective, has_aux=True),

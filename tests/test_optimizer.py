@@ -1,4 +1,4 @@
-"""The optimizer of both stages (gvu_jax/optimizer.py): global-norm clipping before
+"""The optimizer of both stages (gvu_jax/rl/optimizer.py): global-norm clipping before
 AdamW, warmup, and schedules sized in optimizer updates as transformers sizes them."""
 import jax
 import jax.numpy as jnp
@@ -6,8 +6,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from gvu_jax import optimizer
-from gvu_jax.errors import InputError
+from gvu_jax.infra.errors import InputError
+from gvu_jax.rl import optimizer
 
 
 def opt_config(**kw):

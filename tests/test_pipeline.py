@@ -13,9 +13,12 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from gvu_jax import checkpoint, files
 from gvu_jax import world
-from helpers_run import REPO, run_main
+from gvu_jax.data import pipeline
+from gvu_jax.infra import checkpoint, files
+from gvu_jax.rl import state as train_state, step as rl_step
+from gvu_jax.stages import context, pretrain
+from helpers_run import REPO, recipe_config, run_main
 
 
 def read_jsonl(path):
@@ -95,7 +98,7 @@ def test_an_embedded_world_policy_exports_and_draws_as_in_its_workdir(full_run, 
   """export writes the embedded world's policy in gvu_jax's own layout (the only
   one it has), every tensor equal to the policy's; generate draws the same
   images from the export as from the workdir; the workdir is only read."""
-  from gvu_jax import export, generate
+  from gvu_jax.interop import export, generate
   workdir = full_run[0]
   before = snapshot(workdir)
   policy = export.export(workdir, str(tmp_path / "e"), log=lambda *_: None)
@@ -138,6 +141,34 @@ def test_gvu_logs_every_quantity(full_run):
               "entropy", "grad_norm", "lr", "time_rollout", "time_decode", "time_reward",
               "time_update", "images_per_s"):
     assert all(np.isfinite(r[key]) for r in rows), key
+
+
+@pytest.mark.slow
+def test_two_gvu_steps_in_process_log_what_the_command_line_logs(full_run):
+  """rl/step.py's parts called with explicit arguments, no command line and no
+  stage loop, from the mini run's pretrained weights: after steps 1 and 2 every
+  metric the command line logged for step 2 (its timings aside) is the same."""
+  workdir, _ = full_run
+  config = recipe_config("synthetic", "mini")
+  ctx = context.create(config, workdir)
+  _, params = pretrain.load(ctx)
+  c = config.gvu
+  graphdef, roles, (tx, schedule), state = train_state.init(c, ctx.model, params, config.seed)
+  state, frozen = ctx.layout.put_params(state), ctx.layout.put_params(params)
+  fns = rl_step.make(graphdef, roles, tx, schedule, state, c=c, reward=config.reward,
+                  model=ctx.model, templates=ctx.templates, image_tokenizer=ctx.image_tokenizer,
+                  reward_weights=ctx.reward_weights, layout=ctx.layout)
+  prompts = pipeline.DrawnPrompts(ctx.gvu_specs, c.prompts_per_step, config.seed)
+  for n in (1, 2):
+    texts = [p.text for p in next(prompts)]
+    state, m, r, s, seconds, _ = rl_step.gvu_step(
+        fns, state, frozen, roles, texts, rl_step.step_key(jax.random.key(config.seed), n), n, c.mu)
+  m = rl_step.step_metrics(m, r, s, c.group_size, seconds)
+  logged = read_jsonl(os.path.join(workdir, "gvu", "metrics.jsonl"))[0]
+  assert logged["step"] == 2
+  compared = {k for k in logged if k != "step" and not k.startswith("time_")} - {"images_per_s"}
+  assert len(compared) >= 10 and compared <= set(m)
+  assert {k: m[k] for k in compared} == {k: logged[k] for k in compared}
 
 
 @pytest.mark.slow

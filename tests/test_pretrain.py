@@ -7,10 +7,12 @@ import pytest
 from flax import nnx
 
 from configs import synthetic
-from gvu_jax import optimizer, pretrain, world
+from gvu_jax import world
 from gvu_jax.data import batches
 from gvu_jax.models import build
-from gvu_jax.reward import answer_token_logprobs
+from gvu_jax.rl import optimizer
+from gvu_jax.rl.reward import answer_token_logprobs
+from gvu_jax.stages import pretrain
 import helpers_model as hm
 
 

@@ -7,9 +7,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gvu_jax import context
-from gvu_jax.data import prompt_files
-from gvu_jax.errors import InputError
+from gvu_jax.data import prompt_files, prompt_sources
+from gvu_jax.infra.errors import InputError
 
 
 def write(tmp_path, name, content):
@@ -71,8 +70,8 @@ def test_bad_prompt_files_name_file_and_line(tmp_path, name, content, message):
 
 def test_missing_file_and_the_world(tmp_path):
   with pytest.raises(InputError, match="no such prompt file"):
-    context.read_prompts(str(tmp_path / "absent.txt"), {})
-  world = context.read_prompts("world", {})
+    prompt_sources.read_prompts(str(tmp_path / "absent.txt"), {})
+  world = prompt_sources.read_prompts("world", {})
   assert len(world) > 100 and {p.category for p in world} >= {"counting", "position"}
 
 

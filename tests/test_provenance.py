@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from gvu_jax import provenance
+from gvu_jax.infra import provenance
 from helpers_run import REPO, recipe_config
 
 RECIPES = ("synthetic", "janus_pro_1b", "janus_pro_7b", "xomni_en")

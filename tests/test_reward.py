@@ -2,7 +2,6 @@
 log-likelihoods against the reference algorithm (one forward per prompt token,
 one image at a time), the aggregations, token weights and the judge choice."""
 import functools
-import types
 
 import jax
 import jax.numpy as jnp
@@ -12,12 +11,12 @@ import pytest
 from flax import nnx
 
 import helpers_model as hm
-from gvu_jax import gvu, lora, reward
-from gvu_jax.text import synthetic as text
-from gvu_jax import pixels as pixels_lib
 from gvu_jax import world
-from gvu_jax.errors import InputError
-from gvu_jax.models import presets, umm
+from gvu_jax.infra import pixels as pixels_lib
+from gvu_jax.infra.errors import InputError
+from gvu_jax.models import lora, presets, umm
+from gvu_jax.rl import reward, step
+from gvu_jax.text import synthetic as text
 from gvu_jax.world.codebook import CellTokenizer
 
 # Prompts of 5, 6, 8 and 6 words: different lengths -> right padding in the batch.
@@ -60,19 +59,16 @@ def pixels():
 
 @pytest.fixture(scope="module")
 def reward_fn_for(setup, lora_model, pixels):
-  """judge, aggregation, weights -> gvu.make_reward_fn's jitted
+  """judge, aggregation, weights -> rl/step.py make_reward_fn's jitted
   (trainable, frozen, pixels, query) -> (reward, token logp), compiled for this batch."""
   _, _, templates = setup
   graphdef, base, adapters, _ = lora_model
   example = (adapters, base, pixels, templates.understanding(list(PROMPTS)).arrays())
 
   def make(judge, aggregation="geo_mean_prob", weights=None, quantize_pixels=True):
-    ctx = types.SimpleNamespace(
-        config=ml_collections.ConfigDict(dict(reward=dict(
-            kind="intrinsic", aggregation=aggregation, judge=judge, token_weights={},
-            quantize_pixels=quantize_pixels))),
-        reward_weights=weights)
-    fn = gvu.make_reward_fn(ctx, graphdef, lora.Roles(True))
+    r = ml_collections.ConfigDict(dict(kind="intrinsic", aggregation=aggregation, judge=judge,
+                                       token_weights={}, quantize_pixels=quantize_pixels))
+    fn = step.make_reward_fn(graphdef, lora.Roles(True), r, weights)
     return fn.lower(*example).compile(compiler_options=FAST)
 
   return make

@@ -6,15 +6,15 @@ import numpy as np
 import pytest
 
 from configs import synthetic
-from gvu_jax import context
 from gvu_jax import world
 from gvu_jax.evaluation import evaluate
+from gvu_jax.stages import context
 from gvu_jax.world import judge
 
 
 @pytest.fixture(scope="module")
 def ctx(tmp_path_factory):
-  return context.Context.create(synthetic.get_config("mini"), str(tmp_path_factory.mktemp("w")))
+  return context.create(synthetic.get_config("mini"), str(tmp_path_factory.mktemp("w")))
 
 
 def judging_scorer(ctx, flip=False):

@@ -11,11 +11,11 @@ from flax import nnx
 
 import helpers_model as hm
 from test_optimizer import opt_config
-from gvu_jax import lora, optimizer, rl
-from gvu_jax.text import synthetic as text
-from gvu_jax.errors import InputError
-from gvu_jax.models import presets
+from gvu_jax.infra.errors import InputError
+from gvu_jax.models import lora, presets
 from gvu_jax.models.umm import image_logits
+from gvu_jax.rl import controls, grpo, optimizer
+from gvu_jax.text import synthetic as text
 
 EPS = 1e-4   # the reference advantage eps (docs/design.md §3)
 
@@ -30,14 +30,14 @@ def test_group_advantages_hand_computed():
   std2 = np.sqrt(0.16 / 3.0)
   expected = np.concatenate([np.array([-2.0, -1.0, 0.0, 3.0]) / (std1 + EPS),
                              np.array([-0.2, 0.2, 0.2, -0.2]) / (std2 + EPS)])
-  np.testing.assert_allclose(rl.group_advantages(rewards, 4), expected, rtol=1e-5)
-  jitted = jax.jit(rl.group_advantages, static_argnums=1)
+  np.testing.assert_allclose(grpo.group_advantages(rewards, 4), expected, rtol=1e-5)
+  jitted = jax.jit(grpo.group_advantages, static_argnums=1)
   np.testing.assert_allclose(jitted(rewards, 4), expected, rtol=1e-5)
 
 
 def test_group_advantages_equal_rewards_give_zero():
   rewards = jnp.array([0.3, 0.3, 5.0, 5.0, 1.0, 2.0])
-  adv = np.asarray(rl.group_advantages(rewards, 2))
+  adv = np.asarray(grpo.group_advantages(rewards, 2))
   assert np.isfinite(adv).all()
   np.testing.assert_array_equal(adv[:4], 0.0)
   assert np.abs(adv[4:]).min() > 0.5
@@ -47,20 +47,20 @@ def test_group_advantages_equal_rewards_give_zero():
 def test_group_advantages_equal_rewards_give_exactly_zero_for_any_group(group_size, value):
   """The fp32 mean of G equal rewards need not be the reward itself (for these
   values it is not); the residue must not become A = residue / eps on every row."""
-  adv = np.asarray(rl.group_advantages(jnp.full((2 * group_size,), value, jnp.float32),
+  adv = np.asarray(grpo.group_advantages(jnp.full((2 * group_size,), value, jnp.float32),
                                        group_size))
   np.testing.assert_array_equal(adv, 0.0)
 
 
 def test_group_advantages_without_std_scaling():
   rewards = jnp.array([1.0, 2.0, 3.0, 6.0, 0.5, 0.5, 0.5, 0.5])
-  adv = rl.group_advantages(rewards, 4, scale_by_std=False)
+  adv = grpo.group_advantages(rewards, 4, scale_by_std=False)
   np.testing.assert_allclose(adv, [-2.0, -1.0, 0.0, 3.0, 0.0, 0.0, 0.0, 0.0], atol=1e-6)
 
 
 def test_group_advantages_groups_are_contiguous_rows():
   # prompt-major: rows [p0 s0, p0 s1, p1 s0, p1 s1]
-  adv = np.asarray(rl.group_advantages(jnp.array([1.0, 2.0, 10.0, 20.0]), 2))
+  adv = np.asarray(grpo.group_advantages(jnp.array([1.0, 2.0, 10.0, 20.0]), 2))
   # G = 2: A = +-d / (|d| / sqrt(2) + eps) with d half the gap
   np.testing.assert_allclose(adv, [-0.5 / (1 / np.sqrt(2) + EPS), 0.5 / (1 / np.sqrt(2) + EPS),
                                    -5 / (10 / np.sqrt(2) + EPS), 5 / (10 / np.sqrt(2) + EPS)],
@@ -70,13 +70,13 @@ def test_group_advantages_groups_are_contiguous_rows():
 
 def test_group_advantages_rejects_group_size_1():
   with pytest.raises(InputError, match="group_size"):
-    rl.group_advantages(jnp.array([1.0, 2.0]), 1)
+    grpo.group_advantages(jnp.array([1.0, 2.0]), 1)
 
 
 # --- shuffled-reward control --------------------------------------------------
 
 def test_shuffle_within_groups():
-  shuffle = jax.jit(rl.shuffle_within_groups, static_argnums=1)   # as gvu.run calls it
+  shuffle = jax.jit(controls.shuffle_within_groups, static_argnums=1)   # as the step calls it
   rewards = jnp.arange(16, dtype=jnp.float32)
   out = np.asarray(shuffle(rewards, 4, jax.random.key(0)))
   for g in range(4):
@@ -103,7 +103,7 @@ REF = LOGP + np.array([[0.3, -0.5, 0.0], [1.0, -0.2, 0.4]], np.float32)
 
 
 def test_grpo_token_loss_hand_computed():
-  per_token, stats = rl.grpo_token_loss(jnp.asarray(LOGP), jnp.asarray(OLD), jnp.asarray(REF),
+  per_token, stats = grpo.grpo_token_loss(jnp.asarray(LOGP), jnp.asarray(OLD), jnp.asarray(REF),
                                         jnp.asarray(A), CLIP, BETA)
   a = A[:, None].astype(np.float64)
   rho = RHO.astype(np.float64)
@@ -123,7 +123,7 @@ def test_grpo_token_loss_hand_computed():
 
 def test_grpo_token_loss_gradient():
   def total(logp):
-    return rl.grpo_token_loss(logp, jnp.asarray(OLD), jnp.asarray(REF), jnp.asarray(A),
+    return grpo.grpo_token_loss(logp, jnp.asarray(OLD), jnp.asarray(REF), jnp.asarray(A),
                               CLIP, BETA)[0].sum()
 
   grad = np.asarray(jax.jit(jax.grad(total))(jnp.asarray(LOGP)))
@@ -137,7 +137,7 @@ def test_grpo_on_policy_ratio_is_one():
   """mu = 1: old = stop_gradient(logp), so rho = 1 and the policy-gradient part
   is -A grad logp; with beta the k3 gradient beta (1 - exp(ref - logp)) adds."""
   def total(logp, beta):
-    per_token, stats = rl.grpo_token_loss(logp, jax.lax.stop_gradient(logp), jnp.asarray(REF),
+    per_token, stats = grpo.grpo_token_loss(logp, jax.lax.stop_gradient(logp), jnp.asarray(REF),
                                           jnp.asarray(A), CLIP, beta)
     return per_token.sum(), stats
 
@@ -220,7 +220,7 @@ def sgd_steps(mini):
   graphdef, params, batch = mini
   tx = optax.sgd(1.0)
   make = lambda k: compile_fast(
-      rl.make_grpo_step(graphdef, lora.Roles(False), tx, clip_eps=0.2, beta=STEP_BETA,
+      grpo.make_grpo_step(graphdef, lora.Roles(False), tx, clip_eps=0.2, beta=STEP_BETA,
                         grad_accum=k), fresh_state(tx, params), params, batch)
   return tx, make(1), make(2)
 
@@ -235,7 +235,7 @@ def full_logprobs(model, batch):
 
 @pytest.mark.parametrize("chunk", [1, 5, 16, 1000])   # 16 image tokens: divisors or not
 def test_chunked_token_logprobs_equal_the_full_log_softmax(mini, chunk):
-  """rl.token_logprobs reads the image head in chunks of tokens: the same log-probs,
+  """grpo.token_logprobs reads the image head in chunks of tokens: the same log-probs,
   entropy and gradient as the whole log-softmax."""
   graphdef, params, batch = mini
   assert batch["codes"].shape[1] == 16
@@ -244,7 +244,7 @@ def test_chunked_token_logprobs_equal_the_full_log_softmax(mini, chunk):
     logp, entropy = fn(nnx.merge(graphdef, p), batch)
     return jnp.sum(logp * batch["advantages"][:, None]) + 0.1 * jnp.sum(entropy), (logp, entropy)
 
-  chunked = lambda model, b: rl.token_logprobs(model, b["prompt_ids"], b["prompt_valid"],
+  chunked = lambda model, b: grpo.token_logprobs(model, b["prompt_ids"], b["prompt_valid"],
                                                b["codes"], chunk=chunk)
   run = lambda fn: jax.jit(jax.value_and_grad(lambda p: objective(fn, p), has_aux=True),
                            compiler_options=FAST)(params)
@@ -296,7 +296,7 @@ def test_full_ft_of_chosen_modules_trains_only_them(mini, independent_grad):
   state = {"trainable": trainable, "opt_state": tx.init(trainable), "step": jnp.int32(0),
            "rng": jax.random.key_data(jax.random.key(0))}
   roles = lora.Roles(False)
-  step = compile_fast(rl.make_grpo_step(graphdef, roles, tx, clip_eps=0.2, beta=STEP_BETA,
+  step = compile_fast(grpo.make_grpo_step(graphdef, roles, tx, clip_eps=0.2, beta=STEP_BETA,
                                         grad_accum=1), state, params, batch)
   state, _ = step(state, params, batch)
   policy = roles.policy(state["trainable"], params)
@@ -329,7 +329,7 @@ def test_shared_prompt_pass_gives_the_same_update(mini, sgd_steps):
   prompt once: the same SGD update and metrics as a pass per row."""
   graphdef, params, batch = mini
   tx, step1, _ = sgd_steps
-  shared = compile_fast(rl.make_grpo_step(graphdef, lora.Roles(False), tx, clip_eps=0.2,
+  shared = compile_fast(grpo.make_grpo_step(graphdef, lora.Roles(False), tx, clip_eps=0.2,
                                           beta=STEP_BETA, grad_accum=1, shared_prompt_group=2),
                         fresh_state(tx, params), params, batch)
   s1, m1 = step1(fresh_state(tx, params), params, batch)
@@ -344,7 +344,7 @@ def test_shared_prompt_pass_gives_the_same_update(mini, sgd_steps):
 def adam_step(mini):
   graphdef, params, batch = mini
   tx, _ = optimizer.make_optimizer(opt_config(lr=1e-2, max_grad_norm=1.0), 10)
-  step = rl.make_grpo_step(graphdef, lora.Roles(False), tx, clip_eps=0.2, beta=0.0,
+  step = grpo.make_grpo_step(graphdef, lora.Roles(False), tx, clip_eps=0.2, beta=0.0,
                            grad_accum=1)
   return tx, compile_fast(step, fresh_state(tx, params), params, batch)
 
@@ -401,7 +401,7 @@ def test_lora_reference_is_base_and_only_adapters_train(mini):
   assert not any(path[-1].key in lora.LORA_KEYS
                  for path, _ in jax.tree_util.tree_leaves_with_path(base))
   roles = lora.Roles(True)
-  logp_fn = compile_fast(rl.make_logp_fn(graphdef, roles, with_policy=True),
+  logp_fn = compile_fast(grpo.make_logp_fn(graphdef, roles, with_policy=True),
                          adapters, base, batch)
 
   out = logp_fn(adapters, base, batch)   # fresh adapters: B = 0
@@ -413,7 +413,7 @@ def test_lora_reference_is_base_and_only_adapters_train(mini):
   state = {"trainable": copy(adapters), "opt_state": tx.init(adapters), "step": jnp.int32(0),
            "rng": jax.random.key_data(jax.random.key(0))}
   step = compile_fast(
-      rl.make_grpo_step(graphdef, roles, tx, clip_eps=0.2, beta=STEP_BETA, grad_accum=1),
+      grpo.make_grpo_step(graphdef, roles, tx, clip_eps=0.2, beta=STEP_BETA, grad_accum=1),
       state, base, lora_batch)
   state, m = step(state, base, lora_batch)
   assert float(m["skipped"]) == 0.0

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 import helpers_model as hm
-from gvu_jax import sampling
-from gvu_jax.errors import InputError
 from gvu_jax import world
+from gvu_jax.infra.errors import InputError
+from gvu_jax.rl import sampling
 
 G = 2          # samples per prompt
 B = 2          # prompts per batch: B * G = 4 rows, the shape of hm.prompts()

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 import helpers_model as hm
-from gvu_jax import sharding
-from gvu_jax.errors import InputError
+from gvu_jax.infra import sharding
+from gvu_jax.infra.errors import InputError
 from gvu_jax.models import build, presets
 from helpers_run import REPO, run_main
 

@@ -17,8 +17,8 @@ from PIL import Image
 
 from gvu_jax.data import builders, suites
 from gvu_jax.data.suites import Question
-from gvu_jax.errors import InputError
 from gvu_jax.evaluation import suite_scores
+from gvu_jax.infra.errors import InputError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

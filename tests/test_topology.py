@@ -1,5 +1,5 @@
 """Compiled for TPU slices from this CPU host: libtpu's compiler, no TPU, nothing runs
-(gvu_jax/topology.py, `mode=bench` with `bench.topology`)."""
+(gvu_jax/tools/topology.py, `mode=bench` with `bench.topology`)."""
 
 import json
 import subprocess
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from gvu_jax import bench, topology
-from gvu_jax.errors import InputError
+from gvu_jax.infra.errors import InputError
+from gvu_jax.tools import bench, topology
 from helpers_run import REPO, last_line, main_command, main_env, recipe_config
 
 GiB = 2**30

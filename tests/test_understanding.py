@@ -15,10 +15,10 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 import helpers_janus  # noqa: E402
-from gvu_jax import convert  # noqa: E402
 from gvu_jax.data.suites import Question  # noqa: E402
-from gvu_jax.errors import InputError  # noqa: E402
 from gvu_jax.evaluation import suite_scores, understanding  # noqa: E402
+from gvu_jax.infra.errors import InputError  # noqa: E402
+from gvu_jax.interop import convert  # noqa: E402
 from gvu_jax.text import janus as jt  # noqa: E402
 
 ANSWER_WORDS = {"w10": "Yes", "w11": "No", "w12": "A", "w13": "B", "w14": "C", "w15": "D",

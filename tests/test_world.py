@@ -245,7 +245,7 @@ def test_near_miss_images_come_from_the_split_and_leave_the_batch_as_it_was(misl
 def test_the_ceiling_reward_is_the_judge_verdict_per_image():
   """reward.kind=judge: each of a prompt's G images gets 1 where the judge accepts
   it for that prompt, 0 where not (here: true renders and near-miss renders)."""
-  from gvu_jax import gvu
+  from gvu_jax.rl import controls
   rng = np.random.default_rng(11)
   specs = world.all_specs()[::7]
   codes, expected = [], []
@@ -254,7 +254,7 @@ def test_the_ceiling_reward_is_the_judge_verdict_per_image():
       scene = world.sample_scene(spec if right else world.near_miss(spec, rng), rng)
       codes.append(world.scene_to_codes(scene))
       expected.append(float(right))
-  verdicts = gvu.judge_verdicts([s.text for s in specs], np.stack(codes), group_size=3)
+  verdicts = controls.judge_verdicts([s.text for s in specs], np.stack(codes), group_size=3)
   assert verdicts.dtype == np.float32
   np.testing.assert_array_equal(verdicts, expected)
 

@@ -14,7 +14,7 @@ transformers = pytest.importorskip("transformers")
 
 from transformers.models.qwen2 import modeling_qwen2 as qwen2   # noqa: E402
 
-from gvu_jax.models import build, presets                      # noqa: E402
+from gvu_jax.models import build, presets  # noqa: E402
 from gvu_jax.models.umm import causal_mask, image_logits, positions_from_valid  # noqa: E402
 
 VOCAB, MM_VOCAB, IMAGE_VOCAB = 96, 40, 32
@@ -151,7 +151,7 @@ import json                     # noqa: E402
 import os                       # noqa: E402
 import subprocess               # noqa: E402
 
-from gvu_jax import convert     # noqa: E402
+from gvu_jax.interop import convert  # noqa: E402
 import helpers_xomni            # noqa: E402
 from helpers_run import recipe_command, run_two_gvu_steps   # noqa: E402
 
@@ -250,7 +250,7 @@ def check_the_export_round_trip(pair, converted, tmp_path):
   import copy
   import peft
   import safetensors.numpy
-  from gvu_jax import export
+  from gvu_jax.interop import export
   src, _, _ = converted
   policy = export.export(str(tmp_path / "run"), str(tmp_path / "release"),
                          log=lambda *_: None)
@@ -293,12 +293,13 @@ def test_render_writes_pngs_beside_the_token_grids(tmp_path):
   FLUX): a PNG per grid, DPG-Bench's grids tiled 2x2, finished PNGs kept."""
   from PIL import Image
   from gvu_jax.data.prompt_files import Prompt
-  from gvu_jax.evaluation import export, render_xomni
+  from gvu_jax.evaluation import benchmark_images, render_xomni
   prompts = [Prompt("w5 w6", "colors", "a"), Prompt("w7", "counting", "b")]
   grids = [np.full((2, 3), k, np.int32) for k in range(3)]
-  export.GenevalPlusLayout(str(tmp_path / "plus"), 1, prompts, "npz").write(1, prompts[1],
-                                                                             grids[:1])
-  export.DpgBenchLayout(str(tmp_path / "dpg"), 3, prompts, "npz").write(0, prompts[0], grids)
+  benchmark_images.GenevalPlusLayout(str(tmp_path / "plus"), 1, prompts, "npz").write(
+      1, prompts[1], grids[:1])
+  benchmark_images.DpgBenchLayout(str(tmp_path / "dpg"), 3, prompts, "npz").write(
+      0, prompts[0], grids)
   seen = []
 
   def render(tokens, prompt):   # a flat colour from the grid's value
@@ -319,9 +320,8 @@ def test_token_space_reward_is_the_oracles_likelihood_of_the_prompt(pair, conver
   """The GvU reward on X-Omni: the query "<SOM>2 3<IMAGE>" + the generated codes +
   "<EOM>" + the question, the prompt as the answer, scored in one pass; equal to
   the oracle's text-mode log-likelihood of each prompt token."""
-  from gvu_jax import reward
-  from gvu_jax.text import janus as janus_text
-  from gvu_jax.text import xomni as xomni_text
+  from gvu_jax.rl import reward
+  from gvu_jax.text import janus as janus_text, xomni as xomni_text
   oracle, model = pair
   src, _, _ = converted
   templates = xomni_text.XOmniTemplates(janus_text.load_tokenizer(src), (2, 3), 4, VOCAB)
@@ -372,7 +372,7 @@ def test_siglip_vq_tokens_match_xomnis_own_modules():
 
 
 def test_siglip_vq_weights_are_checked():
-  from gvu_jax.errors import InputError
+  from gvu_jax.infra.errors import InputError
   from gvu_jax.models import siglip_vq
   data = np.load(FIXTURE)
   vit = {k[4:]: data[k] for k in data.files if k.startswith("vit.")}
@@ -389,7 +389,7 @@ def test_siglip_vq_weights_are_checked():
 
 def test_anyres_preprocess_sizes():
   from PIL import Image
-  from gvu_jax.errors import InputError
+  from gvu_jax.infra.errors import InputError
   from gvu_jax.models import siglip_vq
   make = lambda w, h: Image.new("RGB", (w, h), (255, 0, 0))
   assert siglip_vq.preprocess(make(576, 576)).shape == (576, 576, 3)    # kept: 36 x 36 tokens
@@ -423,7 +423,7 @@ def write_release_with_image_tokenizer(oracle, src, extra_words=(), codebook=Non
 def test_conversion_brings_the_image_tokenizer_when_the_release_has_it(pair, tmp_path):
   """A release that names its image tokenizer files: converted beside the model,
   and the loaded tokenizer gives X-Omni's own token ids for the fixture image."""
-  from gvu_jax.errors import InputError
+  from gvu_jax.infra.errors import InputError
   oracle, _ = pair
   data = np.load(FIXTURE)
   src = tmp_path / "src"
@@ -453,8 +453,7 @@ def test_benchmark_questions_are_read_as_the_oracle_reads_them(pair, tmp_path):
   from PIL import Image
   from gvu_jax.data.suites import Question
   from gvu_jax.evaluation import understanding
-  from gvu_jax.text import janus as janus_text
-  from gvu_jax.text import xomni as xomni_text
+  from gvu_jax.text import janus as janus_text, xomni as xomni_text
   oracle, model = pair
   src = tmp_path / "src"
   words = ("Yes", "No", "A", "B", "C", "D", "24", "34", "38")   # answers, grid sides

@@ -49,7 +49,7 @@ from absl import app, flags, logging
 
 from gvu_jax import world
 from gvu_jax.data import geneval, prompt_files, suites
-from gvu_jax.errors import InputError
+from gvu_jax.infra.errors import InputError
 
 _GITHUB = "https://raw.githubusercontent.com"
 T2I_COMPBENCH_CATEGORIES = ("color", "shape", "texture", "spatial", "non_spatial", "complex")

@@ -17,7 +17,7 @@ import os
 import numpy as np
 from absl import app, flags
 
-from gvu_jax.errors import InputError
+from gvu_jax.infra.errors import InputError
 
 CLASSES = (
     "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",

@@ -21,7 +21,7 @@ import grain
 import numpy as np
 
 from gvu_jax.data import batches
-from gvu_jax.errors import InputError
+from gvu_jax.infra.errors import InputError
 
 
 def _seed(*parts):

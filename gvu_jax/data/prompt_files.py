@@ -20,7 +20,7 @@ import json
 import os
 from typing import NamedTuple
 
-from gvu_jax.errors import InputError
+from gvu_jax.infra.errors import InputError
 
 FORMATS = (".txt", ".jsonl", ".csv")
 _JSON_TYPES = {int: "number", float: "number", bool: "boolean", list: "array", dict: "object",

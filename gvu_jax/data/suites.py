@@ -38,9 +38,9 @@ from typing import NamedTuple
 
 import tensorflow_datasets as tfds
 
-from gvu_jax import hosts
 from gvu_jax.data import prompt_files
-from gvu_jax.errors import InputError
+from gvu_jax.infra import hosts
+from gvu_jax.infra.errors import InputError
 
 POPE_SPLITS = ("random", "popular", "adversarial")
 MME_ROOT = "MME_Benchmark_release_version"

@@ -13,14 +13,13 @@ import jax
 import numpy as np
 from flax import nnx
 
-from gvu_jax import hosts, metrics, preemption
-from gvu_jax import reward as reward_lib
 from gvu_jax import world
 from gvu_jax.data import batches
-from gvu_jax.evaluation import grid
+from gvu_jax.infra import grid, hosts, metrics, preemption
+from gvu_jax.infra.sharding import to_host
+from gvu_jax.rl import reward as reward_lib
+from gvu_jax.rl.sampling import Sampler, SamplingConfig, row_keys
 from gvu_jax.world import judge
-from gvu_jax.sampling import Sampler, SamplingConfig, row_keys
-from gvu_jax.sharding import to_host
 
 
 STAGE_TITLES = {"pretrained": "Before GvU (pretrained)", "gvu": "After GvU"}

@@ -20,7 +20,7 @@ import numpy as np
 from absl import app, flags
 from PIL import Image
 
-from gvu_jax.evaluation.export import tile_2x2
+from gvu_jax.evaluation.benchmark_images import tile_2x2
 
 
 def render_all(directory, render, log=print):

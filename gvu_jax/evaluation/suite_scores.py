@@ -13,7 +13,7 @@ floats and ints.
 """
 
 from gvu_jax.data.suites import LETTERS, YES_NO
-from gvu_jax.errors import InputError
+from gvu_jax.infra.errors import InputError
 
 
 def _div(a, b):

@@ -38,14 +38,14 @@ import numpy as np
 from flax import nnx
 from PIL import Image
 
-from gvu_jax import files, hosts, metrics, sharding
 from gvu_jax.data import suites
 from gvu_jax.data.suites import LETTERS, YES_NO
-from gvu_jax.errors import InputError
 from gvu_jax.evaluation import suite_scores
 from gvu_jax.evaluation.evaluate import padded_chunks
+from gvu_jax.infra import files, hosts, metrics, sharding
+from gvu_jax.infra.errors import InputError
 from gvu_jax.models.umm import text_hidden
-from gvu_jax.reward import word_token_ids
+from gvu_jax.rl.reward import word_token_ids
 from gvu_jax.text import janus as janus_text
 
 YES_NO_SUFFIX = "Please answer yes or no."
@@ -150,7 +150,7 @@ class XOmniImages(_ByPath):
 
   def __init__(self, ctx):
     super().__init__()
-    from gvu_jax import convert
+    from gvu_jax.interop import convert
     from gvu_jax.models import siglip_vq
     encoder = convert.load_image_tokenizer(ctx.config.checkpoint)
     if encoder.cfg.codebook_size > ctx.model.image_vocab_size:

@@ -22,8 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gvu_jax import sharding
-from gvu_jax.errors import InputError
+from gvu_jax.infra import sharding
+from gvu_jax.infra.errors import InputError
 
 IMPLEMENTATIONS = ("xla", "dot_product", "cudnn", "splash", "auto")
 SPLASH_BLOCK = 128   # splash's sequence tile; full passes are padded to a multiple of it

@@ -4,10 +4,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from gvu_jax.errors import InputError
-from gvu_jax.world.codebook import CellTokenizer
+from gvu_jax.infra.errors import InputError
 from gvu_jax.models.janus import JanusConfig, JanusUMM
 from gvu_jax.models.xomni import XOmniConfig, XOmniUMM
+from gvu_jax.world.codebook import CellTokenizer
 
 FAMILIES = {"janus": (JanusConfig, JanusUMM), "xomni": (XOmniConfig, XOmniUMM)}
 
@@ -32,7 +32,7 @@ def create(model_cfg, seed, **lm_overrides):
 def create_adapters(model_cfg, seed, **lm_overrides):
   """The LoRA adapters `create(model_cfg, seed, ...)` would make, computed without
   materialising the base weights: XLA drops the initialisers nobody reads."""
-  from gvu_jax import lora
+  from gvu_jax.models import lora
   _, make = _family(model_cfg, **lm_overrides)
 
   def adapters():

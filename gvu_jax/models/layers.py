@@ -6,6 +6,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from gvu_jax.models import lora
+
 
 class LoRAParam(nnx.Param):
   """A LoRA adapter weight: the only parameters trained in LoRA mode."""
@@ -52,9 +54,8 @@ class Dense(nnx.Module):
     and stored in the kernel's dtype, and drops it: the same layer, one matmul."""
     if self.lora_a is None:
       return
-    f32 = lambda v: v[...].astype(jnp.float32)
-    delta = f32(self.lora_a) @ f32(self.lora_b) * self.lora_scale
-    self.kernel = nnx.Param((f32(self.kernel) + delta).astype(self.kernel.dtype))
+    folded = lora.fold(self.kernel[...], self.lora_a[...], self.lora_b[...], self.lora_scale)
+    self.kernel = nnx.Param(folded.astype(self.kernel.dtype))
     self.lora_a = self.lora_b = None
 
 

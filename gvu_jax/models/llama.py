@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from gvu_jax import sharding
+from gvu_jax.infra import sharding
 from gvu_jax.models import attention as attention_lib
 from gvu_jax.models.layers import Dense, in_slices
 

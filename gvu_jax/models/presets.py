@@ -4,9 +4,9 @@ import json
 
 import ml_collections
 
-from gvu_jax.text import synthetic as text
-from gvu_jax.errors import InputError
 from gvu_jax import world
+from gvu_jax.infra.errors import InputError
+from gvu_jax.text import synthetic as text
 
 
 def synthetic(size="tiny"):

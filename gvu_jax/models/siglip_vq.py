@@ -19,7 +19,7 @@ from einops import rearrange
 from flax import nnx
 from PIL import Image
 
-from gvu_jax.errors import InputError
+from gvu_jax.infra.errors import InputError
 from gvu_jax.models.layers import Dense
 from gvu_jax.models.vit import Block, ViTConfig
 

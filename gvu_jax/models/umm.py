@@ -9,7 +9,7 @@ and an image head (docs/design.md §5). JanusUMM (models/janus.py) and XOmniUMM
   `text_hidden`  - hidden states of an understanding query with an image in it
                    (the reward reads the prompt's likelihood from these)
   `text_logits`  - text logits of the same (captioning loss, parity checks)
-Sampling (gvu_jax/sampling.py) drives the same pieces step by step over a KV cache.
+Sampling (gvu_jax/rl/sampling.py) drives the same pieces step by step over a KV cache.
 """
 
 from typing import Any, Protocol

@@ -7,7 +7,7 @@ import dataclasses
 
 import numpy as np
 
-from gvu_jax.errors import InputError
+from gvu_jax.infra.errors import InputError
 
 
 @dataclasses.dataclass

@@ -23,7 +23,7 @@ import numpy as np
 import PIL.Image
 import tokenizers
 
-from gvu_jax.errors import InputError
+from gvu_jax.infra.errors import InputError
 from gvu_jax.text.common import ReleaseTemplates, shown
 
 BOS, EOS, PAD = "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜▁pad▁｜>"

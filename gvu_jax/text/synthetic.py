@@ -13,7 +13,7 @@ import numpy as np
 import tokenizers
 
 from gvu_jax import world
-from gvu_jax.errors import InputError
+from gvu_jax.infra.errors import InputError
 from gvu_jax.text.common import checked_prompt, left_padded, shown, understanding_batch
 
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"

@@ -1,0 +1,3 @@
+"""Other tools' files in and out: convert a published checkpoint (convert/),
+export the trained policy to transformers / PEFT (export.py), generate images
+from either (generate.py)."""
