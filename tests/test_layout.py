@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from helpers_run import REPO
 
 PACKAGE = os.path.join(REPO, "gvu_jax")
@@ -71,13 +73,53 @@ def test_the_cycle_finder_finds_a_cycle():
   assert cycles({"a": {"b"}, "b": set()}) == []
 
 
-def test_the_parts_depend_one_way():
-  """The world uses none of data/, evaluation/, models/; models/ reads no data."""
-  rules = {"gvu_jax.world": ("gvu_jax.data", "gvu_jax.evaluation", "gvu_jax.models"),
-           "gvu_jax.models": ("gvu_jax.data", "gvu_jax.evaluation")}
-  wrong = [(m, t) for m, targets in import_graph().items() for part, banned in rules.items()
-           if m.startswith(part) for t in targets if t.startswith(banned)]
-  assert wrong == []
+# The package's folders from the bottom up (docs/design.md §5): a module imports
+# its own folder and the folders of lower rank only. The top-level modules are the
+# front doors (main and the command shims), free to import anything.
+RANKS = {"infra": 0, "world": 1, "text": 2, "data": 2, "models": 3, "rl": 4, "interop": 5,
+         "evaluation": 6, "stages": 7, "tools": 8}
+
+
+def folder(module):
+  parts = module.split(".")
+  return parts[1] if len(parts) > 2 or parts[-1] in RANKS else None
+
+
+def against_the_direction(graph):
+  """(module, import) pairs that go up or sideways between folders, or into rl/
+  from the world's judge outside rl/controls.py."""
+  wrong = []
+  for module, targets in graph.items():
+    here = folder(module)
+    if here is None:
+      continue
+    for target in sorted(targets):
+      there = folder(target)
+      if there is None or (there != here and RANKS[there] >= RANKS[here]):
+        wrong.append((module, target))
+      elif here == "rl" and there == "world" and module != "gvu_jax.rl.controls":
+        wrong.append((module, target))
+  return sorted(wrong)
+
+
+def test_the_folders_depend_one_way():
+  graph = import_graph()
+  assert set(filter(None, map(folder, graph))) == set(RANKS)   # every folder has a rank
+  assert against_the_direction(graph) == []
+
+
+@pytest.mark.parametrize("graph, wrong", [
+    ({"gvu_jax.infra.files": {"gvu_jax.models.build"}},
+     [("gvu_jax.infra.files", "gvu_jax.models.build")]),                  # up
+    ({"gvu_jax.text.janus": {"gvu_jax.data.suites"}},
+     [("gvu_jax.text.janus", "gvu_jax.data.suites")]),                    # sideways
+    ({"gvu_jax.stages.gvu": {"gvu_jax.main"}}, [("gvu_jax.stages.gvu", "gvu_jax.main")]),
+    ({"gvu_jax.rl.step": {"gvu_jax.world.judge"}}, [("gvu_jax.rl.step", "gvu_jax.world.judge")]),
+    ({"gvu_jax.rl.controls": {"gvu_jax.world.judge"}, "gvu_jax.main": {"gvu_jax.tools.bench"},
+      "gvu_jax.stages.gvu": {"gvu_jax.rl.step", "gvu_jax.stages.context"}}, []),
+])
+def test_the_direction_rules_find_what_goes_against_them(graph, wrong):
+  assert against_the_direction(graph) == wrong
 
 
 def test_every_module_imports_on_its_own():
@@ -104,3 +146,33 @@ print("\\n".join(failed))
                         text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert proc.stdout.strip() == ""
+
+
+def module_map():
+  """The files docs/design.md §5's module map names, as paths below the repository:
+  each line's leading names (before two spaces), folders by their indentation."""
+  with open(os.path.join(REPO, "docs", "design.md")) as f:
+    text = f.read()
+  block = text.split("## 5. Module map", 1)[1].split("```", 2)[1]
+  named, stack = set(), []
+  for line in block.splitlines():
+    if not line.strip():
+      continue
+    indent = len(line) - len(line.lstrip())
+    while stack and stack[-1][0] >= indent:
+      stack.pop()
+    parent = stack[-1][1] if stack else ""
+    names = line.strip().split("  ")[0].split(" ")
+    if names[0].endswith("/"):
+      stack.append((indent, parent + names[0]))
+    elif all(n.endswith(".py") for n in names):
+      named |= {parent + n for n in names}
+  return named
+
+
+def test_the_module_map_names_every_module_of_the_tree():
+  tree = {os.path.relpath(path, REPO) for path in modules().values()
+          if not path.endswith("__init__.py")}
+  named = module_map()
+  assert sorted(tree - named) == [], "modules missing from docs/design.md §5"
+  assert sorted(named - tree) == [], "docs/design.md §5 names modules that do not exist"
