@@ -45,9 +45,11 @@ POPE = {
          "text": "Is there a person in the image?", "label": "no"},
         {"question_id": 7, "image": "COCO_val2014_000000000003.jpg",
          "text": "Is there a car in the image?", "label": "yes"}],
-    "adversarial": [
+    "adversarial": [   # its second question is also random's first, as POPE repeats some
         {"question_id": 3, "image": "COCO_val2014_000000000002.jpg",
-         "text": "Is there a ski in the image?", "label": "no"}]}
+         "text": "Is there a ski in the image?", "label": "no"},
+        {"question_id": 4, "image": "COCO_val2014_000000000001.jpg",
+         "text": "Is there a snowboard in the image?", "label": "yes"}]}
 
 
 def write_pope(d):
@@ -191,6 +193,34 @@ def test_mme_reads_both_layouts_and_normalises_answers(manual_dirs):
       f"{d}/{suites.MME_ROOT}/artwork/images/artwork_1.jpg"
   assert {q.split for q in got.values() if q.group == "code_reasoning"} == {"cognition"}
   assert len(got) == 2 * 14 + 1
+
+
+def mme_variant(d, variant):
+  """MME's files as common downloads hold them: another level (MME_Benchmark/)
+  under the release folder, or answer lines ending in white space (a tab too)."""
+  write_mme(d)
+  root = d / suites.MME_ROOT
+  if variant == "inner level":
+    inner = d / "inner"
+    shutil.move(str(root), str(inner))
+    os.makedirs(root)
+    shutil.move(str(inner), str(root / suites.MME_INNER))
+    return str(root / suites.MME_INNER)
+  ending = {"trailing tab": "\t", "trailing spaces and tab": " \t  "}[variant]
+  for path in root.rglob("*.txt"):
+    lines = path.read_bytes().decode().split("\n")
+    path.write_text("\n".join(l.replace("\r", "") + ending if l.strip() else l for l in lines),
+                    newline="")
+  return str(root)
+
+
+@pytest.mark.parametrize("variant", ["inner level", "trailing tab", "trailing spaces and tab"])
+def test_mme_reads_what_common_downloads_hold(tmp_path, variant):
+  read_from = mme_variant(tmp_path, variant)
+  expected = [x._replace(image=x.image.replace(f"{tmp_path}/{suites.MME_ROOT}", read_from),
+                         source=x.source.replace(f"{tmp_path}/{suites.MME_ROOT}", read_from))
+              for x in mme_expected(tmp_path)]
+  assert suites.read_mme(str(tmp_path)) == expected
 
 
 @pytest.mark.parametrize("name", sorted(WRITERS))
@@ -391,18 +421,25 @@ def test_pope_metrics_by_hand():
         + [q(a, "popular") for a in ("yes", "yes", "no")])
   preds = ["yes", "no", "yes", "no"] + ["no", "no", "NO "]
   got = suite_scores.pope(qs, preds)
-  assert list(got) == ["random", "popular", "overall"]
+  assert list(got) == ["random", "popular", "mean", "pooled"]
   assert got["random"] == {"accuracy": 0.5, "precision": 0.5, "recall": 0.5, "f1": 0.5,
                            "yes_ratio": 0.5, "questions": 4}
   # no predicted yes: precision, recall and F1 are 0.0, not a division by zero
   assert got["popular"] == {"accuracy": pytest.approx(1 / 3), "precision": 0.0, "recall": 0.0,
                             "f1": 0.0, "yes_ratio": 0.0, "questions": 3}
-  # TP 1, FP 1, FN 3, TN 2
-  assert got["overall"] == pytest.approx({"accuracy": 3 / 7, "precision": 0.5, "recall": 0.25,
-                                          "f1": 1 / 3, "yes_ratio": 2 / 7, "questions": 7})
+  # the splits' mean, as papers report POPE
+  assert got["mean"] == pytest.approx({"accuracy": (0.5 + 1 / 3) / 2, "precision": 0.25,
+                                       "recall": 0.25, "f1": 0.25, "yes_ratio": 0.25})
+  # every answer at once: TP 1, FP 1, FN 3, TN 2
+  assert got["pooled"] == pytest.approx({"accuracy": 3 / 7, "precision": 0.5, "recall": 0.25,
+                                         "f1": 1 / 3, "yes_ratio": 2 / 7, "questions": 7})
   assert json.loads(json.dumps(got)) == got
-  assert suite_scores.reported("pope", got) == pytest.approx({
-      "f1": 1 / 3, "accuracy": 3 / 7, "yes_ratio": 2 / 7, "random f1": 0.5, "popular f1": 0.0})
+  reported = {"f1": 0.25, "accuracy": (0.5 + 1 / 3) / 2, "yes_ratio": 0.25, "pooled f1": 1 / 3,
+              "random f1": 0.5, "popular f1": 0.0}
+  assert suite_scores.reported("pope", got) == pytest.approx(reported)
+  # a pope.json written when the pooled figures were named "overall" reports the same
+  old = {k: v for k, v in got.items() if k not in ("mean", "pooled")} | {"overall": got["pooled"]}
+  assert suite_scores.reported("pope", old) == pytest.approx(reported)
 
 
 def test_mme_metrics_by_hand():
@@ -464,9 +501,12 @@ def test_metrics_properties(rows):
     preds += [p1, p2]
   got = suite_scores.pope(qs, preds)
   right = sum(x.answer == p for x, p in zip(qs, preds))
-  assert got["overall"]["accuracy"] == pytest.approx(right / len(qs))
+  assert got["pooled"]["accuracy"] == pytest.approx(right / len(qs))
   assert all(0.0 <= v["f1"] <= 1.0 and 0.0 <= v["yes_ratio"] <= 1.0 for v in got.values())
-  assert sum(v["questions"] for k, v in got.items() if k != "overall") == len(qs)
+  splits = {k: v for k, v in got.items() if k not in ("mean", "pooled")}
+  assert sum(v["questions"] for v in splits.values()) == len(qs)
+  for key in ("accuracy", "f1", "yes_ratio"):
+    assert got["mean"][key] == pytest.approx(sum(v[key] for v in splits.values()) / len(splits))
   scores = suite_scores.mme(qs, preds)
   for s in scores["subtasks"].values():
     assert s["accuracy_plus"] <= s["accuracy"] + 1e-12
@@ -488,7 +528,7 @@ def test_prepare_command_prepares_a_suite(manual_dirs, tmp_path):
   assert run.returncode == 0, run.stderr[-2000:]
   assert run.stdout.strip().startswith("pope: {")
   assert ast.literal_eval(run.stdout.split(": ", 1)[1].split(" in ")[0]) == {
-      "random": 2, "popular": 2, "adversarial": 1}
+      "random": 2, "popular": 2, "adversarial": 2}
   assert len(run.stdout.strip().splitlines()) == 1 and not run.stderr.strip(), run.stderr
 
 

@@ -194,6 +194,12 @@ def test_eval_scores_every_suite_and_resumes_per_suite(janus, tmp_path):
     record = json.loads((out / f"{suite}.json").read_text())
     scores = suite_scores.SCORES[suite](questions, [r["predicted"] for r in rows])
     assert record["scores"] == json.loads(json.dumps(scores)) and record["questions"] == len(rows)
+    # an (image, question) pair asked twice (POPE's fixture repeats one) is scored once
+    asked = {}
+    for q, r in zip(questions, rows):
+      asked.setdefault((q.image, q.question), []).append(r["logprobs"])
+    assert record["distinct_questions"] == len(asked) == len(rows) - (suite == "pope")
+    assert all(len({tuple(x) for x in same}) == 1 for same in asked.values())
     for metric, value in suite_scores.reported(suite, scores).items():
       assert f"| {suite} | {metric} | " in summary
   before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}

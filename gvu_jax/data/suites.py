@@ -15,9 +15,12 @@ What each expects in manual_dir:
               coco_pope_adversarial.json (the POPE repo's output/coco/: one JSON
               object a line, {"question_id", "image", "text", "label"}) and
               val2014/<image> (COCO's val2014 images)
-  mme         MME_Benchmark_release_version/<subtask>/ for every subtask: image
-              files beside <image stem>.txt, or images/ and questions_answers_YN/;
-              each .txt holds lines "question<TAB>Yes" or "question<TAB>No"
+  mme         MME_Benchmark_release_version/<subtask>/ for every subtask (or
+              MME_Benchmark_release_version/MME_Benchmark/<subtask>/, as common
+              downloads unpack): image files beside <image stem>.txt, or images/
+              and questions_answers_YN/; each .txt holds lines "question<TAB>Yes"
+              or "question<TAB>No" (trailing white space, a tab too, is ignored,
+              as LLaVA's reader strips it)
   seed_bench  SEED-Bench.json ({"question_type": {name: id}, "questions": [...]})
               and SEED-Bench-image/<data_id>
 
@@ -44,6 +47,7 @@ from gvu_jax.infra.errors import InputError
 
 POPE_SPLITS = ("random", "popular", "adversarial")
 MME_ROOT = "MME_Benchmark_release_version"
+MME_INNER = "MME_Benchmark"   # the extra level some downloads have under MME_ROOT
 MME_SUBTASKS = {
     "perception": ("existence", "count", "position", "color", "posters", "celebrity",
                    "scene", "landmark", "artwork", "OCR"),
@@ -173,7 +177,7 @@ def _mme_questions(path, split, subtask, image_dir):
     if not content.strip():
       continue
     where = f"{path}:{line}"
-    parts = content.split("\t")
+    parts = content.rstrip().split("\t")
     if len(parts) != 2:
       got = "no tab" if len(parts) == 1 else f"{len(parts)} tab-separated fields"
       raise InputError(f"{where}: expected 'question<TAB>Yes' or 'question<TAB>No', got {got}")
@@ -194,6 +198,9 @@ def read_mme(manual_dir):
   question files in name order."""
   root = _folder(os.path.join(os.path.abspath(manual_dir), MME_ROOT),
                  "MME's release folder, one folder per subtask")
+  inner = os.path.join(root, MME_INNER)
+  if os.path.isdir(inner) and not os.path.isdir(os.path.join(root, MME_SUBTASKS["perception"][0])):
+    root = inner   # <release>/MME_Benchmark/<subtask>/
   folders = {s: _mme_folders(root, s) for split in MME_SUBTASKS for s in MME_SUBTASKS[split]}
   out = []
   for split, subtasks in MME_SUBTASKS.items():

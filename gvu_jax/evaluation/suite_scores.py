@@ -3,8 +3,10 @@ questions and the model's prediction for each: "yes"/"no" for a yes/no question,
 an option letter for a multiple-choice one. Every result is JSON-ready: Python
 floats and ints.
 
-  pope        per split and overall: accuracy, precision, recall, F1 and the
-              ratio of "yes" answers, "yes" the positive class (POPE's evaluate.py)
+  pope        per split: accuracy, precision, recall, F1 and the ratio of "yes"
+              answers, "yes" the positive class (POPE's evaluate.py); `mean`, the
+              mean of the splits' figures, as papers and LLaVA's scripts report
+              POPE; `pooled`, the same figures over every split's answers at once
   mme         per subtask: accuracy, accuracy+ (images whose questions are all
               right) and score = 100 (accuracy + accuracy+); perception and
               cognition are the sums of their subtasks' scores, total both
@@ -61,8 +63,18 @@ def _binary(pairs):
 def pope(questions, predictions):
   pairs = _checked(questions, predictions)
   out = {split: _binary(ps) for split, ps in _groups(pairs, lambda q: q.split).items()}
-  out["overall"] = _binary(pairs)
+  out["mean"] = _means(out)
+  out["pooled"] = _binary(pairs)
   return out
+
+
+def _means(per_split):
+  """The mean over POPE's splits of each of their figures."""
+  keys = ("accuracy", "precision", "recall", "f1", "yes_ratio")
+  return {k: _div(sum(v[k] for v in per_split.values()), len(per_split)) for k in keys}
+
+
+POPE_SUMMARIES = ("mean", "pooled", "overall")   # (overall: the pooled figures, as once named)
 
 
 def mme(questions, predictions):
@@ -93,15 +105,18 @@ SCORES = {"pope": pope, "mme": mme, "seed_bench": multiple_choice}
 
 def reported(suite, scores):
   """{metric: value} of the rows a summary table shows for `suite`, the headline
-  first: POPE's overall F1, accuracy and yes ratio, then each split's F1; MME's
+  first: POPE's F1, accuracy and yes ratio (the means of the splits'), the pooled
+  F1, then each split's F1; MME's
   total, perception and cognition scores; SEED-Bench's accuracy, then each
   question type's."""
   if suite not in SCORES:
     raise InputError(f"unknown benchmark {suite!r}; expected one of {sorted(SCORES)}")
   if suite == "pope":
-    overall = scores["overall"]
-    out = {"f1": overall["f1"], "accuracy": overall["accuracy"], "yes_ratio": overall["yes_ratio"]}
-    out.update({f"{split} f1": v["f1"] for split, v in scores.items() if split != "overall"})
+    splits = {k: v for k, v in scores.items() if k not in POPE_SUMMARIES}
+    means = _means(splits)   # (from the splits: a file written before `mean` existed too)
+    out = {key: means[key] for key in ("f1", "accuracy", "yes_ratio")}
+    out["pooled f1"] = scores.get("pooled", scores.get("overall"))["f1"]
+    out.update({f"{split} f1": v["f1"] for split, v in splits.items()})
   elif suite == "mme":
     out = {k: scores[k] for k in ("total", "perception", "cognition")}
   else:

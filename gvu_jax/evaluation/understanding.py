@@ -211,11 +211,18 @@ def score_suite(ctx, graphdef, params, questions, images, stage, suite):
     raise InputError(f"{suite}: questions with {sorted({len(q.options) for q in questions})} "
                      "options in one suite; the scorer reads one set of letters")
   scorer = make_scorer(graphdef, *answer_table(ctx.tokenizer, words))
-  bar = metrics.progress(len(questions), f"understanding {stage} {suite}")
+  # POPE asks some (image, question) pairs in more than one split: each distinct
+  # pair is scored once, and its answer counts in every question that asks it.
+  distinct = {}
+  for i, key in enumerate(zip((q.image for q in questions), texts)):
+    distinct.setdefault(key, i)
+  rows = list(distinct.values())   # the first question asking each distinct pair
+  asked = np.array([distinct[key] for key in zip((q.image for q in questions), texts)])
+  bar = metrics.progress(len(rows), f"understanding {stage} {suite}")
   logprobs, tic = np.zeros((len(questions), len(words)), np.float32), time.perf_counter()
 
   def collect(idx, real, out):
-    logprobs[idx[:real]] = sharding.to_host(out)[:real]
+    logprobs[[rows[i] for i in idx[:real]]] = sharding.to_host(out)[:real]
     bar.update(real)
     bar.set_postfix(q_s=f"{(idx[real - 1] + 1) / (time.perf_counter() - tic):.1f}")
 
@@ -223,15 +230,16 @@ def score_suite(ctx, graphdef, params, questions, images, stage, suite):
   # batch's images are read, by threads, while the device scores the one before.
   pending = None
   with concurrent.futures.ThreadPoolExecutor(os.cpu_count()) as pool:
-    for idx, real in padded_chunks(len(questions), batch):
-      items = list(pool.map(images.read, [questions[i] for i in idx]))
-      inputs = images.batch(templates, [texts[i] for i in idx], items)
+    for idx, real in padded_chunks(len(rows), batch):
+      items = list(pool.map(images.read, [questions[rows[i]] for i in idx]))
+      inputs = images.batch(templates, [texts[rows[i]] for i in idx], items)
       out = scorer(params, *ctx.layout.put_batch(inputs))
       if pending:
         collect(*pending)
       pending = idx, real, out
   collect(*pending)
   bar.close()
+  logprobs = logprobs[asked]   # every question gets its pair's scores
   predicted = answers(questions, logprobs)
   scores = suite_scores.SCORES[suite](questions, predicted)
   if hosts.is_main():
@@ -240,7 +248,8 @@ def score_suite(ctx, graphdef, params, questions, images, stage, suite):
              for q, p, row in zip(questions, predicted, logprobs)]
     files.write_atomic(os.path.join(directory, f"{suite}_answers.jsonl"), "\n".join(lines) + "\n")
     files.write_atomic(os.path.join(directory, f"{suite}.json"), json.dumps(
-        {"suite": suite, "questions": len(questions), "scores": scores,
+        {"suite": suite, "questions": len(questions), "distinct_questions": len(rows),
+         "scores": scores,
          "seconds": round(time.perf_counter() - tic, 2)}, indent=1))
   return scores
 
