@@ -16,6 +16,9 @@ and the understanding benchmarks of data/suites.py, whose records are questions
   pope             POPE: random / popular / adversarial yes/no questions on COCO
   mme              MME: perception / cognition yes/no questions
   seed_bench       SEED-Bench's image questions (multiple choice): test
+  gqa              GQA's testdev-balanced questions (open short answers): testdev
+  mmbench          MMBench's English dev questions (multiple choice, each asked once
+                   per rotation of its options): dev
 
 Every record: prompt, id, tag, index (its place in the source file) and meta (a
 JSON object: whatever else the source said, e.g. GenEval's `include`). Records

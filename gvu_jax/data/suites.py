@@ -8,6 +8,11 @@ evaluation/suite_scores.py.
               (4); yes/no questions, two per image
   seed_bench  SEED-Bench (Li et al. 2023), its image questions: split test;
               multiple choice, options A-D
+  gqa         GQA (Hudson and Manning 2019), testdev-balanced: split testdev; open
+              questions answered with a word or a short phrase
+  mmbench     MMBench (Liu et al. 2023), the English dev split: split dev;
+              multiple choice, 2 to 4 options, each question asked once per
+              circular shift of its options (MMBench's CircularEval)
 
 What each expects in manual_dir:
 
@@ -23,22 +28,44 @@ What each expects in manual_dir:
               as LLaVA's reader strips it)
   seed_bench  SEED-Bench.json ({"question_type": {name: id}, "questions": [...]})
               and SEED-Bench-image/<data_id>
+  gqa         testdev_balanced_questions.json (GQA's questions1.2: one JSON object,
+              {question_id: {"imageId", "question", "answer", "types":
+              {"structural", ...}, ...}}) and images/<imageId>.jpg (GQA's images)
+  mmbench     MMBench_DEV_EN.tsv (VLMEvalKit's) or mmbench_dev_20230712.tsv (the
+              original release's): a header row, then a question a row with the
+              columns index, question, hint, A, B, C, D (an empty or "nan" cell: no
+              such option), answer, category and image (the image file's bytes in
+              base64); rows with index >= 1e6 (VLMEvalKit's circular copies of
+              the question index % 1e6) are skipped, as the copies are made here
 
 Images are not copied into the prepared dataset (COCO val2014 alone is 6 GB): a
 record holds the absolute path of its image, checked when the dataset is
-prepared and again when `questions` reads it back. Records keep the source's
-order (MME: subtasks in the order below, question files by name, lines in order).
+prepared and again when `questions` reads it back. MMBench's images are in its
+TSV, so preparing it decodes each into <data_dir>/mmbench_images/<index>.<ext>
+(data_dir: the root of TFDS's datasets, beside mmbench/<version>/; the extension
+from the image's own format), where its records point: never into manual_dir,
+and not into the versioned folder, which TFDS writes under another name and
+renames. A file already there is kept if it holds the same bytes and never
+overwritten if it does not.
+
+Records keep the source's order (MME: subtasks in the order below, question
+files by name, lines in order; MMBench: each question followed by its shifts).
 Every problem with the files is one InputError naming the file and line (or
-`questions[i]` in SEED-Bench's single JSON document), what was expected and
-what was found.
+`questions[i]` in SEED-Bench's single JSON document, the question id in GQA's),
+what was expected and what was found.
 """
 
+import base64
+import binascii
 import contextlib
+import csv
 import io
 import json
 import os
+import re
 from typing import NamedTuple
 
+import PIL.Image
 import tensorflow_datasets as tfds
 
 from gvu_jax.data import prompt_files
@@ -56,22 +83,42 @@ MME_SUBTASKS = {
 MME_IMAGE_EXTENSIONS = (".jpg", ".png")
 SEED_FILE = "SEED-Bench.json"
 SEED_IMAGES = "SEED-Bench-image"
+GQA_FILE = "testdev_balanced_questions.json"
+GQA_IMAGES = "images"
+MMBENCH_FILES = ("MMBench_DEV_EN.tsv", "mmbench_dev_20230712.tsv")   # the first there is read
+MMBENCH_IMAGES = "mmbench_images"   # under TFDS's data_dir: MMBench's decoded images
+MMBENCH_COLUMNS = ("index", "question", "A", "B", "answer", "category", "image")  # required
+MMBENCH_COPY = 10 ** 6   # VLMEvalKit's circular copy r of question i has index i + r * 1e6
+IMAGE_EXTENSIONS = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "GIF": "gif", "BMP": "bmp",
+                    "WEBP": "webp", "TIFF": "tif"}   # PIL's format -> a decoded image's extension
 LETTERS = "ABCD"
 YES_NO = ("yes", "no")
 
 class Question(NamedTuple):
-  """One benchmark question; yes/no when `options` is empty, else multiple choice
-  with `answer` the letter of the right option."""
-  suite: str       # "pope" | "mme" | "seed_bench"
-  split: str       # POPE: random/popular/adversarial; MME: perception/cognition; SEED: test
-  id: str          # unique within the suite
+  """One benchmark question. `options` empty: a yes/no question (POPE, MME), or
+  an open one answered with a word or short phrase (GQA; `answer` is then the
+  reference answer text as GQA gives it); else multiple choice with `answer` the
+  letter of the right option. KINDS says which each suite's are."""
+  suite: str       # "pope" | "mme" | "seed_bench" | "gqa" | "mmbench"
+  split: str       # POPE: random/popular/adversarial; MME: perception/cognition; SEED: test;
+                   # GQA: testdev; MMBench: dev
+  id: str          # unique within the suite (MMBench: "<index>/<shift>")
   image: str       # absolute path of the image file
   question: str    # the question text exactly as the source gives it
-  options: tuple   # multiple choice: the option texts in order (A, B, C, D); yes/no: ()
-  answer: str      # yes/no: "yes" or "no"; multiple choice: "A".."D"
-  group: str       # POPE: the split; MME: the subtask; SEED: the question type's name
-  image_id: str    # the image the question is about (MME: "<subtask>/<image file name>")
-  source: str      # "file:line" (SEED: "file: questions[i]") of the record
+  options: tuple   # multiple choice: the option texts in order (A, B, ...); yes/no, open: ()
+  answer: str      # yes/no: "yes" or "no"; open: the reference answer; multiple choice: a letter
+  group: str       # POPE: the split; MME: the subtask; SEED: the question type's name;
+                   # GQA: the structural type (query, verify, logical, choose, compare);
+                   # MMBench: the category
+  image_id: str    # the image the question is about (MME: "<subtask>/<image file name>";
+                   # MMBench: the question's index, which its shifted copies share)
+  source: str      # "file:line" (SEED: "file: questions[i]"; GQA: "file: 'question id'")
+  hint: str = ""   # MMBench's hint, a context given with the question; "" elsewhere
+
+
+# how each suite's questions are answered: "yes_no", "choice" (a letter) or "open" (text)
+KINDS = {"pope": "yes_no", "mme": "yes_no", "seed_bench": "choice", "gqa": "open",
+         "mmbench": "choice"}
 
 
 # --- readers (plain Python) --------------------------------------------------
@@ -215,13 +262,20 @@ def read_mme(manual_dir):
   return out
 
 
+def _file_and_images(manual_dir, name, what, images, images_what):
+  """(path, text) of the question file `name` in manual_dir and the path of its
+  images folder, each checked to be there (`what` each holds, for the error)."""
+  manual_dir = os.path.abspath(manual_dir)
+  path = os.path.join(manual_dir, name)
+  text = _read_text(path, what)
+  return path, text, _folder(os.path.join(manual_dir, images), images_what)
+
+
 def read_seed_bench(manual_dir):
   """SEED-Bench's image questions -> [Question], in the file's order."""
-  manual_dir = os.path.abspath(manual_dir)
-  path = os.path.join(manual_dir, SEED_FILE)
-  text = _read_text(path, "SEED-Bench's question file (huggingface.co/datasets/"
-                    "AILab-CVC/SEED-Bench)")
-  images = _folder(os.path.join(manual_dir, SEED_IMAGES), "SEED-Bench's images")
+  path, text, images = _file_and_images(
+      manual_dir, SEED_FILE, "SEED-Bench's question file (huggingface.co/datasets/"
+      "AILab-CVC/SEED-Bench)", SEED_IMAGES, "SEED-Bench's images")
   document = prompt_files.json_object(path, text)
   json_type = prompt_files.json_type
   for key, kind in (("question_type", dict), ("questions", list)):
@@ -256,6 +310,194 @@ def read_seed_bench(manual_dir):
   return out
 
 
+def read_gqa(manual_dir):
+  """GQA's testdev-balanced questions -> [Question], in the file's order."""
+  path, text, images = _file_and_images(
+      manual_dir, GQA_FILE, "GQA's testdev-balanced questions (cs.stanford.edu/people/"
+      "dorarad/gqa/, questions1.2.zip)", GQA_IMAGES, "GQA's images, <imageId>.jpg")
+  if not text.strip():
+    raise InputError(f"{path}: the file holds no questions")
+  json_type = prompt_files.json_type
+  out = []
+  for qid, fields in prompt_files.json_object(path, text).items():
+    where = f"{path}: {qid!r}"
+    if not isinstance(fields, dict):
+      raise InputError(f"{where}: expected a JSON object, got {json_type(fields)}")
+    image_id = _field(where, fields, "imageId")
+    question, answer = _field(where, fields, "question"), _field(where, fields, "answer")
+    types = fields.get("types")
+    if not isinstance(types, dict):
+      raise InputError(f"{where}: 'types' must be a JSON object, got "
+                       f"{'nothing' if 'types' not in fields else json_type(types)}")
+    group = _field(f"{where}: types", types, "structural")
+    out.append(Question("gqa", "testdev", qid, _image(where, images, f"{image_id}.jpg"),
+                        question, (), answer, group, image_id, where))
+  if not out:
+    raise InputError(f"{path}: the file holds no questions")
+  return out
+
+
+def _absent(cell):
+  """An empty MMBench cell: "" or "nan" (how pandas writes a missing value)."""
+  return cell is None or not cell.strip() or cell.strip().lower() == "nan"
+
+
+def _tsv_rows(path):
+  """(line, fields) of each non-blank row of the TSV `path` after its header,
+  streamed (MMBench's is hundreds of MB); fields maps column -> cell.
+  Quoting is as pandas writes and reads a TSV, as VLMEvalKit does."""
+  limit = csv.field_size_limit()
+  csv.field_size_limit(2 ** 31 - 1)   # a cell holds a whole image in base64
+  try:
+    with open(path, encoding="utf-8-sig", newline="") as f:
+      reader = csv.reader(f, delimiter="\t")
+      header = next(reader, None)
+      if not header:
+        raise InputError(f"{path}: the file is empty; expected a header row naming the "
+                         f"columns {', '.join(MMBENCH_COLUMNS)}")
+      for column in MMBENCH_COLUMNS:
+        if column not in header:
+          raise InputError(f"{path}:1: the header has no {column!r} column (columns: {header})")
+      line = reader.line_num
+      for row in reader:
+        start, line = line + 1, reader.line_num
+        if not any(cell.strip() for cell in row):
+          continue
+        if len(row) != len(header):
+          raise InputError(f"{path}:{start}: {len(row)} tab-separated fields, expected the "
+                           f"header's {len(header)}")
+        yield start, dict(zip(header, row))
+  except UnicodeDecodeError:
+    with open(path, "rb") as f:
+      prompt_files.decode(path, f.read())   # names the line and column
+    raise
+  except csv.Error as e:
+    raise InputError(f"{path}:{reader.line_num}: not a TSV row ({e})") from None
+  finally:
+    csv.field_size_limit(limit)
+
+
+def _decoded_image(where, cell, image_dir, name):
+  """The image in base64 `cell`, written once to image_dir/<name>.<ext> (ext from
+  its format) -> that path."""
+  bad = re.search(r"[^A-Za-z0-9+/=]", cell)
+  if bad:
+    raise InputError(f"{where}: 'image' is not base64 (character {bad.group()!r} at position "
+                     f"{bad.start()})")
+  try:
+    raw = base64.b64decode(cell, validate=True)
+  except binascii.Error as e:
+    raise InputError(f"{where}: 'image' is not base64 ({e})") from None
+  kind = None
+  try:
+    with PIL.Image.open(io.BytesIO(raw)) as image:
+      kind = image.format
+      image.load()
+  except Exception as e:   # noqa: BLE001 (whatever PIL raises for bytes it cannot read)
+    if kind is None:
+      raise InputError(f"{where}: 'image' is {len(raw)} bytes in base64 that are no image "
+                       f"file PIL reads (they begin {raw[:8]!r})") from None
+    reason = " ".join(str(e).split())
+    raise InputError(f"{where}: 'image' is a {kind} image that does not decode ({reason})") \
+        from None
+  path = os.path.join(image_dir, f"{name}.{IMAGE_EXTENSIONS.get(kind, kind.lower())}")
+  if os.path.exists(path):
+    with open(path, "rb") as f:
+      if f.read() == raw:
+        return path   # decoded before (by an earlier preparation)
+    raise InputError(f"{where}: {path} exists and holds another image than this row's; "
+                     "remove it (or prepare into another data_dir) and prepare again")
+  os.makedirs(image_dir, exist_ok=True)
+  tmp = os.path.join(image_dir, f".{name}.{os.getpid()}.tmp")
+  try:
+    with open(tmp, "wb") as f:
+      f.write(raw)
+    os.replace(tmp, path)   # whole or not at all
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+  return path
+
+
+def _mmbench_index(where, fields):
+  cell = fields["index"].strip()
+  if not re.fullmatch(r"[0-9]+", cell):
+    raise InputError(f"{where}: 'index' must be a non-negative integer, got "
+                     f"{fields['index']!r}")
+  return int(cell)
+
+
+def _mmbench_row(where, fields):
+  """(question, options, answer, category, hint) of an MMBench row."""
+  question = _field(where, fields, "question")
+  present = [c for c in LETTERS if not _absent(fields.get(c))]
+  n = len(present)
+  if present != list(LETTERS[:n]):
+    gap = next(c for c in LETTERS if c not in present)
+    raise InputError(f"{where}: option {gap} is empty but {present[-1]} is not; expected "
+                     "the options in A, B, C, D with none left out")
+  if n < 2:
+    raise InputError(f"{where}: {n} option{'s' * (n != 1)}; expected 2 to 4 (columns A to D)")
+  answer = fields["answer"].strip()
+  if answer not in present:
+    raise InputError(f"{where}: answer must be one of {', '.join(repr(c) for c in present)} "
+                     f"(the row's options), got {fields['answer']!r}")
+  hint = fields.get("hint", "")
+  return (question, tuple(fields[c] for c in present), answer,
+          _field(where, fields, "category"), "" if _absent(hint) else hint)
+
+
+def read_mmbench(manual_dir, image_dir):
+  """MMBench's English dev split -> [Question]: each question followed by its
+  circular shifts. Its images are decoded into image_dir (not manual_dir).
+
+  Circular evaluation as MMBench and VLMEvalKit do it: a question with n options
+  is asked n times, shift r = 0..n-1 putting original option (i + r) % n at
+  place i (the answer's letter moving with its option); it counts as answered
+  only if every shift is. VLMEvalKit's TSV already holds shifts r >= 1 as rows
+  with index + r * 1e6; those rows are skipped and every shift made here."""
+  manual_dir, image_dir = os.path.abspath(manual_dir), os.path.abspath(image_dir)
+  paths = [os.path.join(manual_dir, name) for name in MMBENCH_FILES]
+  path = next((p for p in paths if os.path.isfile(p)), None)
+  if path is None:
+    raise InputError(f"{manual_dir}: neither {MMBENCH_FILES[0]} (VLMEvalKit's) nor "
+                     f"{MMBENCH_FILES[1]} (github.com/open-compass/MMBench) is there; expected "
+                     "MMBench's English dev split, a TSV with the images in base64")
+  rows, seen, images = [], {}, {}
+  for line, fields in _tsv_rows(path):
+    where = f"{path}:{line}"
+    index = _mmbench_index(where, fields)
+    if index >= MMBENCH_COPY:
+      continue   # VLMEvalKit's shifted copy of question index % 1e6
+    if index in seen:
+      raise InputError(f"{where}: duplicate index {index} (first on line {seen[index]})")
+    seen[index] = line
+    question = _mmbench_row(where, fields)
+    cell = _field(where, fields, "image").strip()
+    if re.fullmatch(r"[0-9]+", cell) and len(cell) <= 64:
+      image = int(cell)   # as VLMEvalKit reads it: the image of the question with this index
+    else:
+      image = images[index] = _decoded_image(where, cell, image_dir, index)
+    rows.append((where, index, image, question))
+  out = []
+  for where, index, image, (question, options, answer, category, hint) in rows:
+    if isinstance(image, int):
+      if image not in images:
+        raise InputError(f"{where}: 'image' is {image}, which names no question of the file "
+                         "with an image of its own; expected an image in base64 or such an "
+                         "index")
+      image = images[image]
+    n, a = len(options), LETTERS.index(answer)
+    for r in range(n):
+      out.append(Question("mmbench", "dev", f"{index}/{r}", image, question,
+                          options[r:] + options[:r], LETTERS[(a - r) % n], category,
+                          str(index), where, hint))
+  if not out:
+    raise InputError(f"{path}: the file holds no questions")
+  return out
+
+
 # --- TFDS builders -----------------------------------------------------------
 
 
@@ -268,7 +510,8 @@ def _record(q):
 
 
 def _question(record):
-  """A record read back from a data source (bytes values) -> Question."""
+  """A record read back from a data source (bytes values) -> Question; one
+  without a field added since (hint) gets its default."""
   text = {k: v.decode("utf-8") if isinstance(v, bytes) else str(v) for k, v in record.items()}
   return Question(**{**text, "options": tuple(json.loads(text["options"]))})
 
@@ -277,8 +520,12 @@ class _SuiteBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """What every suite builder shares: Question records in the reader's order,
   read from manual_dir and never downloaded. Not in TFDS's registry (SUITES names
   them), so importing this module twice, as a notebook may, is harmless."""
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "First release."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {
+      "1.0.0": "First release.",
+      "1.1.0": "Question.hint (MMBench's hint; empty elsewhere): the records have another "
+               "field, so a dataset prepared by 1.0.0 is prepared again, not misread. GQA "
+               "and MMBench start here."}
   SPLITS = ()
   HOMEPAGE = ""
   LAYOUT = ""
@@ -347,7 +594,40 @@ class SeedBench(_SuiteBuilder, skip_registration=True):
     return read_seed_bench(manual_dir)
 
 
-SUITES = {"pope": Pope, "mme": Mme, "seed_bench": SeedBench}
+class Gqa(_SuiteBuilder, skip_registration=True):
+  """GQA (Hudson and Manning 2019), testdev-balanced: compositional questions on
+  scene-graph images, each answered with a word or a short phrase."""
+  name = "gqa"
+  SPLITS = ("testdev",)
+  HOMEPAGE = "https://cs.stanford.edu/people/dorarad/gqa/"
+  LAYOUT = (f"{GQA_FILE} (GQA's questions1.2.zip) and {GQA_IMAGES}/ (GQA's images.zip: "
+            "<imageId>.jpg)")
+
+  def read(self, manual_dir):
+    return read_gqa(manual_dir)
+
+
+class MmBench(_SuiteBuilder, skip_registration=True):
+  """MMBench (Liu et al. 2023), the English dev split: multiple choice, 2 to 4
+  options, 20 ability categories; each question asked once per circular shift of
+  its options (CircularEval)."""
+  name = "mmbench"
+  SPLITS = ("dev",)
+  HOMEPAGE = "https://github.com/open-compass/MMBench"
+  LAYOUT = (f"{MMBENCH_FILES[0]} (VLMEvalKit's) or {MMBENCH_FILES[1]} "
+            "(github.com/open-compass/MMBench): the dev split in English, images in base64")
+
+  @property
+  def image_dir(self):
+    """Where the TSV's images are decoded: beside the prepared datasets, where
+    they stay after TFDS renames its temporary folder, never in manual_dir."""
+    return os.path.join(os.fspath(self.data_dir_root), MMBENCH_IMAGES)
+
+  def read(self, manual_dir):
+    return read_mmbench(manual_dir, self.image_dir)
+
+
+SUITES = {"pope": Pope, "mme": Mme, "seed_bench": SeedBench, "gqa": Gqa, "mmbench": MmBench}
 
 
 def builder(name, data_dir=None):
