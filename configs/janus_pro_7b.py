@@ -95,10 +95,17 @@ def get_config(arg=None, model=MODEL):
   # benchmark's scorer reads: geneval | geneval_plus | t2i_compbench | dpg_bench
   # (gvu_jax/evaluation/benchmark_images.py); auto = the dataset's own, else GenEval's.
   # understanding: understanding benchmarks scored for both as well, any of
-  # pope,mme,seed_bench (prepared from data.manual_dir: python -m
+  # pope,mme,seed_bench,gqa,mmbench (prepared from data.manual_dir: python -m
   # gvu_jax.data.builders --name=pope --manual_dir=DIR), in
-  # WORKDIR/eval/{base,gvu}/understanding/ (gvu_jax/evaluation/understanding.py).
+  # WORKDIR/eval/{base,gvu}/understanding/<protocol>-<answers>/
+  # (gvu_jax/evaluation/understanding.py): asked as understanding_protocol asks
+  # (vlmevalkit: VLMEvalKit's Janus prompts | model_chat: the model's own chat),
+  # answered by understanding_answers (logprob: one pass, the likeliest answer |
+  # generate: the greedy reply of up to reply_tokens tokens, read by the
+  # protocol's rule). GQA is always generated.
   c.eval = dict(prompts="", layout="auto", images_per_prompt=4, batch_size=4, understanding="",
+                understanding_protocol="vlmevalkit", understanding_answers="logprob",
+                reply_tokens=10,
                 sampling=dict(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, cfg_weight=5.0))
 
   # mode=bench (gvu_jax/tools/bench.py): sampler batch sizes (prompts; CFG doubles the

@@ -115,7 +115,7 @@ def test_the_cases_found_by_the_probe(key, value, expected):
     ("xomni_en", None, "model_options.image_grid", (36, 0)),
     ("janus_pro_7b", "small", "bench.machine", "tpu9"),
     ("janus_pro_7b", "lora", "eval.layout", "coco"),
-    ("janus_pro_7b", "lora", "eval.understanding", "pope,gqa"),
+    ("janus_pro_7b", "lora", "eval.understanding", "pope,mmmu"),
     ("janus_pro_1b", None, "eval.understanding", ["pope"]),
     ("janus_pro_7b", "t2i_r1", "gvu.full_ft_modules", "lm"),
     ("xomni_en", None, "profile.steps", (1, 2, 3)),

@@ -293,3 +293,57 @@ def test_token_weights_refuse_a_word_that_is_no_token():
                                        r"of the tokenizer \(in a prompt it reads as \[") as e:
     reward.token_weight_table(tok, {"photo": 0.0, "zebra": 0.0}, tok.get_vocab_size())
   assert "\n" not in str(e.value)
+
+
+# One question per suite as its harness asks it: (suite, question, options, hint,
+# VLMEvalKit's prompt as its Janus wrapper builds it, model_chat's user text).
+HARNESS = [
+    ("pope", "Is there a dog in the image?", (), "",
+     "\nIs there a dog in the image?\nAnswer the question using a single word or phrase.",
+     "Is there a dog in the image? Please answer yes or no."),
+    ("mme", "Is this a cat? Please answer yes or no.", (), "",
+     "\nIs this a cat? Please answer yes or no.\nAnswer the question using a single word or "
+     "phrase.", "Is this a cat? Please answer yes or no."),
+    ("seed_bench", "How many cats?", ("one", "two", "three", "four"), "",
+     "\nHow many cats?\nA. one\nB. two\nC. three\nD. four\n\nAnswer with the option's letter "
+     "from the given choices directly.",
+     "How many cats?\nA. one\nB. two\nC. three\nD. four\nAnswer with the option's letter from "
+     "the given choices directly."),
+    ("gqa", "What color is the car?", (), "",
+     "\nWhat color is the car?\nAnswer the question using a single word or phrase.",
+     "What color is the car?\nAnswer the question using a single word or phrase."),
+    ("mmbench", "Which one is red?", ("the left", "the right"), "Two balls.",
+     "\nHint: Two balls.\nWhich one is red?\nA. the left\nB. the right\n\nAnswer with the "
+     "option's letter from the given choices directly.",
+     "Hint: Two balls.\nWhich one is red?\nA. the left\nB. the right\nAnswer with the option's "
+     "letter from the given choices directly."),
+]
+
+
+@pytest.mark.parametrize("protocol", ["vlmevalkit", "model_chat"])
+@pytest.mark.parametrize("suite, question, options, hint, harness, own", HARNESS)
+def test_question_rows_are_the_harness_prompt(protocol, suite, question, options, hint, harness,
+                                              own):
+  """A benchmark question's row, token for token: under vlmevalkit the deepseek
+  chat with no system prompt around VLMEvalKit's prompt (its Janus wrapper puts
+  the image, then the prompt, in the user turn); under model_chat the
+  processor's system prompt and the model's own question text."""
+  from gvu_jax.data.suites import Question
+  from gvu_jax.evaluation import protocols
+  tok = make_tokenizer(extra_corpus=[harness, own])
+  t = jt.JanusTemplates(tok, max_prompt_tokens=16)
+  q = Question(suite, "s", "0", "x.jpg", question, options, "A" if options else "yes", "g", "x",
+               "f:1", hint)
+  if protocol == "vlmevalkit":
+    t = t.without_system_prompt()
+    text = sft("", [("<|User|>", jt.IMG + harness), ("<|Assistant|>", "")])
+  else:
+    text = sft(jt.SYSTEM_PROMPT, [("<|User|>", f"{jt.IMG}\n{own}"), ("<|Assistant|>", "")])
+  want = literal(tok, text.replace(jt.IMG, jt.BOI + jt.IMG * 576 + jt.EOI))
+  asked = protocols.question_text(q, protocol)
+  ids, valid, slots = t.question([asked], t.question_tokens(asked) + 2)
+  assert ids[0, valid[0]].tolist() == want
+  assert slots[0].sum() == 576 and not valid[0, :2].any()   # left-padded
+  # the reward's understanding query keeps the system prompt under both protocols
+  assert t.understanding(["a cat"]).ids[0, 1:4].tolist() == tok.encode(
+      jt.SYSTEM_PROMPT, add_special_tokens=False).ids[:3]

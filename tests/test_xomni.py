@@ -447,12 +447,12 @@ def test_benchmark_questions_are_read_as_the_oracle_reads_them(pair, tmp_path):
   transform and its SigLIP-VQ tokens (a grid of the photo's own shape), the
   question in ChatML after them; rows of different grids batched and padded.
   Every option's log-probability at the answer position equals the oracle's on
-  the row alone, unpadded."""
+  the row alone, unpadded, and so does the greedy reply (generate path)."""
   import types
   import ml_collections
   from PIL import Image
   from gvu_jax.data.suites import Question
-  from gvu_jax.evaluation import understanding
+  from gvu_jax.evaluation import protocols, understanding
   from gvu_jax.text import janus as janus_text, xomni as xomni_text
   oracle, model = pair
   src = tmp_path / "src"
@@ -482,10 +482,13 @@ def test_benchmark_questions_are_read_as_the_oracle_reads_them(pair, tmp_path):
   graphdef, params = nnx.split(model)
   for name, (qs, words) in questions.items():
     table, mask = understanding.answer_table(tokenizer, words)
-    texts = [understanding.question_text(q) for q in qs]
+    texts = [protocols.question_text(q, "vlmevalkit") for q in qs]
     ids, valid, slots, codes = images.batch(templates, texts, [images.read(q) for q in qs])
-    ours = np.asarray(understanding.make_scorer(graphdef, table, mask)(params, ids, valid, slots,
-                                                                       codes))
+    ours, _ = understanding.make_scorer(graphdef, table, mask)(params, ids, valid, slots, codes)
+    steps = 5
+    replies, first, _ = (np.asarray(x) for x in understanding.make_scorer(
+        graphdef, table, mask, reply_tokens=steps)(params, ids, valid, slots, codes))
+    np.testing.assert_allclose(first, ours, atol=1e-5)
     for b, q in enumerate(qs):
       pixels = images.pixels(q.image)
       grid = np.asarray(encoder.encode(jnp.asarray(pixels)[None]))[0]
@@ -504,3 +507,9 @@ def test_benchmark_questions_are_read_as_the_oracle_reads_them(pair, tmp_path):
       logp = torch.log_softmax(logits.double(), -1).numpy()
       want = [np.logaddexp.reduce(logp[t[m]]) for t, m in zip(table, mask)]
       np.testing.assert_allclose(ours[b], want, atol=1e-4, err_msg=name)
+      # the generate path's greedy reply: the oracle's argmax, one full pass a token
+      greedy = list(unified)
+      for _ in range(steps):
+        with torch.no_grad():
+          greedy.append(int(oracle(torch.tensor([greedy]))[0][0, -1].argmax()))
+      assert replies[b].tolist() == greedy[len(unified):], name

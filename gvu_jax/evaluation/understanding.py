@@ -1,29 +1,37 @@
-"""Understanding benchmarks (POPE, MME, SEED-Bench; data/suites.py) for a
-converted checkpoint and its GvU policy: does the understanding branch, which is
-also the reward, still work? (docs/design.md §10)
+"""Understanding benchmarks (POPE, MME, SEED-Bench, GQA, MMBench; data/suites.py)
+for a converted checkpoint and its GvU policy: does the understanding branch, which
+is also the reward, still work, and does it still answer in format? (docs/design.md §10)
 
-Each question is one forward pass through the model's own understanding
-template, left-padded so that every row's answer starts at the last position:
+Each question goes through the model's own understanding template, asked as the
+protocol asks it (evaluation/protocols.py: `eval.understanding_protocol`),
+left-padded so that every row's answer starts at the last position:
 
-  Janus:   <bos>{system}\\n\\n<|User|>: <begin_of_image><image_placeholder>x576
+  Janus:   <bos>[{system}\\n\\n]<|User|>: <begin_of_image><image_placeholder>x576
            <end_of_image>\\n{question}\\n\\n<|Assistant|>:
   X-Omni:  <|im_start|>user\\n<SOM>{h} {w}<IMAGE> {the photo's h x w SigLIP-VQ
            tokens}<EOM>\\n{question}<|im_end|>\\n<|im_start|>assistant\\n
 
-The answer is read at that position, without decoding text:
-  yes/no           log p("Yes" or "yes") against log p("No" or "no"); POPE's
-                   questions get " Please answer yes or no." (MME's carry it)
-  multiple choice  the options listed as "A. ...", one per line, then "Answer
-                   with the option's letter from the given choices directly.";
-                   the letter with the highest log-probability. Letters, not
-                   each option's summed log-likelihood: one pass per question
-                   and no bias towards short options.
-Each answer word counts every single token it takes (alone and after a space),
-summed in probability. A tie goes to the first option ("yes", "A").
+`eval.understanding_answers` picks how the answer is read:
+  logprob   one forward pass, the answer read at that position without decoding
+            text: yes/no compares log p("Yes" or "yes") with log p("No" or "no"),
+            multiple choice takes the option letter with the highest
+            log-probability. Each answer word counts every single token it takes
+            (alone and after a space), summed in probability; a tie goes to the
+            first option ("yes", "A").
+  generate  the greedy reply, up to `eval.reply_tokens` tokens (a KV cache, one
+            compiled loop per batch shape), read by the protocol's rule; a reply
+            out of format is scored as the harness scores it (wrong).
+GQA's open answers are always generated.
 
-WORKDIR/eval/<stage>/understanding/<suite>.json holds the suite's scores
-(evaluation/suite_scores.py), <suite>_answers.jsonl each question's answer and
-option log-probabilities; a suite whose .json is there is not scored again.
+Format adherence, per suite and stage: `in_format`, the share of questions whose
+top-1 next token (logprob) or read reply (generate) is an answer the question
+allows, and `answer_mass`, the mean probability the model puts on those answers'
+tokens at the answer position (both paths; none for open answers).
+
+WORKDIR/eval/<stage>/understanding/<protocol>-<answers>/<suite>.json holds the
+suite's scores (evaluation/suite_scores.py), <suite>_answers.jsonl each
+question's answer, option log-probabilities and (generate) raw reply; a suite
+whose .json is there is not scored again.
 """
 
 import concurrent.futures
@@ -40,31 +48,34 @@ from PIL import Image
 
 from gvu_jax.data import suites
 from gvu_jax.data.suites import LETTERS, YES_NO
-from gvu_jax.evaluation import suite_scores
+from gvu_jax.evaluation import protocols, suite_scores
 from gvu_jax.evaluation.evaluate import padded_chunks
 from gvu_jax.infra import files, hosts, metrics, sharding
 from gvu_jax.infra.errors import InputError
-from gvu_jax.models.umm import text_hidden
+from gvu_jax.models.umm import causal_mask, positions_from_valid, text_hidden
 from gvu_jax.rl.reward import word_token_ids
 from gvu_jax.text import janus as janus_text
 
-YES_NO_SUFFIX = "Please answer yes or no."
-CHOICE_SUFFIX = "Answer with the option's letter from the given choices directly."
 YES_NO_WORDS = (("Yes", "yes"), ("No", "no"))   # the words of suites.YES_NO
 LENGTH_STEP = 32   # question rows are padded to a multiple of this: few shapes, few compiles
 
 
-def question_text(q):
-  """The question as the model is asked it."""
-  text = q.question.strip()
-  if not q.options:
-    return text if text.endswith(YES_NO_SUFFIX) else f"{text} {YES_NO_SUFFIX}"
-  return "\n".join([text, *(f"{l}. {o}" for l, o in zip(LETTERS, q.options)), CHOICE_SUFFIX])
+def answer_words(questions):
+  """The words of each option the answer position is read for: yes/no, the
+  letters of the most options any question has, or none (open answers)."""
+  kinds = {protocols.kind(q) for q in questions}
+  if len(kinds) > 1:
+    raise InputError(f"{questions[0].suite}: questions of kinds {sorted(kinds)} in one "
+                     "suite; the scorer reads one kind")
+  kind = kinds.pop()
+  if kind == "choice":
+    return [(l,) for l in LETTERS[:max(len(q.options) for q in questions)]]
+  return YES_NO_WORDS if kind == "yes_no" else []
 
 
 def answer_table(tokenizer, options):
   """Each option's words -> (token ids [C, K] int32, mask [C, K]): every single
-  token that any of its words takes."""
+  token that any of its words takes. No options (open answers): one empty row."""
   per_option = []
   for words in options:
     ids = sorted({i for w in words for i in word_token_ids(tokenizer, w)})
@@ -72,27 +83,57 @@ def answer_table(tokenizer, options):
       raise InputError(f"the tokenizer has no single token for the answer {words[0]!r} "
                        f"(nor {', '.join(map(repr, words[1:]))}); its answers cannot be read")
     per_option.append(ids)
-  width = max(len(i) for i in per_option)
-  table = np.zeros((len(options), width), np.int32)
-  mask = np.zeros((len(options), width), bool)
+  width = max([len(i) for i in per_option] or [1])
+  table = np.zeros((max(len(options), 1), width), np.int32)
+  mask = np.zeros(table.shape, bool)
   for c, ids in enumerate(per_option):
     table[c, :len(ids)], mask[c, :len(ids)] = ids, True
   return table, mask
 
 
-def option_logprobs(model, ids, valid, image_slots, pixels, option_ids, option_mask):
-  """log p(option) at the answer position (the last one): [B, C], each option
-  the log of the summed probability of its tokens (`option_ids` [C, K])."""
-  hidden = text_hidden(model, ids, valid, image_slots, pixels)[:, -1]
+def read_answer_position(model, hidden, option_ids, option_mask):
+  """At the answer position (hidden [B, hidden]): log p(option) [B, C], each
+  option the log of the summed probability of its tokens (`option_ids` [C, K]),
+  and the most likely next token [B]."""
   logp = jax.nn.log_softmax(model.text_head(hidden), axis=-1)
   per_token = jnp.take(logp, option_ids, axis=1)                  # [B, C, K]
-  return jax.nn.logsumexp(jnp.where(option_mask, per_token, -jnp.inf), axis=-1)
+  options = jax.nn.logsumexp(jnp.where(option_mask, per_token, -jnp.inf), axis=-1)
+  return options, jnp.argmax(logp, axis=-1).astype(jnp.int32)
 
 
-def answers(questions, logprobs):
-  """The chosen answer per question: "yes"/"no", or the option letter."""
-  best = np.argmax(logprobs, axis=-1)   # the first of equals
-  return [YES_NO[b] if not q.options else LETTERS[b] for q, b in zip(questions, best)]
+def option_logprobs(model, ids, valid, image_slots, pixels, option_ids, option_mask):
+  """The logprob path: one pass, read_answer_position at the last position."""
+  hidden = text_hidden(model, ids, valid, image_slots, pixels)[:, -1]
+  return read_answer_position(model, hidden, option_ids, option_mask)
+
+
+def greedy_reply(model, ids, valid, image_slots, image, steps, option_ids, option_mask):
+  """The generate path: each left-padded query's greedy reply, `steps` tokens
+  [B, steps] (the prompt's keys and values in one cache segment, the reply's in
+  a second, filled one token a step), and read_answer_position at its first."""
+  b, t = ids.shape
+  x = model.embed_query(ids, image_slots, image)
+  hidden, cache = model.lm(x, positions_from_valid(valid), causal_mask(valid),
+                           model.lm.init_cache(b, t), 0)
+  options, first = read_answer_position(model, hidden[:, -1], option_ids, option_mask)
+  tokens = jnp.zeros((b, steps), jnp.int32).at[:, 0].set(first)
+  if steps == 1:
+    return tokens, options, first
+  reply = model.lm.init_cache(b, steps - 1)
+  cache = [{n: layer[n] + more[n] for n in layer} for layer, more in zip(cache, reply)]
+  length = jnp.sum(valid, axis=1)
+
+  def step(i, carry):   # token i - 1 goes in at reply slot i - 1; token i comes out
+    tokens, cache = carry
+    x = model.lm.embed_tokens(jax.lax.dynamic_slice_in_dim(tokens, i - 1, 1, axis=1))
+    written = jnp.broadcast_to(jnp.arange(steps - 1) < i, (b, steps - 1))
+    mask = jnp.concatenate([valid, written], axis=1)[:, None, :]
+    hidden, cache = model.lm(x, (length + i - 1)[:, None], mask, cache, i - 1)
+    token = jnp.argmax(model.text_head(hidden[:, 0]), axis=-1).astype(jnp.int32)
+    return tokens.at[:, i].set(token), cache
+
+  tokens, _ = jax.lax.fori_loop(1, steps, step, (tokens, cache))
+  return tokens, options, first
 
 
 def _open(path):
@@ -191,38 +232,101 @@ def image_reader(ctx):
   return {"janus": JanusImages, "xomni": XOmniImages}[ctx.model.family](ctx)
 
 
-def make_scorer(graphdef, option_ids, option_mask):
-  def score(params, ids, valid, image_slots, pixels):
+def make_scorer(graphdef, option_ids, option_mask, reply_tokens=0):
+  """Jitted (params, ids, valid, image_slots, image) -> (option log-probs [B, C],
+  top-1 next token [B]) (logprob path), or (reply tokens [B, reply_tokens],
+  option log-probs, top-1 token) when reply_tokens > 0 (generate path)."""
+  def score(params, ids, valid, image_slots, image):
     model = nnx.merge(graphdef, params)
-    return option_logprobs(model, ids, valid, image_slots, pixels, option_ids, option_mask)
+    if reply_tokens:
+      return greedy_reply(model, ids, valid, image_slots, image, reply_tokens, option_ids,
+                          option_mask)
+    return option_logprobs(model, ids, valid, image_slots, image, option_ids, option_mask)
   return jax.jit(score)
+
+
+def question_templates(ctx, protocol):
+  """The templates a protocol asks questions with (Janus without its system
+  prompt under vlmevalkit; X-Omni's system turn is its model option)."""
+  if ctx.model.family == "janus" and not protocols.keeps_system_prompt(protocol):
+    return ctx.templates.without_system_prompt()
+  return ctx.templates
+
+
+def variant(config):
+  """(protocol, answer path) of eval.understanding_protocol / _answers."""
+  e = config.eval
+  return protocols.check(e.understanding_protocol), e.understanding_answers
+
+
+def reply_text(tokenizer, tokens, stop_ids):
+  """A reply's text: its tokens up to the first stop token, decoded."""
+  tokens = list(tokens)
+  cut = next((i for i, t in enumerate(tokens) if t in stop_ids), len(tokens))
+  return tokenizer.decode(tokens[:cut], skip_special_tokens=True)
+
+
+def read_answers(questions, logprobs, top1, option_ids, replies, protocol):
+  """Each question's answer and whether it is in format, and the probability at
+  the answer position on its options' tokens (None for open answers). logprob
+  path (replies None): the most likely of the question's own options, in
+  format when the top-1 token is one of theirs; generate path: the reply read by
+  the protocol's rule, in format unless it is protocols.UNKNOWN."""
+  predicted, in_format, mass = [], [], []
+  for i, q in enumerate(questions):
+    k = protocols.kind(q)
+    n = len(q.options) if k == "choice" else len(YES_NO)
+    if replies is None:
+      best = int(np.argmax(logprobs[i, :n]))   # the first of equals
+      predicted.append(LETTERS[best] if k == "choice" else YES_NO[best])
+      in_format.append(bool(top1[i] in set(option_ids[:n].ravel().tolist())))
+    else:
+      predicted.append(protocols.read_reply(q, replies[i], protocol))
+      in_format.append(predicted[-1] != protocols.UNKNOWN)
+    mass.append(None if k == "open" else float(np.exp(logprobs[i, :n]).sum()))
+  return predicted, in_format, mass
+
+
+def format_figures(in_format, mass):
+  """A suite's format adherence: the share in format and the mean answer mass."""
+  known = [m for m in mass if m is not None]
+  return {"in_format": float(np.mean(in_format)),
+          "answer_mass": float(np.mean(known)) if known else None}
 
 
 def score_suite(ctx, graphdef, params, questions, images, stage, suite):
   """Every question of `suite` -> its scores; writes <suite>.json and
-  <suite>_answers.jsonl into the stage's understanding/ folder."""
-  directory = ctx.path("eval", stage, "understanding")
-  templates, batch = ctx.templates, ctx.config.eval.batch_size
+  <suite>_answers.jsonl into the stage's understanding/<protocol>-<answers>/."""
+  protocol, path = variant(ctx.config)
+  directory = ctx.path("eval", stage, "understanding", f"{protocol}-{path}")
+  batch = ctx.config.eval.batch_size
   ctx.layout.check_batch("eval.batch_size", batch)
-  texts = [question_text(q) for q in questions]
-  choices = max(len(q.options) for q in questions)
-  words = YES_NO_WORDS if choices == 0 else [(l,) for l in LETTERS[:choices]]
-  if choices and any(len(q.options) != choices for q in questions):
-    raise InputError(f"{suite}: questions with {sorted({len(q.options) for q in questions})} "
-                     "options in one suite; the scorer reads one set of letters")
-  scorer = make_scorer(graphdef, *answer_table(ctx.tokenizer, words))
+  templates = question_templates(ctx, protocol)
+  texts = [protocols.question_text(q, protocol) for q in questions]
+  words = answer_words(questions)
+  table, mask = answer_table(ctx.tokenizer, words)
+  generate = path == "generate" or not words   # open answers are generated
+  scorer = make_scorer(graphdef, table, mask, ctx.config.eval.reply_tokens if generate else 0)
   # POPE asks some (image, question) pairs in more than one split: each distinct
   # pair is scored once, and its answer counts in every question that asks it.
+  keys = list(zip((q.image for q in questions), texts))
   distinct = {}
-  for i, key in enumerate(zip((q.image for q in questions), texts)):
+  for i, key in enumerate(keys):
     distinct.setdefault(key, i)
   rows = list(distinct.values())   # the first question asking each distinct pair
-  asked = np.array([distinct[key] for key in zip((q.image for q in questions), texts)])
+  asked = np.array([distinct[key] for key in keys])
   bar = metrics.progress(len(rows), f"understanding {stage} {suite}")
-  logprobs, tic = np.zeros((len(questions), len(words)), np.float32), time.perf_counter()
+  logprobs = np.zeros((len(questions), len(table)), np.float32)
+  top1 = np.zeros(len(questions), np.int32)
+  tokens = np.zeros((len(questions), ctx.config.eval.reply_tokens if generate else 0), np.int32)
+  tic = time.perf_counter()
 
   def collect(idx, real, out):
-    logprobs[[rows[i] for i in idx[:real]]] = sharding.to_host(out)[:real]
+    host = [sharding.to_host(x)[:real] for x in out]
+    at = [rows[i] for i in idx[:real]]
+    if generate:
+      tokens[at] = host.pop(0)
+    logprobs[at], top1[at] = host
     bar.update(real)
     bar.set_postfix(q_s=f"{(idx[real - 1] + 1) / (time.perf_counter() - tic):.1f}")
 
@@ -239,18 +343,31 @@ def score_suite(ctx, graphdef, params, questions, images, stage, suite):
       pending = idx, real, out
   collect(*pending)
   bar.close()
-  logprobs = logprobs[asked]   # every question gets its pair's scores
-  predicted = answers(questions, logprobs)
+  seconds = time.perf_counter() - tic
+  # every question gets its pair's scores
+  logprobs, top1, tokens = logprobs[asked], top1[asked], tokens[asked]
+  replies = None
+  if generate:
+    stops = {templates.eos_id, templates.pad_id}
+    replies = [reply_text(ctx.tokenizer, row, stops) for row in tokens]
+  predicted, in_format, mass = read_answers(questions, logprobs, top1, table, replies, protocol)
   scores = suite_scores.SCORES[suite](questions, predicted)
+  scores["format"] = format_figures(in_format, mass)
   if hosts.is_main():
-    lines = [json.dumps({"id": q.id, "group": q.group, "answer": q.answer, "predicted": p,
-                         "logprobs": [round(float(x), 6) for x in row]})
-             for q, p, row in zip(questions, predicted, logprobs)]
+    lines = []
+    for i, q in enumerate(questions):
+      row = {"id": q.id, "group": q.group, "answer": q.answer, "predicted": predicted[i],
+             "in_format": in_format[i],
+             "logprobs": [round(float(x), 6) for x in logprobs[i, :len(words)]]}
+      if replies is not None:
+        row["reply"] = replies[i]
+      lines.append(json.dumps(row))
     files.write_atomic(os.path.join(directory, f"{suite}_answers.jsonl"), "\n".join(lines) + "\n")
     files.write_atomic(os.path.join(directory, f"{suite}.json"), json.dumps(
-        {"suite": suite, "questions": len(questions), "distinct_questions": len(rows),
-         "scores": scores,
-         "seconds": round(time.perf_counter() - tic, 2)}, indent=1))
+        {"suite": suite, "protocol": protocol, "answers": "generate" if generate else "logprob",
+         "questions": len(questions), "distinct_questions": len(rows), "scores": scores,
+         "seconds": round(seconds, 2),
+         "seconds_per_1000": round(1000 * seconds / len(rows), 2)}, indent=1))
   return scores
 
 
@@ -275,12 +392,14 @@ def prepare(ctx):
 
 def run(ctx, stages, plan):
   """`stages`: [(name, graphdef, params)] -> every suite of `plan` (prepare) scored
-  for each; the table (a column per stage and their difference) is added to
+  for each under the configured protocol and answer path; the table (a column
+  per stage and their difference, format adherence included) is added to
   WORKDIR/eval/summary.md."""
   per_suite, images = plan
+  protocol, path = variant(ctx.config)
   results = {}
   for stage, graphdef, params in stages:
-    directory = ctx.path("eval", stage, "understanding")
+    directory = ctx.path("eval", stage, "understanding", f"{protocol}-{path}")
     os.makedirs(directory, exist_ok=True)
     for suite, questions in per_suite.items():
       done = os.path.join(directory, f"{suite}.json")
@@ -296,7 +415,8 @@ def run(ctx, stages, plan):
   if hosts.is_main():
     summary = ctx.path("eval", "summary.md")
     before = open(summary, encoding="utf-8").read() if os.path.isfile(summary) else ""
-    files.write_atomic(summary, before + "\nUnderstanding benchmarks:\n\n" + table + "\n")
+    files.write_atomic(summary, before + f"\nUnderstanding benchmarks ({protocol} protocol, "
+                       f"{path} answers):\n\n" + table + "\n")
     print(table)
   return results
 

@@ -16,6 +16,7 @@ import math
 import re
 
 from gvu_jax.evaluation.benchmark_images import LAYOUTS
+from gvu_jax.evaluation.protocols import ANSWER_PATHS, PROTOCOLS
 from gvu_jax.evaluation.suite_scores import SCORES as SUITES
 from gvu_jax.infra.accelerators import MACHINES
 from gvu_jax.infra.errors import InputError
@@ -199,6 +200,8 @@ RULES = {
         lambda v: isinstance(v, str) and all(n.strip() in SUITES for n in v.split(",")
                                              if n.strip()),
         f"a comma-separated list of {list(SUITES)} (or empty)"),
+    "eval.understanding_protocol": choice(*PROTOCOLS),
+    "eval.understanding_answers": choice(*ANSWER_PATHS), "eval.reply_tokens": integer(1),
     **_sampling("eval.sampling"),
     "bench.sampler_batches": integers(), "bench.cfg_weight": number(),
     "bench.prompt_tokens": integer(1), "bench.vq_images": integer(1),

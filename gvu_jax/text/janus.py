@@ -16,6 +16,7 @@ The prompt is always tokenized as " {prompt}" (after "{U}:" or "{A}:"), so the
 generation prompt and the understanding answer are the same tokens.
 """
 
+import copy
 import json
 import os
 
@@ -74,13 +75,25 @@ class JanusTemplates(ReleaseTemplates):
     user, assistant = ROLES[style]
     self._gen_head = [self.ids[BOS], *self._encode(f"{user}:")]
     self._gen_tail = [*self._encode(f"\n\n{assistant}:"), self.ids[BOI]]
-    self._assistant = assistant
-    self._und_image = [self.ids[BOS], *self._encode(f"{SYSTEM_PROMPT}\n\n{user}: "),
-                       self.ids[BOI], *[self.image_token_id] * image_tokens, self.ids[EOI]]
+    self._user, self._assistant = user, assistant
+    self._und_image = self._image_query(SYSTEM_PROMPT)
     self._und_prefix = self._und_image + self._question_ids(UNDERSTANDING_QUERY)
+
+  def _image_query(self, system_prompt):
+    """<bos>[{system}\n\n]{U}: <begin_of_image><image_placeholder>xN<end_of_image>"""
+    opening = f"{system_prompt}\n\n{self._user}: " if system_prompt else f"{self._user}: "
+    return [self.ids[BOS], *self._encode(opening), self.ids[BOI],
+            *[self.image_token_id] * self.image_tokens, self.ids[EOI]]
 
   def _question_ids(self, text):
     return self._encode(f"\n{text}\n\n{self._assistant}:")
+
+  def without_system_prompt(self):
+    """These templates, their questions (`question`) asked with no system prompt,
+    as VLMEvalKit asks Janus benchmark questions (evaluation/protocols.py)."""
+    out = copy.copy(self)
+    out._und_image = self._image_query("")
+    return out
 
   def prompt_ids(self, text):
     """The prompt's tokens as they follow "{U}:" / "{A}:" (i.e. " {prompt}")."""
