@@ -117,6 +117,9 @@ def test_the_cases_found_by_the_probe(key, value, expected):
     ("janus_pro_7b", "lora", "eval.layout", "coco"),
     ("janus_pro_7b", "lora", "eval.understanding", "pope,mmmu"),
     ("janus_pro_1b", None, "eval.understanding", ["pope"]),
+    ("janus_pro_7b", "lora", "eval.understanding_protocol", "lmms_eval"),
+    ("xomni_en", None, "eval.understanding_answers", "beam"),
+    ("janus_pro_1b", None, "eval.reply_tokens", 0),
     ("janus_pro_7b", "t2i_r1", "gvu.full_ft_modules", "lm"),
     ("xomni_en", None, "profile.steps", (1, 2, 3)),
     ("janus_pro_1b", None, "reward.kind", "judge"),   # the judge is the embedded world's
