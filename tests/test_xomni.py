@@ -485,10 +485,11 @@ def test_benchmark_questions_are_read_as_the_oracle_reads_them(pair, tmp_path):
     texts = [protocols.question_text(q, "vlmevalkit") for q in qs]
     ids, valid, slots, codes = images.batch(templates, texts, [images.read(q) for q in qs])
     ours, _ = understanding.make_scorer(graphdef, table, mask)(params, ids, valid, slots, codes)
-    steps = 5
-    replies, first, _ = (np.asarray(x) for x in understanding.make_scorer(
-        graphdef, table, mask, reply_tokens=steps)(params, ids, valid, slots, codes))
-    np.testing.assert_allclose(first, ours, atol=1e-5)
+    steps = 3 if name == "yes/no" else 0   # the generate path once: it reads no options
+    if steps:
+      replies, first, _ = (np.asarray(x) for x in understanding.make_scorer(
+          graphdef, table, mask, reply_tokens=steps)(params, ids, valid, slots, codes))
+      np.testing.assert_allclose(first, ours, atol=1e-5)
     for b, q in enumerate(qs):
       pixels = images.pixels(q.image)
       grid = np.asarray(encoder.encode(jnp.asarray(pixels)[None]))[0]
@@ -512,4 +513,5 @@ def test_benchmark_questions_are_read_as_the_oracle_reads_them(pair, tmp_path):
       for _ in range(steps):
         with torch.no_grad():
           greedy.append(int(oracle(torch.tensor([greedy]))[0][0, -1].argmax()))
-      assert replies[b].tolist() == greedy[len(unified):], name
+      if steps:
+        assert replies[b].tolist() == greedy[len(unified):], name
