@@ -572,9 +572,9 @@ BAD = [
      "{d}/images: no such folder; expected GQA's images, <imageId>.jpg"),
     # MMBench
     ("mmbench", lambda d: os.remove(d / suites.MMBENCH_FILES[0]),
-     "{d}: neither MMBench_DEV_EN.tsv (VLMEvalKit's) nor mmbench_dev_20230712.tsv "
-     "(github.com/open-compass/MMBench) is there; expected MMBench's English dev split, a TSV "
-     "with the images in base64"),
+     "{d}: none of MMBench_DEV_EN.tsv (VLMEvalKit's), mmbench_dev_en_20231003.tsv or "
+     "mmbench_dev_20230712.tsv (github.com/open-compass/MMBench) is there; expected MMBench's "
+     "English dev split, a TSV with the images in base64"),
     ("mmbench", lambda d: write_tsv(d / suites.MMBENCH_FILES[0], mmbench_rows(MMB),
                                     [c for c in MMB_COLUMNS if c != "category"]),
      MMB_F + ":1: the header has no 'category' column (columns: ['index', 'question', 'hint', "
@@ -712,13 +712,13 @@ def test_mmbench_images_are_the_tsvs_and_kept_when_prepared_again(manual_dirs, t
   assert sorted(os.listdir(m)) == before   # nothing written into manual_dir
 
 
-def test_mmbench_reads_the_original_release_and_image_references(tmp_path):
-  """mmbench_dev_20230712.tsv, here without shifted copies (they are made all
-  the same), a question whose image cell names another question's index (as
+@pytest.mark.parametrize("original", suites.MMBENCH_FILES[1:])
+def test_mmbench_reads_the_original_release_and_image_references(tmp_path, original):
+  """MMBench's own releases, here without shifted copies (they are made all the
+  same), a question whose image cell names another question's index (as
   VLMEvalKit's files may), and VLMEvalKit's file read first when both are there."""
   m, images = tmp_path / "manual", tmp_path / "images"
   m.mkdir()
-  original = suites.MMBENCH_FILES[1]
   write_mmbench(m, [r if r["index"] != "1024" else {**r, "image": "241"} for r in MMB],
                 copies=False, name=original)
   got = suites.read_mmbench(str(m), str(images))

@@ -31,8 +31,9 @@ What each expects in manual_dir:
   gqa         testdev_balanced_questions.json (GQA's questions1.2: one JSON object,
               {question_id: {"imageId", "question", "answer", "types":
               {"structural", ...}, ...}}) and images/<imageId>.jpg (GQA's images)
-  mmbench     MMBench_DEV_EN.tsv (VLMEvalKit's) or mmbench_dev_20230712.tsv (the
-              original release's): a header row, then a question a row with the
+  mmbench     MMBench_DEV_EN.tsv (VLMEvalKit's), or mmbench_dev_en_20231003.tsv or
+              mmbench_dev_20230712.tsv (MMBench's releases): a header row, then a
+              question a row with the
               columns index, question, hint, A, B, C, D (an empty or "nan" cell: no
               such option), answer, category and image (the image file's bytes in
               base64); rows with index >= 1e6 (VLMEvalKit's circular copies of
@@ -85,7 +86,8 @@ SEED_FILE = "SEED-Bench.json"
 SEED_IMAGES = "SEED-Bench-image"
 GQA_FILE = "testdev_balanced_questions.json"
 GQA_IMAGES = "images"
-MMBENCH_FILES = ("MMBench_DEV_EN.tsv", "mmbench_dev_20230712.tsv")   # the first there is read
+# the first there is read: VLMEvalKit's, then the MMBench releases' (newest first)
+MMBENCH_FILES = ("MMBench_DEV_EN.tsv", "mmbench_dev_en_20231003.tsv", "mmbench_dev_20230712.tsv")
 MMBENCH_IMAGES = "mmbench_images"   # under TFDS's data_dir: MMBench's decoded images
 MMBENCH_COLUMNS = ("index", "question", "A", "B", "answer", "category", "image")  # required
 MMBENCH_COPY = 10 ** 6   # VLMEvalKit's circular copy r of question i has index i + r * 1e6
@@ -461,9 +463,10 @@ def read_mmbench(manual_dir, image_dir):
   paths = [os.path.join(manual_dir, name) for name in MMBENCH_FILES]
   path = next((p for p in paths if os.path.isfile(p)), None)
   if path is None:
-    raise InputError(f"{manual_dir}: neither {MMBENCH_FILES[0]} (VLMEvalKit's) nor "
-                     f"{MMBENCH_FILES[1]} (github.com/open-compass/MMBench) is there; expected "
-                     "MMBench's English dev split, a TSV with the images in base64")
+    raise InputError(f"{manual_dir}: none of {MMBENCH_FILES[0]} (VLMEvalKit's), "
+                     f"{MMBENCH_FILES[1]} or {MMBENCH_FILES[2]} (github.com/open-compass/"
+                     "MMBench) is there; expected MMBench's English dev split, a TSV with the "
+                     "images in base64")
   rows, seen, images = [], {}, {}
   for line, fields in _tsv_rows(path):
     where = f"{path}:{line}"
