@@ -347,3 +347,26 @@ def test_question_rows_are_the_harness_prompt(protocol, suite, question, options
   # the reward's understanding query keeps the system prompt under both protocols
   assert t.understanding(["a cat"]).ids[0, 1:4].tolist() == tok.encode(
       jt.SYSTEM_PROMPT, add_special_tokens=False).ids[:3]
+
+
+@pytest.mark.parametrize("protocol", ["vlmevalkit", "model_chat"])
+@pytest.mark.parametrize("suite, question, options, hint, harness, own", HARNESS)
+def test_xomni_question_rows_are_the_chatml_of_the_same_text(protocol, suite, question, options,
+                                                             hint, harness, own):
+  """X-Omni is asked the same user text in ChatML, token for token, its system
+  turn the model option under both protocols."""
+  from gvu_jax.data.suites import Question
+  from gvu_jax.evaluation import protocols
+  tok = make_tokenizer(XOMNI_SPECIALS, extra_corpus=[harness, own])
+  system = "You are a careful judge."
+  t = xomni_text.XOmniTemplates(tok, (2, 3), 12, tok.get_vocab_size(), system_prompt=system)
+  q = Question(suite, "s", "0", "x.jpg", question, options, "A" if options else "yes", "g", "x",
+               "f:1", hint)
+  text = {"vlmevalkit": harness[1:], "model_chat": own}[protocol]   # the user text after "\n"
+  asked = protocols.question_text(q, protocol)
+  assert asked == text
+  ids, valid, slots = t.question([asked], t.question_tokens(asked, (2, 3)) + 1, [(2, 3)])
+  encode = lambda s: tok.encode(s, add_special_tokens=False).ids
+  want = (encode(f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n<SOM>2 3<IMAGE>")
+          + [t.image_token_id] * 6 + encode(f"<EOM>\n{text}<|im_end|>\n<|im_start|>assistant\n"))
+  assert ids[0, valid[0]].tolist() == want and slots[0].sum() == 6
