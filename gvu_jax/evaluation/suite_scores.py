@@ -143,6 +143,9 @@ SCORES = {"pope": pope, "mme": mme, "seed_bench": multiple_choice, "gqa": open_a
           "mmbench": circular}
 
 
+FORMAT_ROWS = {"in_format": "in format", "answer_mass": "answer mass"}   # scores["format"]
+
+
 def reported(suite, scores):
   """{metric: value} of the rows a summary table shows for `suite`, the headline
   first: POPE's F1, accuracy and yes ratio (the means of the splits'), the pooled
@@ -166,5 +169,3 @@ def reported(suite, scores):
               if figures.get(key) is not None})
   return {k: float(v) for k, v in out.items()}
 
-
-FORMAT_ROWS = {"in_format": "in format", "answer_mass": "answer mass"}

@@ -80,7 +80,7 @@ class JanusTemplates(ReleaseTemplates):
     self._und_prefix = self._und_image + self._question_ids(UNDERSTANDING_QUERY)
 
   def _image_query(self, system_prompt):
-    """<bos>[{system}\n\n]{U}: <begin_of_image><image_placeholder>xN<end_of_image>"""
+    """<bos>[{system}\\n\\n]{U}: <begin_of_image><image_placeholder>xN<end_of_image>"""
     opening = f"{system_prompt}\n\n{self._user}: " if system_prompt else f"{self._user}: "
     return [self.ids[BOS], *self._encode(opening), self.ids[BOI],
             *[self.image_token_id] * self.image_tokens, self.ids[EOI]]
