@@ -354,21 +354,24 @@ def score_suite(ctx, graphdef, params, questions, images, stage, suite):
   scores = suite_scores.SCORES[suite](questions, predicted)
   scores["format"] = format_figures(in_format, mass)
   if hosts.is_main():
-    lines = []
-    for i, q in enumerate(questions):
-      row = {"id": q.id, "group": q.group, "answer": q.answer, "predicted": predicted[i],
-             "in_format": in_format[i],
-             "logprobs": [round(float(x), 6) for x in logprobs[i, :len(words)]]}
-      if replies is not None:
-        row["reply"] = replies[i]
-      lines.append(json.dumps(row))
-    files.write_atomic(os.path.join(directory, f"{suite}_answers.jsonl"), "\n".join(lines) + "\n")
-    files.write_atomic(os.path.join(directory, f"{suite}.json"), json.dumps(
-        {"suite": suite, "protocol": protocol, "answers": "generate" if generate else "logprob",
-         "questions": len(questions), "distinct_questions": len(rows), "scores": scores,
-         "seconds": round(seconds, 2),
-         "seconds_per_1000": round(1000 * seconds / len(rows), 2)}, indent=1))
+    answers = [{"id": q.id, "group": q.group, "answer": q.answer, "predicted": predicted[i],
+                "in_format": in_format[i],
+                "logprobs": [round(float(x), 6) for x in logprobs[i, :len(words)]],
+                **({"reply": replies[i]} if replies is not None else {})}
+               for i, q in enumerate(questions)]
+    write_suite(directory, suite, answers, {
+        "suite": suite, "protocol": protocol, "answers": "generate" if generate else "logprob",
+        "questions": len(questions), "distinct_questions": len(rows), "scores": scores,
+        "seconds": round(seconds, 2), "seconds_per_1000": round(1000 * seconds / len(rows), 2)})
   return scores
+
+
+def write_suite(directory, suite, answers, record):
+  """<suite>_answers.jsonl (a line an answer), then <suite>.json (the record whose
+  presence marks the suite done)."""
+  files.write_atomic(os.path.join(directory, f"{suite}_answers.jsonl"),
+                     "".join(json.dumps(a) + "\n" for a in answers))
+  files.write_atomic(os.path.join(directory, f"{suite}.json"), json.dumps(record, indent=1))
 
 
 def read_scores(path):
