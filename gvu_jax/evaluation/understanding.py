@@ -52,7 +52,7 @@ from gvu_jax.evaluation import protocols, suite_scores
 from gvu_jax.evaluation.evaluate import padded_chunks
 from gvu_jax.infra import files, hosts, metrics, sharding
 from gvu_jax.infra.errors import InputError
-from gvu_jax.models.umm import causal_mask, positions_from_valid, text_hidden
+from gvu_jax.models.umm import greedy_text, text_hidden
 from gvu_jax.rl.reward import word_token_ids
 from gvu_jax.text import janus as janus_text
 
@@ -91,49 +91,27 @@ def answer_table(tokenizer, options):
   return table, mask
 
 
-def read_answer_position(model, hidden, option_ids, option_mask):
-  """At the answer position (hidden [B, hidden]): log p(option) [B, C], each
-  option the log of the summed probability of its tokens (`option_ids` [C, K]),
-  and the most likely next token [B]."""
-  logp = jax.nn.log_softmax(model.text_head(hidden), axis=-1)
+def read_answer_position(logits, option_ids, option_mask):
+  """From the text logits at the answer position [B, vocab]: log p(option)
+  [B, C], each option the log of the summed probability of its tokens
+  (`option_ids` [C, K]), and the most likely next token [B]."""
+  logp = jax.nn.log_softmax(logits, axis=-1)
   per_token = jnp.take(logp, option_ids, axis=1)                  # [B, C, K]
   options = jax.nn.logsumexp(jnp.where(option_mask, per_token, -jnp.inf), axis=-1)
   return options, jnp.argmax(logp, axis=-1).astype(jnp.int32)
 
 
-def option_logprobs(model, ids, valid, image_slots, pixels, option_ids, option_mask):
+def option_logprobs(model, ids, valid, image_slots, image, option_ids, option_mask):
   """The logprob path: one pass, read_answer_position at the last position."""
-  hidden = text_hidden(model, ids, valid, image_slots, pixels)[:, -1]
-  return read_answer_position(model, hidden, option_ids, option_mask)
+  hidden = text_hidden(model, ids, valid, image_slots, image)[:, -1]
+  return read_answer_position(model.text_head(hidden), option_ids, option_mask)
 
 
 def greedy_reply(model, ids, valid, image_slots, image, steps, option_ids, option_mask):
-  """The generate path: each left-padded query's greedy reply, `steps` tokens
-  [B, steps] (the prompt's keys and values in one cache segment, the reply's in
-  a second, filled one token a step), and read_answer_position at its first."""
-  b, t = ids.shape
-  x = model.embed_query(ids, image_slots, image)
-  hidden, cache = model.lm(x, positions_from_valid(valid), causal_mask(valid),
-                           model.lm.init_cache(b, t), 0)
-  options, first = read_answer_position(model, hidden[:, -1], option_ids, option_mask)
-  tokens = jnp.zeros((b, steps), jnp.int32).at[:, 0].set(first)
-  if steps == 1:
-    return tokens, options, first
-  reply = model.lm.init_cache(b, steps - 1)
-  cache = [{n: layer[n] + more[n] for n in layer} for layer, more in zip(cache, reply)]
-  length = jnp.sum(valid, axis=1)
-
-  def step(i, carry):   # token i - 1 goes in at reply slot i - 1; token i comes out
-    tokens, cache = carry
-    x = model.lm.embed_tokens(jax.lax.dynamic_slice_in_dim(tokens, i - 1, 1, axis=1))
-    written = jnp.broadcast_to(jnp.arange(steps - 1) < i, (b, steps - 1))
-    mask = jnp.concatenate([valid, written], axis=1)[:, None, :]
-    hidden, cache = model.lm(x, (length + i - 1)[:, None], mask, cache, i - 1)
-    token = jnp.argmax(model.text_head(hidden[:, 0]), axis=-1).astype(jnp.int32)
-    return tokens.at[:, i].set(token), cache
-
-  tokens, _ = jax.lax.fori_loop(1, steps, step, (tokens, cache))
-  return tokens, options, first
+  """The generate path: each query's greedy reply, `steps` tokens [B, steps]
+  (models/umm.py greedy_text), and read_answer_position at its first."""
+  tokens, first_logits = greedy_text(model, ids, valid, image_slots, image, steps)
+  return (tokens, *read_answer_position(first_logits, option_ids, option_mask))
 
 
 def _open(path):

@@ -9,11 +9,14 @@ and an image head (docs/design.md §5). JanusUMM (models/janus.py) and XOmniUMM
   `text_hidden`  - hidden states of an understanding query with an image in it
                    (the reward reads the prompt's likelihood from these)
   `text_logits`  - text logits of the same (captioning loss, parity checks)
+  `greedy_text`  - the greedy text reply to such a query, over a KV cache
+                   (benchmark answers, evaluation/understanding.py)
 Sampling (gvu_jax/rl/sampling.py) drives the same pieces step by step over a KV cache.
 """
 
 from typing import Any, Protocol
 
+import jax
 import jax.numpy as jnp
 
 
@@ -120,3 +123,35 @@ def text_hidden(model: UMM, ids, valid, image_slots, pixels):
 def text_logits(model: UMM, ids, valid, image_slots, pixels):
   """Text logits [B, T, vocab] (float32) of every position of an understanding sequence."""
   return model.text_head(text_hidden(model, ids, valid, image_slots, pixels))
+
+
+def greedy_text(model: UMM, ids, valid, image_slots, image, steps):
+  """The greedy reply to each left-padded understanding query (its answer starts
+  after the last position) -> (tokens [B, steps] int32, the text logits at the
+  answer position [B, vocab]). The query's keys and values fill one cache
+  segment, the reply's a second, one token a step (the last token is chosen,
+  never fed back). Fixed length: a reply goes on past its end of sentence, which
+  the caller cuts."""
+  b, t = ids.shape
+  hidden, cache = model.lm(model.embed_query(ids, image_slots, image), positions_from_valid(valid),
+                           causal_mask(valid), model.lm.init_cache(b, t), 0)
+  first_logits = model.text_head(hidden[:, -1])
+  tokens = jnp.zeros((b, steps), jnp.int32).at[:, 0].set(
+      jnp.argmax(first_logits, axis=-1).astype(jnp.int32))
+  if steps == 1:
+    return tokens, first_logits
+  reply = model.lm.init_cache(b, steps - 1)
+  cache = [{n: layer[n] + more[n] for n in layer} for layer, more in zip(cache, reply)]
+  length = jnp.sum(valid, axis=1)
+
+  def step(i, carry):   # token i - 1 goes in at reply slot i - 1; token i comes out
+    tokens, cache = carry
+    x = model.lm.embed_tokens(jax.lax.dynamic_slice_in_dim(tokens, i - 1, 1, axis=1))
+    written = jnp.broadcast_to(jnp.arange(steps - 1) < i, (b, steps - 1))
+    mask = jnp.concatenate([valid, written], axis=1)[:, None, :]
+    hidden, cache = model.lm(x, (length + i - 1)[:, None], mask, cache, i - 1)
+    token = jnp.argmax(model.text_head(hidden[:, 0]), axis=-1).astype(jnp.int32)
+    return tokens.at[:, i].set(token), cache
+
+  tokens, _ = jax.lax.fori_loop(1, steps, step, (tokens, cache))
+  return tokens, first_logits
