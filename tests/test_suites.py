@@ -283,9 +283,8 @@ def read_mmbench(manual_dir):
   return suites.read_mmbench(manual_dir, f"{manual_dir}_images")
 
 
-WRITERS = {"pope": write_pope, "mme": write_mme, "seed_bench": write_seed}   # end to end in
-# test_understanding.py too
-ALL_WRITERS = {**WRITERS, "gqa": write_gqa, "mmbench": write_mmbench}
+ALL_WRITERS = {"pope": write_pope, "mme": write_mme, "seed_bench": write_seed,   # end to end
+               "gqa": write_gqa, "mmbench": write_mmbench}            # in test_understanding.py too
 EXPECTED = {"pope": pope_expected, "mme": mme_expected, "seed_bench": seed_expected,
             "gqa": gqa_expected, "mmbench": lambda d: mmbench_expected(d, f"{d}_images")}
 READERS = {"pope": suites.read_pope, "mme": suites.read_mme,
