@@ -728,7 +728,7 @@ def test_mmbench_reads_the_original_release_and_image_references(tmp_path, origi
   assert suites.read_mmbench(str(m), str(images)) == mmbench_expected(m, images)
 
 
-def test_a_record_without_hint_reads_with_none():
+def test_a_record_without_hint_reads_with_an_empty_one():
   q = Question("gqa", "testdev", "1", "/i/n1.jpg", "Is it?", (), "no", "verify", "n1", "f: '1'")
   assert q.hint == ""
   record = {k: v.encode() for k, v in suites._record(q).items() if k != "hint"}
@@ -882,9 +882,8 @@ def test_metrics_properties(rows):
                                                                 max_size=4)),
                           min_size=1, max_size=12))
 def test_circular_accuracy_properties(questions):
-  """Circular accuracy is the share of questions with every rotation right: never
-  above the unrotated copies' accuracy, equal to it when each question has one
-  answer pattern for all its copies."""
+  """Circular accuracy is the share of questions with every rotation right, never
+  above the unrotated copies' accuracy."""
   qs, preds = [], []
   for k, (n, right) in enumerate(questions):
     for r in range(n):
