@@ -205,6 +205,16 @@ def test_the_answer_is_the_most_likely_option(logprobs, top1, options, expected,
   np.testing.assert_allclose(mass, np.exp(np.array(logprobs)[:, :n]).sum(1))
 
 
+def test_a_table_s_padding_is_no_answer_token():
+  """answer_table pads short options with id 0 under a False mask: a top-1 token
+  0 is then out of format, not read as the padding's option."""
+  qs = [question(i, "x", "q") for i in range(2)]
+  table, mask = np.array([[7, 8], [9, 0]]), np.array([[True, True], [True, False]])
+  _, ok, _ = understanding.read_answers(qs, np.zeros((2, 2)), np.array([0, 9]), table, None,
+                                        "vlmevalkit", mask)
+  assert ok == [False, True]
+
+
 def test_an_out_of_format_reply_is_scored_as_the_harness_scores_it():
   """Stand-in replies: what each protocol's rule reads, and the scores that
   follow (a reply out of format is never right; under POPE's own rule every reply

@@ -244,12 +244,16 @@ def reply_text(tokenizer, tokens, stop_ids):
   return tokenizer.decode(tokens[:cut], skip_special_tokens=True)
 
 
-def read_answers(questions, logprobs, top1, option_ids, replies, protocol):
+def read_answers(questions, logprobs, top1, option_ids, replies, protocol, option_mask=None):
   """Each question's answer and whether it is in format, and the probability at
   the answer position on its options' tokens (None for open answers). logprob
   path (replies None): the most likely of the question's own options, in
-  format when the top-1 token is one of theirs; generate path: the reply read by
-  the protocol's rule, in format unless it is protocols.UNKNOWN."""
+  format when the top-1 token is one of theirs (`option_ids` where
+  `option_mask`, answer_table); generate path: the reply read by the protocol's
+  rule, in format unless it is protocols.UNKNOWN."""
+  option_mask = np.ones(option_ids.shape, bool) if option_mask is None else option_mask
+  allowed = {n: set(option_ids[:n][option_mask[:n]].tolist())   # tokens of the first n options
+             for n in range(len(option_ids) + 1)}
   predicted, in_format, mass = [], [], []
   for i, q in enumerate(questions):
     k = protocols.kind(q)
@@ -257,7 +261,7 @@ def read_answers(questions, logprobs, top1, option_ids, replies, protocol):
     if replies is None:
       best = int(np.argmax(logprobs[i, :n]))   # the first of equals
       predicted.append(LETTERS[best] if k == "choice" else YES_NO[best])
-      in_format.append(bool(top1[i] in set(option_ids[:n].ravel().tolist())))
+      in_format.append(int(top1[i]) in allowed[n])
     else:
       predicted.append(protocols.read_reply(q, replies[i], protocol))
       in_format.append(predicted[-1] != protocols.UNKNOWN)
@@ -328,7 +332,8 @@ def score_suite(ctx, graphdef, params, questions, images, stage, suite):
   if generate:
     stops = {templates.eos_id, templates.pad_id}
     replies = [reply_text(ctx.tokenizer, row, stops) for row in tokens]
-  predicted, in_format, mass = read_answers(questions, logprobs, top1, table, replies, protocol)
+  predicted, in_format, mass = read_answers(questions, logprobs, top1, table, replies, protocol,
+                                            mask)
   scores = suite_scores.SCORES[suite](questions, predicted)
   scores["format"] = format_figures(in_format, mass)
   if hosts.is_main():
