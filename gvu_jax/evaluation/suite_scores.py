@@ -109,18 +109,20 @@ def mme(questions, predictions):
 
 
 def multiple_choice(questions, predictions):
-  pairs = _checked(questions, predictions)
-  accuracy = lambda ps: _div(sum(p == q.answer for q, p in ps), len(ps))
-  return {"accuracy": accuracy(pairs), "questions": len(pairs),
-          "by_group": {g: accuracy(ps) for g, ps in _groups(pairs, lambda q: q.group).items()}}
+  return _accuracy(_checked(questions, predictions), lambda q: q.answer)
+
+
+def _accuracy(pairs, reference):
+  """Accuracy overall and per group: a prediction is right when it equals
+  reference(question)."""
+  right = lambda ps: _div(sum(p == reference(q) for q, p in ps), len(ps))
+  return {"accuracy": right(pairs), "questions": len(pairs),
+          "by_group": {g: right(ps) for g, ps in _groups(pairs, lambda q: q.group).items()}}
 
 
 def open_answers(questions, predictions):
   """GQA: a read answer is right when it equals the reference answer, lower-cased."""
-  pairs = _checked(questions, predictions)
-  right = lambda ps: _div(sum(p == q.answer.strip().lower() for q, p in ps), len(ps))
-  return {"accuracy": right(pairs), "questions": len(pairs),
-          "by_group": {g: right(ps) for g, ps in _groups(pairs, lambda q: q.group).items()}}
+  return _accuracy(_checked(questions, predictions), lambda q: q.answer.strip().lower())
 
 
 def circular(questions, predictions):

@@ -237,6 +237,11 @@ def variant(config):
   return protocols.check(e.understanding_protocol), e.understanding_answers
 
 
+def suite_dir(ctx, stage):
+  """WORKDIR/eval/<stage>/understanding/<protocol>-<answers>/: one folder per variant."""
+  return ctx.path("eval", stage, "understanding", "-".join(variant(ctx.config)))
+
+
 def reply_text(tokenizer, tokens, stop_ids):
   """A reply's text: its tokens up to the first stop token, decoded."""
   tokens = list(tokens)
@@ -280,7 +285,7 @@ def score_suite(ctx, graphdef, params, questions, images, stage, suite):
   """Every question of `suite` -> its scores; writes <suite>.json and
   <suite>_answers.jsonl into the stage's understanding/<protocol>-<answers>/."""
   protocol, path = variant(ctx.config)
-  directory = ctx.path("eval", stage, "understanding", f"{protocol}-{path}")
+  directory = suite_dir(ctx, stage)
   batch = ctx.config.eval.batch_size
   ctx.layout.check_batch("eval.batch_size", batch)
   templates = question_templates(ctx, protocol)
@@ -385,7 +390,7 @@ def run(ctx, stages, plan):
   protocol, path = variant(ctx.config)
   results = {}
   for stage, graphdef, params in stages:
-    directory = ctx.path("eval", stage, "understanding", f"{protocol}-{path}")
+    directory = suite_dir(ctx, stage)
     os.makedirs(directory, exist_ok=True)
     for suite, questions in per_suite.items():
       done = os.path.join(directory, f"{suite}.json")
